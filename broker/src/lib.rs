@@ -1,0 +1,3 @@
+//! txpipe broker (being written; see module docs).
+
+pub mod log;

@@ -1,0 +1,43 @@
+//! txpipe's wire contract and broker clients.
+//!
+//! - [`broker::v1`]: the `txpipe.broker.v1` gRPC service (Produce, Consume, Fetch, streams),
+//!   generated from `proto/txpipe/broker/v1/broker.proto`.
+//! - [`pipeline::v1`]: record payloads (`Transaction`, `Decision`, `Label`, `DeadLetter`),
+//!   generated from `proto/txpipe/pipeline/v1/pipeline.proto`.
+//! - [`produce`]: an idempotent, pipelined producer that retries through broker restarts without
+//!   storing a batch twice.
+//! - [`connect`]: channel construction with retry over a list of broker addresses.
+//! - [`streams`]: the names of the standard streams.
+
+pub mod connect;
+pub mod produce;
+pub mod streams;
+
+/// Generated protobuf and gRPC code for `txpipe.broker.v1`.
+pub mod broker {
+    /// Version 1 of the broker API.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("txpipe.broker.v1");
+    }
+}
+
+/// Generated protobuf code for `txpipe.pipeline.v1` (record payloads).
+pub mod pipeline {
+    /// Version 1 of the pipeline payloads.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("txpipe.pipeline.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every txpipe proto, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("txpipe_descriptor");
+
+/// Current time in microseconds since the Unix epoch (the unit of every `*_us` field).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
