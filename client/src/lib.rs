@@ -7,9 +7,11 @@
 //! - [`produce`]: an idempotent, pipelined producer that retries through broker restarts without
 //!   storing a batch twice.
 //! - [`connect`]: channel construction with retry over a list of broker addresses.
+//! - [`pan`]: field encryption of card numbers (AES-256-GCM), shared by producer and worker.
 //! - [`streams`]: the names of the standard streams.
 
 pub mod connect;
+pub mod pan;
 pub mod produce;
 pub mod streams;
 
