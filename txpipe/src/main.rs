@@ -1,1 +1,69 @@
-fn main() {}
+//! `txpipe`: one binary for local mode (`txpipe run`), the audit (`txpipe audit`) and, as
+//! subcommands, the broker, worker and producer services.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "txpipe", version, about = "Fault-tolerant card transaction pipeline")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole pipeline on this machine (broker, workers, producer) and print the report.
+    Run(txpipe::local::LocalArgs),
+    /// Audit a running broker: every produced transaction has exactly one decision.
+    Audit {
+        /// Broker addresses, comma-separated host:port.
+        #[arg(long, env = "TXPIPE_BROKERS", default_value = "127.0.0.1:9100")]
+        brokers: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("txpipe: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("txpipe: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run(args) => {
+            let exe = std::env::current_exe().context("locating the txpipe binary")?;
+            let report = txpipe::local::run_local(args, exe).await?;
+            print!("{}", txpipe::local::render(&report));
+            Ok(if report.audit.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Audit { brokers, json } => {
+            let addrs = txpipe_client::connect::parse_addrs(&brokers)?;
+            let (ch, _) = txpipe_client::connect::connect_any(&addrs, 0, std::time::Duration::from_secs(10)).await?;
+            let report = txpipe::audit::run_audit(ch).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", txpipe::audit::render(&report));
+            }
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

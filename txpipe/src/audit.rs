@@ -1,0 +1,413 @@
+//! The exactly-once audit: reads `labels`, `decisions`, the dead-letter stream and the
+//! `transactions` statistics back from a running broker and checks that every produced
+//! transaction has exactly one decision (or a dead letter), that no decision is unexpected and
+//! that nothing was lost. It also scores the decisions against the ground-truth labels
+//! (precision, recall, per fraud scenario) and computes end-to-end latency percentiles.
+//!
+//! Ground truth: the producer writes one `Label` per transaction to the `labels` stream, which
+//! no worker reads. The audit treats the set of label ids as "what was produced".
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use prost::Message;
+use serde::Serialize;
+use tonic::transport::Channel;
+use txpipe_client::broker::v1::{FetchRequest, GetStreamRequest, StreamInfo, broker_client::BrokerClient};
+use txpipe_client::pipeline::v1::{Decision, DeadLetter, Label, Outcome};
+use txpipe_client::streams;
+
+/// Recall figures for one fraud scenario.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScenarioRecall {
+    /// Fraudulent transactions of this scenario.
+    pub total: u64,
+    /// Of those, decided `review` or `decline`.
+    pub flagged: u64,
+    /// Of those, decided `decline`.
+    pub declined: u64,
+}
+
+/// Precision and recall of one way of reading decisions as "fraud".
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Confusion {
+    /// Fraud, flagged.
+    pub true_positives: u64,
+    /// Genuine, flagged.
+    pub false_positives: u64,
+    /// Fraud, not flagged.
+    pub false_negatives: u64,
+    /// Genuine, not flagged.
+    pub true_negatives: u64,
+}
+
+impl Confusion {
+    fn add(&mut self, fraud: bool, flagged: bool) {
+        match (fraud, flagged) {
+            (true, true) => self.true_positives += 1,
+            (false, true) => self.false_positives += 1,
+            (true, false) => self.false_negatives += 1,
+            (false, false) => self.true_negatives += 1,
+        }
+    }
+
+    /// TP / (TP + FP); 0 when nothing was flagged.
+    pub fn precision(&self) -> f64 {
+        ratio(self.true_positives, self.true_positives + self.false_positives)
+    }
+
+    /// TP / (TP + FN); 0 when there was no fraud.
+    pub fn recall(&self) -> f64 {
+        ratio(self.true_positives, self.true_positives + self.false_negatives)
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, ms.
+    pub p999_ms: f64,
+    /// Maximum, ms.
+    pub max_ms: f64,
+}
+
+/// Everything the audit found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditReport {
+    /// Transactions produced (labels read).
+    pub produced: u64,
+    /// Records in the `transactions` stream (its end offset); equals `produced` when the
+    /// idempotent producer stored nothing twice.
+    pub transactions_stored: u64,
+    /// Decisions read.
+    pub decisions: u64,
+    /// Transactions with exactly one decision.
+    pub decided_once: u64,
+    /// Transactions in the dead-letter stream (and without a decision).
+    pub dead_lettered: u64,
+    /// Transactions with neither a decision nor a dead letter.
+    pub lost: u64,
+    /// Transactions with more than one decision (extra decisions counted).
+    pub duplicated: u64,
+    /// Decisions or dead letters for transaction ids that were never produced.
+    pub unexpected: u64,
+    /// Transactions still pending in the broker (neither acked nor dead-lettered).
+    pub pending: u64,
+    /// Decisions per outcome name.
+    pub outcomes: BTreeMap<String, u64>,
+    /// "Fraud" = decided review or decline.
+    pub flagged: Confusion,
+    /// "Fraud" = decided decline.
+    pub declined: Confusion,
+    /// Recall per fraud scenario.
+    pub scenarios: BTreeMap<String, ScenarioRecall>,
+    /// Produce-to-decision latency (Decision.decided_at_us - Decision.produced_at_us).
+    pub latency: Latency,
+    /// Worker-side scoring time per transaction (Decision.scoring_us).
+    pub scoring: Latency,
+    /// Up to 10 example ids of lost transactions.
+    pub lost_examples: Vec<String>,
+    /// Up to 10 example ids of duplicated transactions.
+    pub duplicated_examples: Vec<String>,
+    /// Up to 10 example ids of unexpected decisions.
+    pub unexpected_examples: Vec<String>,
+    /// First decision time to last decision time, seconds.
+    pub decision_span_s: f64,
+}
+
+impl AuditReport {
+    /// True when nothing was lost, duplicated or unexpected, every produced transaction was
+    /// stored exactly once, and nothing is left pending.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.unexpected == 0
+            && self.pending == 0
+            && self.transactions_stored == self.produced
+            && self.produced > 0
+    }
+
+    /// Why the audit failed, one line per reason (empty when it passed).
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.produced == 0 {
+            f.push("no transactions were produced (the labels stream is empty)".into());
+        }
+        if self.lost > 0 {
+            f.push(format!("{} transactions lost, e.g. {:?}", self.lost, self.lost_examples));
+        }
+        if self.duplicated > 0 {
+            f.push(format!("{} duplicate decisions, e.g. {:?}", self.duplicated, self.duplicated_examples));
+        }
+        if self.unexpected > 0 {
+            f.push(format!("{} unexpected decisions, e.g. {:?}", self.unexpected, self.unexpected_examples));
+        }
+        if self.pending > 0 {
+            f.push(format!("{} transactions still pending in the broker", self.pending));
+        }
+        if self.transactions_stored != self.produced {
+            f.push(format!(
+                "transactions stream holds {} records but {} were produced (a batch stored twice or lost)",
+                self.transactions_stored, self.produced
+            ));
+        }
+        f
+    }
+}
+
+/// Reads every record of `stream` from offset `start`, calling `f(offset, key, value)`.
+/// Returns the stream's end offset. Errors if the stream's start offset is above `start`
+/// (retention removed records the caller needed).
+pub async fn fetch_all(
+    client: &mut BrokerClient<Channel>,
+    stream: &str,
+    mut f: impl FnMut(u64, &[u8], &[u8]),
+) -> Result<u64> {
+    let mut next = 0u64;
+    loop {
+        let resp = client
+            .fetch(FetchRequest {
+                stream: stream.to_string(),
+                start_offset: next,
+                max_records: 10_000,
+                max_bytes: 8 << 20,
+            })
+            .await
+            .with_context(|| format!("fetching {stream} at offset {next}"))?
+            .into_inner();
+        if resp.start_offset > next {
+            anyhow::bail!(
+                "stream {stream} starts at offset {} (retention removed records from {next}); cannot audit it",
+                resp.start_offset
+            );
+        }
+        for r in &resp.records {
+            if let Some(rec) = &r.record {
+                f(r.offset, &rec.key, &rec.value);
+            }
+        }
+        if resp.records.is_empty() || resp.next_offset >= resp.end_offset {
+            return Ok(resp.end_offset);
+        }
+        next = resp.next_offset;
+    }
+}
+
+/// Statistics of one stream.
+pub async fn stream_info(client: &mut BrokerClient<Channel>, stream: &str) -> Result<StreamInfo> {
+    client
+        .get_stream(GetStreamRequest { stream: stream.to_string() })
+        .await
+        .with_context(|| format!("reading statistics of stream {stream}"))?
+        .into_inner()
+        .stream
+        .with_context(|| format!("broker returned no statistics for {stream}"))
+}
+
+fn latency_of(h: &Histogram<u64>, scale: f64) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    Latency {
+        count: h.len(),
+        p50_ms: h.value_at_quantile(0.5) as f64 / scale,
+        p99_ms: h.value_at_quantile(0.99) as f64 / scale,
+        p999_ms: h.value_at_quantile(0.999) as f64 / scale,
+        max_ms: h.max() as f64 / scale,
+    }
+}
+
+/// Runs the audit against the broker behind `channel`.
+pub async fn run_audit(channel: Channel) -> Result<AuditReport> {
+    let mut client = BrokerClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut report = AuditReport::default();
+
+    // Ground truth.
+    let mut labels: HashMap<String, (bool, String, u32)> = HashMap::new();
+    let mut bad_labels = 0u64;
+    fetch_all(&mut client, streams::LABELS, |_, _, value| match Label::decode(value) {
+        Ok(l) => {
+            labels.insert(l.transaction_id, (l.is_fraud, l.scenario, 0));
+        }
+        Err(_) => bad_labels += 1,
+    })
+    .await?;
+    if bad_labels > 0 {
+        anyhow::bail!("{bad_labels} records of the labels stream are not valid Label messages");
+    }
+    report.produced = labels.len() as u64;
+
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut scoring = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut bad_decisions = 0u64;
+    let (mut first_decided, mut last_decided) = (i64::MAX, i64::MIN);
+    let mut unexpected: Vec<String> = Vec::new();
+    let mut unexpected_count = 0u64;
+    let mut flagged = Confusion::default();
+    let mut declined = Confusion::default();
+    let mut scenarios: BTreeMap<String, ScenarioRecall> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    fetch_all(&mut client, streams::DECISIONS, |_, _, value| {
+        let Ok(d) = Decision::decode(value) else {
+            bad_decisions += 1;
+            return;
+        };
+        let outcome = Outcome::try_from(d.outcome).unwrap_or(Outcome::Unspecified);
+        *outcomes
+            .entry(outcome.as_str_name().trim_start_matches("OUTCOME_").to_lowercase())
+            .or_default() += 1;
+        first_decided = first_decided.min(d.decided_at_us);
+        last_decided = last_decided.max(d.decided_at_us);
+        let _ = latency.record((d.decided_at_us - d.produced_at_us).max(1) as u64);
+        let _ = scoring.record(u64::from(d.scoring_us).max(1));
+        match labels.get_mut(&d.transaction_id) {
+            None => {
+                unexpected_count += 1;
+                if unexpected.len() < 10 {
+                    unexpected.push(d.transaction_id);
+                }
+            }
+            Some((fraud, scenario, seen)) => {
+                *seen += 1;
+                if *seen == 1 {
+                    let is_flagged = matches!(outcome, Outcome::Review | Outcome::Decline);
+                    let is_declined = outcome == Outcome::Decline;
+                    flagged.add(*fraud, is_flagged);
+                    declined.add(*fraud, is_declined);
+                    if *fraud {
+                        let s = scenarios.entry(scenario.clone()).or_default();
+                        s.total += 1;
+                        s.flagged += u64::from(is_flagged);
+                        s.declined += u64::from(is_declined);
+                    }
+                }
+            }
+        }
+        report.decisions += 1;
+    })
+    .await?;
+    if bad_decisions > 0 {
+        anyhow::bail!("{bad_decisions} records of the decisions stream are not valid Decision messages");
+    }
+
+    let mut dead: HashMap<String, u32> = HashMap::new();
+    fetch_all(&mut client, streams::TRANSACTIONS_DLQ, |_, key, value| {
+        let id = match DeadLetter::decode(value) {
+            Ok(_) | Err(_) => String::from_utf8_lossy(key).into_owned(),
+        };
+        *dead.entry(id).or_default() += 1;
+    })
+    .await?;
+
+    for (id, (_, _, seen)) in &labels {
+        match *seen {
+            0 => {
+                if dead.contains_key(id) {
+                    report.dead_lettered += 1;
+                } else {
+                    report.lost += 1;
+                    if report.lost_examples.len() < 10 {
+                        report.lost_examples.push(id.clone());
+                    }
+                }
+            }
+            1 => report.decided_once += 1,
+            n => {
+                report.duplicated += u64::from(n - 1);
+                if report.duplicated_examples.len() < 10 {
+                    report.duplicated_examples.push(id.clone());
+                }
+            }
+        }
+    }
+    for id in dead.keys() {
+        if !labels.contains_key(id) {
+            unexpected_count += 1;
+            if unexpected.len() < 10 {
+                unexpected.push(id.clone());
+            }
+        }
+    }
+    report.unexpected = unexpected_count;
+    report.unexpected_examples = unexpected;
+
+    let tx = stream_info(&mut client, streams::TRANSACTIONS).await?;
+    report.transactions_stored = tx.end_offset;
+    report.pending = tx.pending;
+    report.outcomes = outcomes;
+    report.flagged = flagged;
+    report.declined = declined;
+    report.scenarios = scenarios;
+    report.latency = latency_of(&latency, 1000.0);
+    report.scoring = latency_of(&scoring, 1000.0);
+    if last_decided > first_decided {
+        report.decision_span_s = (last_decided - first_decided) as f64 / 1e6;
+    }
+    Ok(report)
+}
+
+/// Human-readable report of an audit.
+pub fn render(report: &AuditReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "audit: {}", if report.passed() { "PASSED" } else { "FAILED" });
+    let _ = writeln!(
+        s,
+        "  produced {}  stored {}  decisions {}  decided once {}  dead-lettered {}",
+        report.produced, report.transactions_stored, report.decisions, report.decided_once, report.dead_lettered
+    );
+    let _ = writeln!(
+        s,
+        "  lost {}  duplicated {}  unexpected {}  pending {}",
+        report.lost, report.duplicated, report.unexpected, report.pending
+    );
+    for f in report.failures() {
+        let _ = writeln!(s, "  FAIL: {f}");
+    }
+    let _ = writeln!(
+        s,
+        "latency produce->decision: p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        report.latency.p50_ms, report.latency.p99_ms, report.latency.p999_ms, report.latency.max_ms
+    );
+    let _ = writeln!(
+        s,
+        "scoring time per transaction: p50 {:.3} ms  p99 {:.3} ms",
+        report.scoring.p50_ms, report.scoring.p99_ms
+    );
+    let outcomes: Vec<String> = report.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(s, "decisions: {}", outcomes.join("  "));
+    let _ = writeln!(
+        s,
+        "fraud (review or decline = flagged): precision {:.3}  recall {:.3}   (decline only: precision {:.3}  recall {:.3})",
+        report.flagged.precision(),
+        report.flagged.recall(),
+        report.declined.precision(),
+        report.declined.recall()
+    );
+    if !report.scenarios.is_empty() {
+        let _ = writeln!(s, "recall per fraud scenario (flagged / total):");
+        for (name, r) in &report.scenarios {
+            let _ = writeln!(
+                s,
+                "  {:<22} {:>7} / {:<7} {:>6.1}%   declined {:>6.1}%",
+                name,
+                r.flagged,
+                r.total,
+                100.0 * ratio(r.flagged, r.total),
+                100.0 * ratio(r.declined, r.total)
+            );
+        }
+    }
+    s
+}
