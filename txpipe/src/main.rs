@@ -15,6 +15,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Run the whole pipeline on this machine (broker, workers, producer) and print the report.
     Run(txpipe::local::LocalArgs),
     /// Audit a running broker: every produced transaction has exactly one decision.
@@ -26,6 +29,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Produce + consume + ack through the broker, next to NATS JetStream.
+    Broker(txpipe::bench::BrokerBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +62,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let report = txpipe::local::run_local(args, exe).await?;
             print!("{}", txpipe::local::render(&report));
             Ok(if report.audit.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Bench(BenchCmd::Broker(args)) => {
+            let exe = std::env::current_exe().context("locating the txpipe binary")?;
+            txpipe::bench::broker_bench(args, exe).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Audit { brokers, json } => {
             let addrs = txpipe_client::connect::parse_addrs(&brokers)?;
