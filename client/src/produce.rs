@@ -122,6 +122,9 @@ pub struct ProducerStats {
 /// Resolves when the batch is durable on the broker (or the producer failed).
 pub type Receipt = oneshot::Receiver<Result<ProduceResponse, ProduceError>>;
 
+/// A queued batch and where to report its outcome.
+type Submission = (Vec<Record>, oneshot::Sender<Result<ProduceResponse, ProduceError>>);
+
 struct Pending {
     sequence: u64,
     records: Arc<Vec<Record>>,
@@ -130,7 +133,7 @@ struct Pending {
 
 /// An idempotent producer for one stream. See the module docs.
 pub struct Producer {
-    tx: mpsc::Sender<(Vec<Record>, oneshot::Sender<Result<ProduceResponse, ProduceError>>)>,
+    tx: mpsc::Sender<Submission>,
     task: JoinHandle<Result<ProducerStats, ProduceError>>,
     stats: watch::Receiver<ProducerStats>,
     producer_id: u64,
@@ -207,7 +210,7 @@ async fn run(
     config: ProducerConfig,
     mut channel: tonic::transport::Channel,
     mut addr_idx: usize,
-    mut rx: mpsc::Receiver<(Vec<Record>, oneshot::Sender<Result<ProduceResponse, ProduceError>>)>,
+    mut rx: mpsc::Receiver<Submission>,
     stats_tx: watch::Sender<ProducerStats>,
 ) -> Result<ProducerStats, ProduceError> {
     let mut stats = ProducerStats::default();

@@ -305,7 +305,7 @@ pub fn chaos_schedule(seed: u64, events: u32, workers: u32, workers_only: bool, 
         .map(|_| {
             let at_fraction = 0.05 + 0.85 * (splitmix(&mut s) >> 11) as f64 / (1u64 << 53) as f64;
             let pick = splitmix(&mut s);
-            let broker = !workers_only && (broker_only || pick % 3 == 0);
+            let broker = !workers_only && (broker_only || pick.is_multiple_of(3));
             ChaosEvent {
                 at_fraction,
                 worker: if broker { None } else { Some(((pick >> 8) % u64::from(workers)) as u32) },

@@ -1,0 +1,90 @@
+//! Admin HTTP (axum): `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
+//! (recovered and serving gRPC), `/status.json` and `/` (a live status page that polls
+//! `/status.json` every second: per stream consumers, throughput, queue depth, in-flight,
+//! redeliveries, dead letters, segments and bytes).
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+
+/// State of the admin server: the broker appears once recovery is done.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Metrics to render.
+    pub metrics: Metrics,
+    /// The broker, set after recovery.
+    pub broker: Arc<OnceLock<Arc<Broker>>>,
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status.json", get(status_json))
+        .route("/", get(|| async { Html(PAGE) }))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    match s.broker.get() {
+        Some(b) if b.is_ready() => (StatusCode::OK, "ready\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "recovering\n").into_response(),
+    }
+}
+
+async fn status_json(State(s): State<AdminState>) -> Response {
+    match s.broker.get() {
+        Some(b) => axum::Json(b.status()).into_response(),
+        None => axum::Json(serde_json::json!({"ready": false, "streams": []})).into_response(),
+    }
+}
+
+const PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>txpipe broker</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin-bottom:1em}th,td{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}h1{font-size:1.3em}.dim{color:#888}
+</style></head><body>
+<h1>txpipe broker <span id="ready" class="dim"></span></h1>
+<table id="streams"><thead><tr><th>stream</th><th>retention</th><th>producers</th><th>consumers</th>
+<th>produce/s</th><th>deliver/s</th><th>ack/s</th><th>pending</th><th>in flight</th><th>redelivered</th>
+<th>dead letters</th><th>dedup</th><th>offsets</th><th>segments</th><th>MiB</th></tr></thead><tbody></tbody></table>
+<h2 style="font-size:1.1em">consumers</h2>
+<table id="consumers"><thead><tr><th>stream</th><th>consumer</th><th>window</th><th>in flight</th><th>delivered</th></tr></thead><tbody></tbody></table>
+<p class="dim">Refreshes every second from <a href="/status.json">/status.json</a>; <a href="/metrics">/metrics</a>.</p>
+<script>
+const f=n=>Math.round(n).toLocaleString();
+async function tick(){
+ try{
+  const s=await (await fetch('/status.json')).json();
+  document.getElementById('ready').textContent=(s.ready?'ready':'recovering')+' · up '+s.uptime_s+' s · fsyncs '+f(s.fsyncs_total);
+  let rows='',crows='';
+  for(const t of s.streams){
+   rows+=`<tr><td>${t.name}</td><td>${t.retention}</td><td>${t.producers}</td><td>${t.consumers}</td><td>${f(t.produce_per_s)}</td><td>${f(t.deliver_per_s)}</td><td>${f(t.ack_per_s)}</td><td>${f(t.pending)}</td><td>${f(t.in_flight)}</td><td>${f(t.redelivered_total)}</td><td>${f(t.dead_lettered_total)}</td><td>${f(t.deduplicated_total)}</td><td>${f(t.start_offset)}–${f(t.end_offset)}</td><td>${t.segments}</td><td>${(t.bytes/1048576).toFixed(1)}</td></tr>`;
+   for(const c of t.consumer_list){crows+=`<tr><td>${t.name}</td><td>${c.name}</td><td>${c.window}</td><td>${c.in_flight}</td><td>${f(c.delivered)}</td></tr>`;}
+  }
+  document.querySelector('#streams tbody').innerHTML=rows;
+  document.querySelector('#consumers tbody').innerHTML=crows;
+ }catch(e){document.getElementById('ready').textContent='unreachable';}
+}
+tick();setInterval(tick,1000);
+</script></body></html>
+"#;

@@ -1,0 +1,392 @@
+//! The broker: its streams, their delivery tasks, background snapshots/retention and live
+//! status. Transport-free: [`crate::service`] puts gRPC in front of it, [`crate::admin`] HTTP.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use txpipe_client::broker::v1::{RetentionPolicy, StreamInfo};
+use txpipe_client::streams;
+
+use crate::config::Config;
+use crate::delivery::{ConsumerInfo, DeliveryConfig, DeliveryHandle};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::replica::{Replica, ReplicaConfig};
+use crate::state::{Retention, StreamSpec};
+
+/// One stream: its replica and, for work queues, its consumer group.
+#[derive(Clone)]
+pub struct Stream {
+    /// Storage and state.
+    pub replica: Arc<Replica>,
+    /// Consumer group (work-queue streams).
+    pub delivery: Option<DeliveryHandle>,
+}
+
+/// Live figures of one stream for the status page and `/status.json`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StreamStatus {
+    /// Stream name.
+    pub name: String,
+    /// `work_queue` or `limits`.
+    pub retention: String,
+    /// First stored offset.
+    pub start_offset: u64,
+    /// Next offset.
+    pub end_offset: u64,
+    /// Unresolved records (work queue).
+    pub pending: u64,
+    /// Delivered, unacked.
+    pub in_flight: u64,
+    /// Connected consumers.
+    pub consumers: u64,
+    /// Open Produce calls that wrote here.
+    pub producers: i64,
+    /// Records stored per second (last sampling interval).
+    pub produce_per_s: f64,
+    /// Deliveries per second.
+    pub deliver_per_s: f64,
+    /// Durable acks per second.
+    pub ack_per_s: f64,
+    /// Redeliveries so far.
+    pub redelivered_total: u64,
+    /// Dead letters so far.
+    pub dead_lettered_total: u64,
+    /// Acks so far.
+    pub acked_total: u64,
+    /// Records dropped by key dedupe so far.
+    pub deduplicated_total: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Segment bytes.
+    pub bytes: u64,
+    /// Consumers of the group.
+    pub consumer_list: Vec<ConsumerInfo>,
+}
+
+/// Whole-broker status.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BrokerStatus {
+    /// Recovery finished and gRPC is serving.
+    pub ready: bool,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// fdatasync calls so far.
+    pub fsyncs_total: u64,
+    /// Streams, by name.
+    pub streams: Vec<StreamStatus>,
+}
+
+/// The broker. See the module docs.
+pub struct Broker {
+    /// Streams by name.
+    pub streams: BTreeMap<String, Stream>,
+    /// Settings.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Set once recovery is done and gRPC serves (see [`Self::is_ready`]).
+    pub ready: AtomicBool,
+    /// Becomes true at shutdown; long-lived calls end.
+    pub shutdown: watch::Receiver<bool>,
+    status: Mutex<BrokerStatus>,
+    started: Instant,
+}
+
+/// The standard streams of DESIGN.md §3.
+pub fn standard_streams(group: &str) -> Vec<StreamSpec> {
+    let limits = |name: &str, dedupe: bool| StreamSpec {
+        name: name.into(),
+        retention: Retention::Limits,
+        dedupe_by_key: dedupe,
+        group: String::new(),
+        dead_letter_stream: None,
+    };
+    vec![
+        StreamSpec {
+            name: streams::TRANSACTIONS.into(),
+            retention: Retention::WorkQueue,
+            dedupe_by_key: false,
+            group: group.into(),
+            dead_letter_stream: Some(streams::TRANSACTIONS_DLQ.into()),
+        },
+        limits(streams::DECISIONS, true),
+        limits(streams::LABELS, false),
+        // Deduplicated by key so that a dead letter re-written after a crash is stored once.
+        limits(streams::TRANSACTIONS_DLQ, true),
+    ]
+}
+
+impl Broker {
+    /// Opens (recovers) every standard stream under `config.data_dir` and starts their delivery
+    /// tasks. Must run inside a tokio runtime.
+    ///
+    /// Errors: any stream's recovery error ([`Error::Log`], [`Error::Snapshot`], ...), naming it.
+    pub fn open(
+        config: Config,
+        metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Self>> {
+        let specs = standard_streams(&config.group);
+        let rcfg = |spec: &StreamSpec| ReplicaConfig {
+            segment_bytes: config.segment_bytes,
+            fsync: config.fsync,
+            max_entry_bytes: (config.max_batch_bytes + 16 * config.max_batch_records + (1 << 20))
+                .min(u32::MAX as usize) as u32,
+            cache_bytes: if spec.retention == Retention::WorkQueue {
+                config.cache_bytes
+            } else {
+                0
+            },
+            max_bytes: config.decisions_max_bytes,
+            max_age: config.limits_max_age,
+            retain_acked: config.retain_acked,
+        };
+        let mut replicas: BTreeMap<String, Arc<Replica>> = BTreeMap::new();
+        for spec in &specs {
+            let dir = config.data_dir.join("streams").join(&spec.name);
+            let r = Replica::open(spec.clone(), &dir, rcfg(spec), metrics.stream(&spec.name))
+                .map_err(|e| match e {
+                    Error::Io(io) => Error::Io(std::io::Error::new(
+                        io.kind(),
+                        format!("stream {}: {io}", spec.name),
+                    )),
+                    other => other,
+                })?;
+            replicas.insert(spec.name.clone(), r);
+        }
+        let mut streams_map = BTreeMap::new();
+        for spec in &specs {
+            let replica = Arc::clone(&replicas[&spec.name]);
+            let delivery = (spec.retention == Retention::WorkQueue).then(|| {
+                let dlq = spec
+                    .dead_letter_stream
+                    .as_ref()
+                    .and_then(|d| replicas.get(d))
+                    .cloned();
+                DeliveryHandle::spawn(
+                    Arc::clone(&replica),
+                    dlq,
+                    DeliveryConfig {
+                        group: spec.group.clone(),
+                        default_window: config.default_window,
+                        ack_deadline: config.ack_deadline(),
+                        max_deliveries: config.max_deliveries,
+                        ack_flush: Duration::from_millis(config.ack_flush_ms),
+                    },
+                )
+            });
+            streams_map.insert(spec.name.clone(), Stream { replica, delivery });
+        }
+        Ok(Arc::new(Self {
+            streams: streams_map,
+            config,
+            metrics,
+            ready: AtomicBool::new(false),
+            shutdown,
+            status: Mutex::new(BrokerStatus::default()),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Recovered, serving, and no stream's log has failed (a failed log needs a restart).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self
+                .streams
+                .values()
+                .all(|s| s.replica.poisoned().is_none())
+    }
+
+    /// The stream named `name`.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an empty name, [`Error::StreamNotFound`].
+    pub fn stream(&self, name: &str) -> Result<&Stream> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("stream name is empty".into()));
+        }
+        self.streams
+            .get(name)
+            .ok_or_else(|| Error::StreamNotFound(name.to_string()))
+    }
+
+    /// The wire description of a stream.
+    pub fn stream_info(&self, s: &Stream) -> StreamInfo {
+        let r = &s.replica;
+        let (segments, bytes) = r.log_size();
+        let mut info = r.with_core(|c| StreamInfo {
+            name: r.spec.name.clone(),
+            retention: match r.spec.retention {
+                Retention::WorkQueue => RetentionPolicy::WorkQueue as i32,
+                Retention::Limits => RetentionPolicy::Limits as i32,
+            },
+            start_offset: c.state.start_offset(),
+            end_offset: c.state.next_offset(),
+            bytes,
+            segments: segments as u32,
+            dedupe_by_key: r.spec.dedupe_by_key,
+            group: r.spec.group.clone(),
+            ack_floor: c.state.ack_floor(),
+            acked_total: c.state.acked_total(),
+            pending: c.state.pending(),
+            in_flight: 0,
+            redelivered_total: 0,
+            dead_lettered_total: c.state.dead_lettered_total(),
+            consumers: 0,
+            dead_letter_stream: r.spec.dead_letter_stream.clone().unwrap_or_default(),
+        });
+        if let Some(d) = &s.delivery {
+            info.in_flight = d.stats.in_flight.load(Ordering::Relaxed);
+            info.redelivered_total = d.stats.redelivered_total.load(Ordering::Relaxed);
+            info.consumers = d.stats.consumers.load(Ordering::Relaxed) as u32;
+        }
+        info
+    }
+
+    /// The latest sampled status (refreshed every second by [`Self::sample`]).
+    pub fn status(&self) -> BrokerStatus {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.ready = self.is_ready();
+        s.uptime_s = self.started.elapsed().as_secs();
+        s
+    }
+
+    /// Samples rates and gauges; `prev` holds the previous totals and time.
+    pub fn sample(&self, prev: &mut Sample) {
+        let now = Instant::now();
+        let dt = now.duration_since(prev.at).as_secs_f64().max(1e-3);
+        let mut out = Vec::new();
+        let mut syncs = 0;
+        for (name, s) in &self.streams {
+            let info = self.stream_info(s);
+            let m = &s.replica.metrics;
+            let (st_syncs, st_entries) = s.replica.sync_stats();
+            syncs += st_syncs;
+            let (old_syncs, old_entries) = prev
+                .syncs_by_stream
+                .insert(name.clone(), (st_syncs, st_entries))
+                .unwrap_or((0, 0));
+            if st_syncs > old_syncs {
+                m.entries_per_fsync
+                    .set((st_entries - old_entries) as f64 / (st_syncs - old_syncs) as f64);
+            }
+            m.pending.set(info.pending as i64);
+            m.log_bytes.set(info.bytes as i64);
+            m.log_segments.set(i64::from(info.segments));
+            let totals = [m.produced.get(), m.delivered.get(), m.acked.get()];
+            let old = prev.totals.insert(name.clone(), totals).unwrap_or(totals);
+            let rate = |i: usize| (totals[i] - old[i]) as f64 / dt;
+            out.push(StreamStatus {
+                name: name.clone(),
+                retention: if s.delivery.is_some() {
+                    "work_queue"
+                } else {
+                    "limits"
+                }
+                .into(),
+                start_offset: info.start_offset,
+                end_offset: info.end_offset,
+                pending: info.pending,
+                in_flight: info.in_flight,
+                consumers: u64::from(info.consumers),
+                producers: m.producers.get(),
+                produce_per_s: rate(0),
+                deliver_per_s: rate(1),
+                ack_per_s: rate(2),
+                redelivered_total: info.redelivered_total,
+                dead_lettered_total: info.dead_lettered_total,
+                acked_total: info.acked_total,
+                deduplicated_total: s.replica.with_core(|c| c.state.deduplicated_total()),
+                segments: info.segments as usize,
+                bytes: info.bytes,
+                consumer_list: s
+                    .delivery
+                    .as_ref()
+                    .map(|d| {
+                        d.stats
+                            .consumer_list
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        if syncs > prev.syncs {
+            self.metrics.fsync_total.inc_by(syncs - prev.syncs);
+            prev.syncs = syncs;
+        }
+        prev.at = now;
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        st.fsyncs_total = syncs;
+        st.streams = out;
+    }
+
+    /// Snapshot of every stream that changed, then a retention pass on each.
+    pub async fn snapshot_and_retain(&self) {
+        for s in self.streams.values() {
+            if let Err(e) = s.replica.snapshot().await {
+                tracing::error!(stream = %s.replica.spec.name, error = %e, "snapshot failed");
+                continue;
+            }
+            match s.replica.retention().await {
+                Ok(0) => {}
+                Ok(_) => {
+                    // Persist the trimmed state soon, so a restart does not replay the Trim.
+                    if let Err(e) = s.replica.snapshot().await {
+                        tracing::error!(stream = %s.replica.spec.name, error = %e, "snapshot failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(stream = %s.replica.spec.name, error = %e, "retention failed")
+                }
+            }
+        }
+    }
+
+    /// Clean shutdown: writes pending acks durably, then a final snapshot of every stream.
+    pub async fn close(&self) {
+        for s in self.streams.values() {
+            if let Some(d) = &s.delivery {
+                d.flush().await;
+            }
+        }
+        for s in self.streams.values() {
+            if let Err(e) = s.replica.snapshot().await {
+                tracing::error!(stream = %s.replica.spec.name, error = %e, "final snapshot failed");
+            }
+        }
+    }
+}
+
+/// Previous totals for rate computation in [`Broker::sample`].
+#[derive(Debug)]
+pub struct Sample {
+    at: Instant,
+    totals: BTreeMap<String, [u64; 3]>,
+    syncs: u64,
+    syncs_by_stream: BTreeMap<String, (u64, u64)>,
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Self {
+            at: Instant::now(),
+            totals: BTreeMap::new(),
+            syncs: 0,
+            syncs_by_stream: BTreeMap::new(),
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is true (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -1,0 +1,217 @@
+//! Broker configuration: clap flags (each also a `BROKER_*` environment variable, read by clap in
+//! the binary only) and [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Log output format of the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (local runs).
+    Text,
+    /// One JSON object per line (clusters).
+    Json,
+}
+
+/// Broker settings. Defaults are the production values; tests shrink the timers.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "txpipe-broker",
+    version,
+    about = "txpipe broker: durable log, idempotent produce, work-queue delivery over gRPC"
+)]
+pub struct Config {
+    /// gRPC listen address (Broker, grpc.health.v1, reflection).
+    #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:9100")]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (/metrics, /healthz, /readyz, /, /status.json).
+    #[arg(long, env = "BROKER_ADMIN_LISTEN", default_value = "0.0.0.0:9180")]
+    pub admin_listen: SocketAddr,
+    /// Data directory; each stream keeps its log and snapshot in `<data-dir>/streams/<name>/`.
+    #[arg(long, env = "BROKER_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Roll to a new log segment at this size, bytes.
+    #[arg(long, env = "BROKER_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
+    /// fdatasync before acknowledging (false only for page-cache benchmarks: acknowledged data
+    /// can then be lost on a machine crash).
+    #[arg(long, env = "BROKER_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fsync: bool,
+    /// In-flight window of a consumer that subscribes with window 0, messages.
+    #[arg(long, env = "BROKER_DEFAULT_WINDOW", default_value_t = 1000)]
+    pub default_window: u32,
+    /// Deliveries not acked within this time are redelivered, milliseconds.
+    #[arg(long, env = "BROKER_ACK_DEADLINE_MS", default_value_t = 30_000)]
+    pub ack_deadline_ms: u32,
+    /// Deliveries of one message before it goes to the dead-letter stream.
+    #[arg(long, env = "BROKER_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u32,
+    /// Largest produce batch (sum of key and value bytes), bytes. Larger: RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BROKER_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
+    pub max_batch_bytes: usize,
+    /// Most records in one produce batch. More: RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BROKER_MAX_BATCH_RECORDS", default_value_t = 10_000)]
+    pub max_batch_records: usize,
+    /// Size limit of each limits stream (decisions, labels, dead letters), bytes.
+    #[arg(long, env = "BROKER_DECISIONS_MAX_BYTES", default_value_t = 8 << 30)]
+    pub decisions_max_bytes: u64,
+    /// Age limit of limits streams' segments (humantime, e.g. `7d`, `12h`).
+    #[arg(long, env = "BROKER_LIMITS_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub limits_max_age: Duration,
+    /// Keep acked work-queue records until the limits-stream size/age limits instead of
+    /// deleting their segments once resolved (so an audit can read `transactions` back).
+    #[arg(long, env = "BROKER_RETAIN_ACKED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub retain_acked: bool,
+    /// Interval between state snapshots (and retention passes), milliseconds.
+    #[arg(long, env = "BROKER_SNAPSHOT_INTERVAL_MS", default_value_t = 30_000)]
+    pub snapshot_interval_ms: u64,
+    /// Acks are collected for at most this long before one durable Ack entry is written,
+    /// milliseconds.
+    #[arg(long, env = "BROKER_ACK_FLUSH_MS", default_value_t = 2)]
+    pub ack_flush_ms: u64,
+    /// Memory for recently appended work-queue records served without a disk read, bytes.
+    #[arg(long, env = "BROKER_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub cache_bytes: usize,
+    /// Consumer group name of work-queue streams.
+    #[arg(long, env = "BROKER_GROUP", default_value = "workers")]
+    pub group: String,
+    /// Log output format.
+    #[arg(long, env = "BROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// A config with every default and the given data directory (for tests and embedding).
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: "0.0.0.0:9100".parse().expect("static address"),
+            admin_listen: "0.0.0.0:9180".parse().expect("static address"),
+            data_dir: data_dir.into(),
+            segment_bytes: 64 << 20,
+            fsync: true,
+            default_window: 1000,
+            ack_deadline_ms: 30_000,
+            max_deliveries: 5,
+            max_batch_bytes: 4 << 20,
+            max_batch_records: 10_000,
+            decisions_max_bytes: 8 << 30,
+            limits_max_age: Duration::from_secs(7 * 24 * 3600),
+            retain_acked: false,
+            snapshot_interval_ms: 30_000,
+            ack_flush_ms: 2,
+            cache_bytes: 64 << 20,
+            group: "workers".to_string(),
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// Checks ranges and cross-field rules.
+    ///
+    /// Errors: [`Error::Config`] naming the flag and the bad value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("--data-dir must not be empty".into());
+        }
+        if self.segment_bytes < 4096 {
+            return bad(format!(
+                "--segment-bytes {} is below the minimum of 4096",
+                self.segment_bytes
+            ));
+        }
+        if self.default_window == 0 {
+            return bad("--default-window 0: must be at least 1".into());
+        }
+        if self.ack_deadline_ms < 10 {
+            return bad(format!(
+                "--ack-deadline-ms {} is below the minimum of 10",
+                self.ack_deadline_ms
+            ));
+        }
+        if self.max_deliveries == 0 {
+            return bad("--max-deliveries 0: must be at least 1".into());
+        }
+        if self.max_batch_bytes < 1024 || self.max_batch_bytes > (256 << 20) {
+            return bad(format!(
+                "--max-batch-bytes {} must be between 1024 and {}",
+                self.max_batch_bytes,
+                256 << 20
+            ));
+        }
+        if self.max_batch_records == 0 {
+            return bad("--max-batch-records 0: must be at least 1".into());
+        }
+        if self.decisions_max_bytes < self.segment_bytes {
+            return bad(format!(
+                "--decisions-max-bytes {} is smaller than --segment-bytes {}",
+                self.decisions_max_bytes, self.segment_bytes
+            ));
+        }
+        if self.limits_max_age.is_zero() {
+            return bad("--limits-max-age must be greater than zero".into());
+        }
+        if self.snapshot_interval_ms < 10 {
+            return bad(format!(
+                "--snapshot-interval-ms {} is below the minimum of 10",
+                self.snapshot_interval_ms
+            ));
+        }
+        if self.ack_flush_ms > 1000 {
+            return bad(format!(
+                "--ack-flush-ms {} is above the maximum of 1000",
+                self.ack_flush_ms
+            ));
+        }
+        if self.group.is_empty() {
+            return bad("--group must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// Ack deadline as a duration.
+    pub fn ack_deadline(&self) -> Duration {
+        Duration::from_millis(u64::from(self.ack_deadline_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        let c = Config::parse_from(["txpipe-broker", "--data-dir", "/tmp/x"]);
+        c.validate().unwrap();
+        assert_eq!(c.default_window, 1000);
+        let mut b = c.clone();
+        b.max_deliveries = 0;
+        assert!(
+            b.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--max-deliveries 0")
+        );
+        let mut b = c.clone();
+        b.segment_bytes = 10;
+        assert!(
+            b.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--segment-bytes 10")
+        );
+        assert!(
+            Config::try_parse_from([
+                "txpipe-broker",
+                "--data-dir",
+                "/x",
+                "--limits-max-age",
+                "soon"
+            ])
+            .is_err()
+        );
+    }
+}

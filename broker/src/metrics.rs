@@ -1,0 +1,241 @@
+//! Prometheus metrics, one [`prometheus::Registry`] per broker instance (so tests can run several
+//! brokers in one process). Names follow `txpipe_broker_<what>_<unit>`.
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// All broker metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    produced: IntCounterVec,
+    batches: IntCounterVec,
+    deduplicated: IntCounterVec,
+    delivered: IntCounterVec,
+    redelivered: IntCounterVec,
+    acked: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    pending: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    consumers: IntGaugeVec,
+    producers: IntGaugeVec,
+    log_bytes: IntGaugeVec,
+    log_segments: IntGaugeVec,
+    /// fdatasync calls of every stream's group-commit writer.
+    pub fsync_total: IntCounter,
+    append_seconds: HistogramVec,
+    entries_per_fsync: GaugeVec,
+}
+
+/// Handles of one stream's metrics (label lookups done once).
+#[derive(Clone)]
+pub struct StreamMetrics {
+    /// Records stored.
+    pub produced: IntCounter,
+    /// Produce batches answered successfully.
+    pub batches_ok: IntCounter,
+    /// Produce batches answered as duplicates.
+    pub batches_duplicate: IntCounter,
+    /// Records dropped by key dedupe.
+    pub dedup_key: IntCounter,
+    /// Records delivered (every attempt).
+    pub delivered: IntCounter,
+    /// Redeliveries after an ack deadline.
+    pub redelivered_deadline: IntCounter,
+    /// Redeliveries after a nack.
+    pub redelivered_nack: IntCounter,
+    /// Redeliveries after a consumer disconnect.
+    pub redelivered_disconnect: IntCounter,
+    /// Acks made durable.
+    pub acked: IntCounter,
+    /// Records dead-lettered.
+    pub dead_lettered: IntCounter,
+    /// Unresolved work-queue records.
+    pub pending: IntGauge,
+    /// Delivered, not yet acked.
+    pub in_flight: IntGauge,
+    /// Connected consumers.
+    pub consumers: IntGauge,
+    /// Open Produce calls that wrote to this stream.
+    pub producers: IntGauge,
+    /// Bytes of segment files.
+    pub log_bytes: IntGauge,
+    /// Segment files.
+    pub log_segments: IntGauge,
+    /// Append + fsync time per group-commit batch, seconds.
+    pub append_seconds: Histogram,
+    /// Log entries made durable per fsync over the last sampling interval (1 s).
+    pub entries_per_fsync: Gauge,
+    batches: IntCounterVec,
+    name: String,
+}
+
+impl StreamMetrics {
+    /// Counts a produce batch that ended with error `label` (see [`crate::Error::metric_label`]).
+    pub fn batch_failed(&self, label: &str) {
+        self.batches
+            .with_label_values(&[self.name.as_str(), label])
+            .inc();
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            let m = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(m.clone())).expect("register");
+            m
+        };
+        let gv = |name: &str, help: &str| {
+            let m = IntGaugeVec::new(Opts::new(name, help), &["stream"]).expect("metric");
+            registry.register(Box::new(m.clone())).expect("register");
+            m
+        };
+        let hv = |name: &str, help: &str, buckets: Vec<f64>| {
+            let m = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["stream"])
+                .expect("metric");
+            registry.register(Box::new(m.clone())).expect("register");
+            m
+        };
+        let fsync_total = IntCounter::new(
+            "txpipe_broker_fsync_total",
+            "fdatasync calls of the group-commit writers",
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(fsync_total.clone()))
+            .expect("register");
+        Self {
+            produced: cv(
+                "txpipe_broker_produced_records_total",
+                "Records stored",
+                &["stream"],
+            ),
+            batches: cv(
+                "txpipe_broker_produce_batches_total",
+                "Produce batches by result",
+                &["stream", "result"],
+            ),
+            deduplicated: cv(
+                "txpipe_broker_deduplicated_records_total",
+                "Records not stored again: kind=key (key dedupe) or batch (producer retry)",
+                &["stream", "kind"],
+            ),
+            delivered: cv(
+                "txpipe_broker_delivered_records_total",
+                "Deliveries, every attempt",
+                &["stream"],
+            ),
+            redelivered: cv(
+                "txpipe_broker_redelivered_records_total",
+                "Records scheduled for redelivery, by reason",
+                &["stream", "reason"],
+            ),
+            acked: cv(
+                "txpipe_broker_acked_records_total",
+                "Acks made durable",
+                &["stream"],
+            ),
+            dead_lettered: cv(
+                "txpipe_broker_dead_lettered_records_total",
+                "Records moved to the dead-letter stream",
+                &["stream"],
+            ),
+            pending: gv(
+                "txpipe_broker_pending_records",
+                "Work-queue records neither acked nor dead-lettered",
+            ),
+            in_flight: gv(
+                "txpipe_broker_in_flight_records",
+                "Delivered records not yet acked",
+            ),
+            consumers: gv("txpipe_broker_consumers", "Connected consumers"),
+            producers: gv(
+                "txpipe_broker_producers",
+                "Open Produce calls that wrote to the stream",
+            ),
+            log_bytes: gv(
+                "txpipe_broker_log_bytes",
+                "Bytes of the stream's segment files",
+            ),
+            log_segments: gv("txpipe_broker_log_segments", "Segment files of the stream"),
+            fsync_total,
+            append_seconds: hv(
+                "txpipe_broker_append_duration_seconds",
+                "Group-commit append + fdatasync per batch",
+                prometheus::exponential_buckets(0.000_05, 2.0, 16).expect("buckets"),
+            ),
+            entries_per_fsync: {
+                let m = GaugeVec::new(
+                    Opts::new(
+                        "txpipe_broker_entries_per_fsync",
+                        "Log entries made durable per fdatasync over the last second",
+                    ),
+                    &["stream"],
+                )
+                .expect("metric");
+                registry.register(Box::new(m.clone())).expect("register");
+                m
+            },
+            registry,
+        }
+    }
+
+    /// Handles for `stream`.
+    pub fn stream(&self, stream: &str) -> StreamMetrics {
+        let l = &[stream];
+        StreamMetrics {
+            produced: self.produced.with_label_values(l),
+            batches_ok: self.batches.with_label_values(&[stream, "ok"]),
+            batches_duplicate: self.batches.with_label_values(&[stream, "duplicate"]),
+            dedup_key: self.deduplicated.with_label_values(&[stream, "key"]),
+            delivered: self.delivered.with_label_values(l),
+            redelivered_deadline: self
+                .redelivered
+                .with_label_values(&[stream, "ack_deadline"]),
+            redelivered_nack: self.redelivered.with_label_values(&[stream, "nack"]),
+            redelivered_disconnect: self.redelivered.with_label_values(&[stream, "disconnect"]),
+            acked: self.acked.with_label_values(l),
+            dead_lettered: self.dead_lettered.with_label_values(l),
+            pending: self.pending.with_label_values(l),
+            in_flight: self.in_flight.with_label_values(l),
+            consumers: self.consumers.with_label_values(l),
+            producers: self.producers.with_label_values(l),
+            log_bytes: self.log_bytes.with_label_values(l),
+            log_segments: self.log_segments.with_label_values(l),
+            append_seconds: self.append_seconds.with_label_values(l),
+            entries_per_fsync: self.entries_per_fsync.with_label_values(l),
+            batches: self.batches.clone(),
+            name: stream.to_string(),
+        }
+    }
+
+    /// Counts a duplicate (retried) batch's records.
+    pub fn dedup_batch(&self, stream: &str, records: u64) {
+        self.deduplicated
+            .with_label_values(&[stream, "batch"])
+            .inc_by(records);
+    }
+
+    /// Renders the registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            return format!("# encode error: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,343 @@
+//! Test harness: an in-process broker on port 0 in its own runtime (so a test can "crash" it by
+//! dropping the runtime without a clean shutdown), plus small client helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+use txpipe_broker::Config;
+use txpipe_client::broker::v1::broker_client::BrokerClient;
+use txpipe_client::broker::v1::*;
+
+pub struct TestBroker {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+/// A config for tests: small timers, fsync on.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::new(dir);
+    c.snapshot_interval_ms = 200;
+    c.ack_flush_ms = 1;
+    c
+}
+
+impl TestBroker {
+    pub fn start(config: Config) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        grpc.set_nonblocking(true).unwrap();
+        admin.set_nonblocking(true).unwrap();
+        let (ga, aa) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stop_rx) = oneshot::channel::<bool>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let r = rt.block_on(async move {
+                let grpc = tokio::net::TcpListener::from_std(grpc).unwrap();
+                let admin = tokio::net::TcpListener::from_std(admin).unwrap();
+                let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
+                let run = txpipe_broker::run(config, grpc, admin, async move {
+                    let _ = graceful_rx.await;
+                });
+                tokio::pin!(run);
+                tokio::select! {
+                    r = &mut run => r.map_err(|e| e.to_string()),
+                    crash = stop_rx => {
+                        if crash.unwrap_or(true) {
+                            Ok(()) // drop everything: no final snapshot, no ack flush
+                        } else {
+                            let _ = graceful_tx.send(());
+                            run.await.map_err(|e| e.to_string())
+                        }
+                    }
+                }
+            });
+            rt.shutdown_background();
+            r
+        });
+        Self {
+            grpc: ga,
+            admin: aa,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Clean shutdown (final snapshot). Async so that the test's own runtime keeps serving its
+    /// client connections (HTTP/2 graceful shutdown needs the client to answer a PING).
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(false);
+        let t = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || t.join().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Abrupt stop: the runtime is dropped mid-flight.
+    pub fn crash(mut self) {
+        let _ = self.stop.take().unwrap().send(true);
+        let _ = self.thread.take().unwrap().join().unwrap();
+    }
+
+    pub async fn client(&self) -> BrokerClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match BrokerClient::connect(format!("http://{}", self.grpc)).await {
+                Ok(c) => {
+                    return c
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20);
+                }
+                Err(e) if Instant::now() > deadline => panic!("broker unreachable: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Channel::from_shared(format!("http://{}", self.grpc))
+                .unwrap()
+                .connect()
+                .await
+            {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("broker unreachable: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn rec(key: &str, value: &str) -> Record {
+    Record {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        timestamp_us: 1,
+    }
+}
+
+/// One Produce call: sends `batches` and collects the answers (or the error status).
+pub async fn produce(
+    client: &mut BrokerClient<Channel>,
+    batches: Vec<ProduceRequest>,
+) -> Result<Vec<ProduceResponse>, tonic::Status> {
+    let n = batches.len();
+    let mut inbound = client
+        .produce(tokio_stream::iter(batches))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match inbound.next().await {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(s)) => return Err(s),
+            None => return Err(tonic::Status::unknown("stream ended early")),
+        }
+    }
+    Ok(out)
+}
+
+pub fn batch(
+    stream: &str,
+    producer_id: u64,
+    sequence: u64,
+    records: Vec<Record>,
+) -> ProduceRequest {
+    ProduceRequest {
+        stream: stream.into(),
+        producer_id,
+        sequence,
+        records,
+    }
+}
+
+/// A consumer: the request sender and the response stream.
+pub struct TestConsumer {
+    pub tx: mpsc::Sender<ConsumeRequest>,
+    pub rx: Streaming<ConsumeResponse>,
+    pub subscribed: Subscribed,
+}
+
+pub fn subscribe_req(stream: &str, name: &str, window: u32) -> ConsumeRequest {
+    ConsumeRequest {
+        kind: Some(consume_request::Kind::Subscribe(Subscribe {
+            stream: stream.into(),
+            group: String::new(),
+            consumer_name: name.into(),
+            window,
+        })),
+    }
+}
+
+impl TestConsumer {
+    pub async fn connect(
+        client: &mut BrokerClient<Channel>,
+        stream: &str,
+        name: &str,
+        window: u32,
+    ) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(subscribe_req(stream, name, window)).await.unwrap();
+        let mut rx = client.consume(ReceiverStream::new(rx)).await?.into_inner();
+        match rx.next().await {
+            Some(Ok(ConsumeResponse {
+                kind: Some(consume_response::Kind::Subscribed(s)),
+            })) => Ok(Self {
+                tx,
+                rx,
+                subscribed: s,
+            }),
+            Some(Err(s)) => Err(s),
+            other => panic!("expected subscribed, got {other:?}"),
+        }
+    }
+
+    /// Next batch of deliveries within `timeout`, or None.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Vec<Delivery>> {
+        match tokio::time::timeout(timeout, self.rx.next()).await {
+            Ok(Some(Ok(ConsumeResponse {
+                kind: Some(consume_response::Kind::Deliveries(d)),
+            }))) => Some(d.deliveries),
+            Ok(Some(Err(s))) => panic!("consume failed: {s}"),
+            _ => None,
+        }
+    }
+
+    /// Collects deliveries until `n` are received (panics after `timeout`).
+    pub async fn take(&mut self, n: usize, timeout: Duration) -> Vec<Delivery> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(d) => out.extend(d),
+                None => panic!("got {} deliveries of {n} within {timeout:?}", out.len()),
+            }
+        }
+        out
+    }
+
+    pub async fn ack(&self, offsets: Vec<u64>) {
+        self.tx
+            .send(ConsumeRequest {
+                kind: Some(consume_request::Kind::Ack(Ack { offsets })),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn nack(&self, offsets: Vec<u64>, delay_ms: u32, reason: &str) {
+        self.tx
+            .send(ConsumeRequest {
+                kind: Some(consume_request::Kind::Nack(Nack {
+                    offsets,
+                    delay_ms,
+                    reason: reason.into(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn stream_info(client: &mut BrokerClient<Channel>, stream: &str) -> StreamInfo {
+    client
+        .get_stream(GetStreamRequest {
+            stream: stream.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stream
+        .unwrap()
+}
+
+/// Polls `f` until it returns true (panics after `timeout`).
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn fetch_all(client: &mut BrokerClient<Channel>, stream: &str) -> Vec<FetchedRecord> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    loop {
+        let r = client
+            .fetch(FetchRequest {
+                stream: stream.into(),
+                start_offset: next,
+                max_records: 0,
+                max_bytes: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.records.is_empty() {
+            return out;
+        }
+        next = r.next_offset;
+        out.extend(r.records);
+    }
+}
+
+/// Raw HTTP/1.1 GET: (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}

@@ -1,0 +1,204 @@
+//! `txpipe-producer`: generates (or reads) card transactions and publishes them to a txpipe
+//! broker. Every flag is also an environment variable (`PRODUCER_*`; the PAN key is
+//! `TXPIPE_PAN_KEY`). Exit status 0 on success, 1 on any error (bad flags, unreachable or
+//! rejecting broker, bad input row with `--on-bad-row stop`), 130 when interrupted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use txpipe_client::pan::PanKey;
+use txpipe_producer::generate::GeneratorConfig;
+use txpipe_producer::input::InputFormat;
+use txpipe_producer::{Config, OnBadRow, ProgressMode, Source};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Generates realistic, labelled card transactions (or reads them from CSV / JSON Lines) and
+/// publishes them to a txpipe broker: transactions to `transactions`, ground truth to `labels`.
+#[derive(Debug, Parser)]
+#[command(name = "txpipe-producer", version)]
+struct Args {
+    /// Broker addresses, comma-separated host:port.
+    #[arg(long, env = "PRODUCER_BROKERS", default_value = "127.0.0.1:9100")]
+    brokers: String,
+    /// Transactions to send. Default: 2000000 generated, or every row of --input.
+    #[arg(long, env = "PRODUCER_COUNT")]
+    count: Option<u64>,
+    /// Generator seed; the same seed always yields the same transactions.
+    #[arg(long, env = "PRODUCER_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Generated customers.
+    #[arg(long, env = "PRODUCER_CUSTOMERS", default_value_t = 10_000)]
+    customers: u32,
+    /// Generated merchants (at least 50).
+    #[arg(long, env = "PRODUCER_MERCHANTS", default_value_t = 5_000)]
+    merchants: u32,
+    /// Share of generated transactions that are fraud, 0.0-0.5.
+    #[arg(long, env = "PRODUCER_FRAUD_RATE", default_value_t = 0.01)]
+    fraud_rate: f64,
+    /// Simulated start time, Unix microseconds (default 2025-01-01T00:00:00Z).
+    #[arg(
+        long,
+        env = "PRODUCER_START_TIME_US",
+        default_value_t = 1_735_689_600_000_000
+    )]
+    start_time_us: i64,
+    /// Prefix of generated transaction ids (`<prefix>tx-<20 digits>`), to keep runs apart.
+    #[arg(long, env = "PRODUCER_ID_PREFIX", default_value = "")]
+    id_prefix: String,
+    /// Transactions per second; 0 = unlimited.
+    #[arg(long, env = "PRODUCER_RATE", default_value_t = 0.0)]
+    rate: f64,
+    /// Records per produce batch (1-10000).
+    #[arg(long, env = "PRODUCER_BATCH_SIZE", default_value_t = 500)]
+    batch_size: usize,
+    /// Unacknowledged batches per stream, at most.
+    #[arg(long, env = "PRODUCER_MAX_IN_FLIGHT", default_value_t = 16)]
+    max_in_flight: usize,
+    /// Read transactions from this CSV or JSON Lines file instead of generating them.
+    #[arg(long, env = "PRODUCER_INPUT")]
+    input: Option<PathBuf>,
+    /// Format of --input; default from the extension (.csv, .jsonl/.ndjson/.json).
+    #[arg(long, env = "PRODUCER_INPUT_FORMAT", value_enum)]
+    input_format: Option<InputFormat>,
+    /// What to do with an input row that does not match the schema.
+    #[arg(long, env = "PRODUCER_ON_BAD_ROW", value_enum, default_value_t = OnBadRow::Stop)]
+    on_bad_row: OnBadRow,
+    /// Write ground-truth Label records to the `labels` stream.
+    #[arg(long, env = "PRODUCER_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
+    labels: bool,
+    /// PAN encryption key, 64 hex characters. Default: the well-known development key.
+    #[arg(long, env = "TXPIPE_PAN_KEY", hide_env_values = true)]
+    pan_key_hex: Option<String>,
+    /// Id of the PAN key, carried in Transaction.key_id.
+    #[arg(long, env = "TXPIPE_PAN_KEY_ID", default_value = "k1")]
+    pan_key_id: String,
+    /// Progress display: a bar on a terminal (auto), always, or log lines only (never).
+    #[arg(long, env = "PRODUCER_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Write a JSON summary (counts, elapsed, rate, producer ids, bad rows) to this file.
+    #[arg(long, env = "PRODUCER_SUMMARY_JSON")]
+    summary_json: Option<PathBuf>,
+    /// How long to keep retrying an unreachable broker before failing, milliseconds.
+    #[arg(long, env = "PRODUCER_RECONNECT_DEADLINE_MS", default_value_t = 60_000)]
+    reconnect_deadline_ms: u64,
+    /// Log format.
+    #[arg(long, env = "PRODUCER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn config(args: Args) -> anyhow::Result<Config> {
+    let brokers = txpipe_client::connect::parse_addrs(&args.brokers).context("--brokers")?;
+    let pan_key = match &args.pan_key_hex {
+        Some(hex) => PanKey::from_hex(args.pan_key_id.clone(), hex)
+            .context("--pan-key-hex / TXPIPE_PAN_KEY")?,
+        None => {
+            tracing::warn!(
+                "no TXPIPE_PAN_KEY given: sealing PANs with the well-known development key"
+            );
+            PanKey::dev()
+        }
+    };
+    let source = match args.input {
+        Some(path) => {
+            let format = match args.input_format.or_else(|| InputFormat::from_path(&path)) {
+                Some(f) => f,
+                None => bail!(
+                    "cannot tell the format of {} from its extension: give --input-format csv|jsonl",
+                    path.display()
+                ),
+            };
+            Source::File { path, format }
+        }
+        None => Source::Generate(GeneratorConfig {
+            seed: args.seed,
+            customers: args.customers,
+            merchants: args.merchants,
+            fraud_rate: args.fraud_rate,
+            start_time_us: args.start_time_us,
+            id_prefix: args.id_prefix,
+            ..GeneratorConfig::default()
+        }),
+    };
+    let mut config = Config::new(brokers);
+    config.source = source;
+    config.count = args.count;
+    config.rate_per_s = args.rate;
+    config.batch_size = args.batch_size;
+    config.max_in_flight = args.max_in_flight;
+    config.on_bad_row = args.on_bad_row;
+    config.labels = args.labels;
+    config.pan_key = Arc::new(pan_key);
+    config.progress = args.progress;
+    config.summary_json = args.summary_json;
+    config.reconnect_deadline = Duration::from_millis(args.reconnect_deadline_ms);
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let config = match config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match txpipe_producer::run(config, shutdown_signal()).await {
+        Ok(summary) if summary.interrupted => std::process::ExitCode::from(130),
+        Ok(summary) => {
+            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! Publishing: reads a source (the generator or a file), batches records, paces them with a
+//! token bucket and sends them through two idempotent producers — `transactions` (key = tx id,
+//! value = `Transaction`) and `labels` (key = tx id, value = `Label`) — then waits until both
+//! have every batch acknowledged.
+//!
+//! Records are built on a blocking thread and handed to the async sender through a channel of 4
+//! batches, so generation overlaps with the network. `Record.timestamp_us` is stamped right
+//! before a batch is queued to the producer (after any rate-limit wait), so it measures
+//! produce → decision latency, not time spent throttled.
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio::sync::mpsc;
+use txpipe_client::broker::v1::Record;
+use txpipe_client::pan::PanKey;
+use txpipe_client::produce::{
+    ProduceError, Producer, ProducerConfig, ProducerStats, random_producer_id,
+};
+use txpipe_client::streams;
+
+use crate::generate::{ConfigError, Generator, GeneratorConfig};
+use crate::input::{BadRow, FileSource, InputError, InputFormat};
+use crate::ratelimit::TokenBucket;
+
+/// Default number of generated transactions.
+pub const DEFAULT_COUNT: u64 = 2_000_000;
+
+/// Where records come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The seeded generator.
+    Generate(GeneratorConfig),
+    /// A CSV or JSON Lines file (see [`crate::input`] for the schema).
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        format: InputFormat,
+    },
+}
+
+/// What to do with a row that does not match the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBadRow {
+    /// Report it, count it and go on.
+    Skip,
+    /// Report it and stop the run with an error (after flushing the rows before it).
+    Stop,
+}
+
+/// How to show progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A progress bar when stderr is a terminal, log lines otherwise.
+    Auto,
+    /// Always a progress bar.
+    Always,
+    /// Log lines every 5 s.
+    Never,
+}
+
+/// Settings of [`run`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Broker endpoint URIs (`http://host:port`), see `txpipe_client::connect::parse_addrs`.
+    pub brokers: Vec<String>,
+    /// Where records come from.
+    pub source: Source,
+    /// Records to send at most; `None` = [`DEFAULT_COUNT`] for the generator, the whole file
+    /// for a file.
+    pub count: Option<u64>,
+    /// Transactions per second; 0 = unlimited.
+    pub rate_per_s: f64,
+    /// Records per produce batch, 1-10 000.
+    pub batch_size: usize,
+    /// Unacknowledged batches per stream, at most (≥ 1).
+    pub max_in_flight: usize,
+    /// Bad-row policy for files.
+    pub on_bad_row: OnBadRow,
+    /// Send `Label` records to the `labels` stream.
+    pub labels: bool,
+    /// The key that seals PANs.
+    pub pan_key: Arc<PanKey>,
+    /// Progress display.
+    pub progress: ProgressMode,
+    /// Write the [`Summary`] as JSON to this file at the end (also after an error).
+    pub summary_json: Option<PathBuf>,
+    /// How long the producers keep trying to reach a broker after a failure.
+    pub reconnect_deadline: Duration,
+    /// Stream names (defaults: `transactions`, `labels`).
+    pub transactions_stream: String,
+    /// See `transactions_stream`.
+    pub labels_stream: String,
+}
+
+impl Config {
+    /// A configuration with defaults: generator seed 42, 2 000 000 records, unlimited rate,
+    /// batches of 500, 16 in flight, labels on, the development key, 60 s reconnect deadline.
+    pub fn new(brokers: Vec<String>) -> Self {
+        Self {
+            brokers,
+            source: Source::Generate(GeneratorConfig::default()),
+            count: None,
+            rate_per_s: 0.0,
+            batch_size: 500,
+            max_in_flight: 16,
+            on_bad_row: OnBadRow::Stop,
+            labels: true,
+            pan_key: Arc::new(PanKey::dev()),
+            progress: ProgressMode::Never,
+            summary_json: None,
+            reconnect_deadline: Duration::from_secs(60),
+            transactions_stream: streams::TRANSACTIONS.to_string(),
+            labels_stream: streams::LABELS.to_string(),
+        }
+    }
+
+    /// Checks cross-field rules. Errors: [`Error::Config`] naming the value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.brokers.is_empty() {
+            return bad("no broker address given (--brokers)".into());
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return bad(format!("batch size {} is not 1-10000", self.batch_size));
+        }
+        if self.max_in_flight == 0 {
+            return bad("max in-flight batches must be >= 1".into());
+        }
+        if !self.rate_per_s.is_finite() || self.rate_per_s < 0.0 {
+            return bad(format!(
+                "rate {} tx/s must be >= 0 (0 = unlimited)",
+                self.rate_per_s
+            ));
+        }
+        if let Source::Generate(g) = &self.source {
+            g.validate()?;
+        }
+        if let Source::File { path, .. } = &self.source
+            && !path.is_file()
+        {
+            return bad(format!("input file {} does not exist", path.display()));
+        }
+        Ok(())
+    }
+}
+
+/// Errors of [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Invalid settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Invalid generator settings.
+    #[error(transparent)]
+    Generator(#[from] ConfigError),
+    /// The input file could not be read.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// A bad row with `--on-bad-row stop`.
+    #[error("bad input row, stopping (--on-bad-row stop): {0}")]
+    BadRow(BadRow),
+    /// A producer failed: broker unreachable past the deadline, or a batch rejected.
+    #[error("producing to stream {stream} failed: {source}")]
+    Produce {
+        /// Stream name.
+        stream: String,
+        /// The producer's error.
+        source: ProduceError,
+    },
+    /// The summary file could not be written.
+    #[error("cannot write summary {path}: {source}")]
+    Summary {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Result of this crate's fallible operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Totals of a run, written by `--summary-json`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// `"generator"` or the input file path.
+    pub source: String,
+    /// Transactions read from the source and queued (valid rows or generated records).
+    pub transactions_sent: u64,
+    /// Transaction records the broker acknowledged.
+    pub transactions_acked: u64,
+    /// Transaction records stored (excludes batches the broker recognised as retries).
+    pub transactions_stored: u64,
+    /// Label records queued.
+    pub labels_sent: u64,
+    /// Label records acknowledged.
+    pub labels_acked: u64,
+    /// Records labelled as fraud.
+    pub fraud_labelled: u64,
+    /// Rows rejected by the schema.
+    pub bad_rows: u64,
+    /// The first 100 bad rows.
+    pub bad_row_samples: Vec<BadRow>,
+    /// Wall time from start to the last acknowledgement, seconds.
+    pub elapsed_s: f64,
+    /// `transactions_acked / elapsed_s`.
+    pub rate_per_s: f64,
+    /// Idempotent producer id of the `transactions` producer.
+    pub transactions_producer_id: u64,
+    /// Idempotent producer id of the `labels` producer (0 if labels are off).
+    pub labels_producer_id: u64,
+    /// Batches the broker answered as duplicates of stored ones (retries after a reconnect).
+    pub duplicate_batches: u64,
+    /// Reconnections of both producers.
+    pub reconnects: u64,
+    /// The run stopped early on the shutdown signal.
+    pub interrupted: bool,
+    /// The error that ended the run, if any.
+    pub error: Option<String>,
+}
+
+/// One batch handed from the reader thread to the sender.
+struct Batch {
+    tx: Vec<Record>,
+    labels: Vec<Record>,
+    fraud: u64,
+    bad_rows: Vec<BadRow>,
+    /// Set on the last batch when the reader stopped on an error.
+    error: Option<Error>,
+}
+
+fn record(key: &str, value: Vec<u8>) -> Record {
+    Record {
+        key: key.as_bytes().to_vec().into(),
+        value: value.into(),
+        timestamp_us: 0,
+    }
+}
+
+/// Reads the source on the calling (blocking) thread and sends batches until `limit` records,
+/// the end of the source, an error, or the receiver goes away.
+fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
+    let new_batch = || Batch {
+        tx: Vec::with_capacity(config.batch_size),
+        labels: Vec::with_capacity(if config.labels { config.batch_size } else { 0 }),
+        fraud: 0,
+        bad_rows: Vec::new(),
+        error: None,
+    };
+    let mut batch = new_batch();
+    let mut sent = 0u64;
+    let flush = |batch: Batch| out.blocking_send(batch).is_ok();
+    match &config.source {
+        Source::Generate(g) => {
+            let generator = Generator::with_shared_key(g.clone(), config.pan_key.clone());
+            for r in generator.take(limit as usize) {
+                if r.label.is_fraud {
+                    batch.fraud += 1;
+                }
+                if config.labels {
+                    batch.labels.push(record(&r.tx.id, r.label.encode_to_vec()));
+                }
+                batch.tx.push(record(&r.tx.id, r.tx.encode_to_vec()));
+                if batch.tx.len() >= config.batch_size
+                    && !flush(std::mem::replace(&mut batch, new_batch()))
+                {
+                    return;
+                }
+            }
+        }
+        Source::File { path, format } => {
+            let source = match FileSource::open(path, *format, config.pan_key.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    batch.error = Some(e.into());
+                    flush(batch);
+                    return;
+                }
+            };
+            for item in source {
+                if sent >= limit {
+                    break;
+                }
+                match item {
+                    Err(fatal) => {
+                        batch.error = Some(fatal.into());
+                        flush(batch);
+                        return;
+                    }
+                    Ok(Err(bad)) => {
+                        tracing::warn!(line = bad.line, column = bad.column.as_deref().unwrap_or(""), reason = %bad.reason, "bad input row");
+                        if config.on_bad_row == OnBadRow::Stop {
+                            batch.error = Some(Error::BadRow(bad));
+                            flush(batch);
+                            return;
+                        }
+                        batch.bad_rows.push(bad);
+                    }
+                    Ok(Ok(rec)) => {
+                        if let Some(label) = rec.label {
+                            if label.is_fraud {
+                                batch.fraud += 1;
+                            }
+                            if config.labels {
+                                batch.labels.push(record(&rec.tx.id, label.encode_to_vec()));
+                            }
+                        }
+                        batch.tx.push(record(&rec.tx.id, rec.tx.encode_to_vec()));
+                        sent += 1;
+                        if batch.tx.len() >= config.batch_size
+                            && !flush(std::mem::replace(&mut batch, new_batch()))
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !batch.tx.is_empty() || !batch.bad_rows.is_empty() {
+        flush(batch);
+    }
+}
+
+/// Runs the producer until the source is exhausted (or `count` records), an error, or
+/// `shutdown` resolves; then waits for every queued batch to be acknowledged and returns the
+/// totals. Writes `summary_json` when set, also when returning an error.
+///
+/// Errors: [`Error::Config`]/[`Error::Generator`] before anything starts; [`Error::Input`] when
+/// the file cannot be read; [`Error::BadRow`] with `OnBadRow::Stop`; [`Error::Produce`] when a
+/// broker stays unreachable past `reconnect_deadline` or rejects a batch.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<Summary> {
+    config.validate()?;
+    let started = Instant::now();
+    let mut summary = Summary {
+        source: match &config.source {
+            Source::Generate(_) => "generator".into(),
+            Source::File { path, .. } => path.display().to_string(),
+        },
+        ..Summary::default()
+    };
+    let result = run_inner(&config, shutdown, started, &mut summary).await;
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    summary.rate_per_s = if summary.elapsed_s > 0.0 {
+        summary.transactions_acked as f64 / summary.elapsed_s
+    } else {
+        0.0
+    };
+    if let Err(e) = &result {
+        summary.error = Some(e.to_string());
+    }
+    if let Some(path) = &config.summary_json {
+        let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
+        std::fs::write(path, json).map_err(|source| Error::Summary {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    result.map(|()| summary)
+}
+
+fn producer_config(config: &Config, stream: &str) -> ProducerConfig {
+    ProducerConfig {
+        addrs: config.brokers.clone(),
+        stream: stream.to_string(),
+        producer_id: random_producer_id(),
+        max_in_flight: config.max_in_flight,
+        reconnect_deadline: config.reconnect_deadline,
+    }
+}
+
+async fn run_inner(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+    started: Instant,
+    summary: &mut Summary,
+) -> Result<()> {
+    let produce_err = |stream: &str| {
+        let stream = stream.to_string();
+        move |source| Error::Produce { stream, source }
+    };
+    let tx_producer = Producer::connect(producer_config(config, &config.transactions_stream))
+        .await
+        .map_err(produce_err(&config.transactions_stream))?;
+    summary.transactions_producer_id = tx_producer.producer_id();
+    let label_producer = if config.labels {
+        let p = Producer::connect(producer_config(config, &config.labels_stream))
+            .await
+            .map_err(produce_err(&config.labels_stream))?;
+        summary.labels_producer_id = p.producer_id();
+        Some(p)
+    } else {
+        None
+    };
+    let limit = match (&config.source, config.count) {
+        (_, Some(n)) => n,
+        (Source::Generate(_), None) => DEFAULT_COUNT,
+        (Source::File { .. }, None) => u64::MAX,
+    };
+    tracing::info!(
+        source = %summary.source,
+        limit,
+        rate_per_s = config.rate_per_s,
+        batch_size = config.batch_size,
+        transactions_producer_id = summary.transactions_producer_id,
+        labels_producer_id = summary.labels_producer_id,
+        "producing"
+    );
+
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(4);
+    let reader_config = config.clone();
+    let reader = tokio::task::spawn_blocking(move || read_source(&reader_config, limit, batch_tx));
+    let progress = Progress::start(
+        config.progress,
+        (limit != u64::MAX).then_some(limit),
+        tx_producer.watch_stats(),
+    );
+
+    let mut bucket = (config.rate_per_s > 0.0).then(|| {
+        TokenBucket::new(
+            config.rate_per_s,
+            (config.batch_size as f64).max(config.rate_per_s / 10.0),
+            0.0,
+        )
+    });
+    let mut failure: Option<Error> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested; flushing what was queued");
+                summary.interrupted = true;
+                break;
+            }
+            b = batch_rx.recv() => match b { Some(b) => b, None => break },
+        };
+        summary.bad_rows += batch.bad_rows.len() as u64;
+        for bad in batch.bad_rows {
+            if summary.bad_row_samples.len() < 100 {
+                summary.bad_row_samples.push(bad);
+            }
+        }
+        if !batch.tx.is_empty() {
+            if let Some(bucket) = bucket.as_mut() {
+                let wait = bucket.reserve(batch.tx.len() as f64, started.elapsed().as_secs_f64());
+                if wait > 0.0 {
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => {
+                            summary.interrupted = true;
+                            break;
+                        }
+                        () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                    }
+                }
+            }
+            let now = txpipe_client::now_us();
+            let (mut txs, mut labels) = (batch.tx, batch.labels);
+            for r in txs.iter_mut().chain(labels.iter_mut()) {
+                r.timestamp_us = now;
+            }
+            let (n_tx, n_labels) = (txs.len() as u64, labels.len() as u64);
+            if tx_producer.send(txs).await.is_err() {
+                break; // The producer failed; close() below reports why.
+            }
+            summary.transactions_sent += n_tx;
+            summary.fraud_labelled += batch.fraud;
+            if let Some(lp) = &label_producer
+                && !labels.is_empty()
+            {
+                if lp.send(labels).await.is_err() {
+                    break;
+                }
+                summary.labels_sent += n_labels;
+            }
+        }
+        if let Some(e) = batch.error {
+            failure = Some(e);
+            break;
+        }
+    }
+    drop(batch_rx);
+    let _ = reader.await;
+
+    let tx_result = tx_producer.close().await;
+    let label_result = match label_producer {
+        Some(p) => Some(p.close().await),
+        None => None,
+    };
+    progress.finish().await;
+    let mut add = |s: &ProducerStats, tx: bool| {
+        if tx {
+            summary.transactions_acked = s.records_acked;
+            summary.transactions_stored = s.records_stored;
+        } else {
+            summary.labels_acked = s.records_acked;
+        }
+        summary.duplicate_batches += s.duplicate_batches;
+        summary.reconnects += s.reconnects;
+    };
+    if let Ok(s) = &tx_result {
+        add(s, true);
+    }
+    if let Some(Ok(s)) = &label_result {
+        add(s, false);
+    }
+    tx_result.map_err(produce_err(&config.transactions_stream))?;
+    if let Some(r) = label_result {
+        r.map_err(produce_err(&config.labels_stream))?;
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    tracing::info!(
+        transactions = summary.transactions_acked,
+        labels = summary.labels_acked,
+        fraud = summary.fraud_labelled,
+        bad_rows = summary.bad_rows,
+        duplicate_batches = summary.duplicate_batches,
+        reconnects = summary.reconnects,
+        elapsed_s = started.elapsed().as_secs_f64(),
+        "done"
+    );
+    Ok(())
+}
+
+/// Progress display: an indicatif bar, or a log line every 5 s.
+struct Progress {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Progress {
+    fn start(
+        mode: ProgressMode,
+        total: Option<u64>,
+        mut stats: tokio::sync::watch::Receiver<ProducerStats>,
+    ) -> Self {
+        let bar = match mode {
+            ProgressMode::Always => true,
+            ProgressMode::Never => false,
+            ProgressMode::Auto => std::io::stderr().is_terminal(),
+        };
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            if bar {
+                let pb = match total {
+                    Some(n) => indicatif::ProgressBar::new(n),
+                    None => indicatif::ProgressBar::new_spinner(),
+                };
+                let style = indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40.cyan/blue}] {human_pos}/{human_len} acked  {per_sec}  eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                pb.set_style(style);
+                loop {
+                    pb.set_position(stats.borrow_and_update().records_acked);
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+                pb.set_position(stats.borrow().records_acked);
+                pb.finish();
+            } else {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        _ = tick.tick() => {
+                            let acked = stats.borrow().records_acked;
+                            let secs = started.elapsed().as_secs_f64();
+                            tracing::info!(acked, total = total.unwrap_or(0), rate_per_s = (acked as f64 / secs).round(), "progress");
+                        }
+                    }
+                }
+            }
+        });
+        Self { task, stop }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,391 @@
+//! `run()` against an in-process fake broker on port 0: counts, labels, file input policies,
+//! errors, and a broker restart on the same port in the middle of a run.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use txpipe_client::broker::v1::broker_server::{Broker, BrokerServer};
+use txpipe_client::broker::v1::*;
+use txpipe_client::pipeline::v1::{Label, Transaction};
+use txpipe_producer::generate::GeneratorConfig;
+use txpipe_producer::input::InputFormat;
+use txpipe_producer::{Config, Error, OnBadRow, Source};
+
+/// What the fake broker has "durably" stored; survives restarts.
+#[derive(Default)]
+struct State {
+    records: HashMap<String, Vec<Record>>,
+    /// (stream, producer id) → last stored sequence.
+    last_seq: HashMap<(String, u64), u64>,
+    /// Every stored (stream, producer id, sequence), to detect a batch stored twice.
+    stored_batches: Vec<(String, u64, u64)>,
+    /// Crash (end every produce stream, do not answer) right after storing this many batches.
+    crash_after_batches: Option<usize>,
+}
+
+#[derive(Clone)]
+struct FakeBroker {
+    state: Arc<Mutex<State>>,
+    crashed: watch::Sender<bool>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Broker for FakeBroker {
+    type ProduceStream = BoxStream<ProduceResponse>;
+    type ConsumeStream = BoxStream<ConsumeResponse>;
+
+    async fn produce(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (out, rx) = mpsc::channel(64);
+        let state = self.state.clone();
+        let crashed_tx = self.crashed.clone();
+        let mut crashed = self.crashed.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    biased;
+                    () = async { let _ = crashed.wait_for(|c| *c).await; } => {
+                        let _ = out.send(Err(Status::unavailable("broker crashed"))).await;
+                        return;
+                    }
+                    r = inbound.next() => match r {
+                        Some(Ok(r)) => r,
+                        _ => return,
+                    },
+                };
+                let reply = {
+                    let mut s = state.lock().unwrap();
+                    if req.stream != "transactions" && req.stream != "labels" {
+                        Err(Status::not_found(format!("unknown stream {}", req.stream)))
+                    } else {
+                        let k = (req.stream.clone(), req.producer_id);
+                        let last = s.last_seq.get(&k).copied().unwrap_or(0);
+                        if req.sequence <= last {
+                            Ok(ProduceResponse {
+                                stream: req.stream.clone(),
+                                sequence: req.sequence,
+                                duplicate: true,
+                                ..Default::default()
+                            })
+                        } else if req.sequence != last + 1 {
+                            Err(Status::failed_precondition("sequence gap"))
+                        } else {
+                            let n = req.records.len() as u32;
+                            let list = s.records.entry(req.stream.clone()).or_default();
+                            let base = list.len() as u64;
+                            list.extend(req.records);
+                            s.last_seq.insert(k, req.sequence);
+                            s.stored_batches.push((
+                                req.stream.clone(),
+                                req.producer_id,
+                                req.sequence,
+                            ));
+                            if s.crash_after_batches == Some(s.stored_batches.len()) {
+                                s.crash_after_batches = None;
+                                // Stored but never answered: the client must retry it.
+                                let _ = crashed_tx.send(true);
+                                continue;
+                            }
+                            Ok(ProduceResponse {
+                                stream: req.stream,
+                                sequence: req.sequence,
+                                base_offset: base,
+                                stored: n,
+                                deduplicated: 0,
+                                duplicate: false,
+                            })
+                        }
+                    }
+                };
+                let end = reply.is_err();
+                if out.send(reply).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn consume(
+        &self,
+        _: Request<Streaming<ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_streams(
+        &self,
+        _: Request<ListStreamsRequest>,
+    ) -> Result<Response<ListStreamsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn get_stream(
+        &self,
+        _: Request<GetStreamRequest>,
+    ) -> Result<Response<GetStreamResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// Serves `state` on `listener` until the broker crashes (if a crash is armed) or forever.
+fn serve(listener: TcpListener, state: Arc<Mutex<State>>) -> tokio::task::JoinHandle<()> {
+    let (crashed, mut rx) = watch::channel(false);
+    let broker = FakeBroker { state, crashed };
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(BrokerServer::new(broker))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = rx.wait_for(|c| *c).await;
+            })
+            .await
+            .unwrap();
+    })
+}
+
+async fn start(state: Arc<Mutex<State>>) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (port, serve(listener, state))
+}
+
+fn config(port: u16, count: u64) -> Config {
+    let mut c = Config::new(vec![format!("http://127.0.0.1:{port}")]);
+    c.source = Source::Generate(GeneratorConfig {
+        customers: 500,
+        merchants: 200,
+        ..GeneratorConfig::default()
+    });
+    c.count = Some(count);
+    c.batch_size = 250;
+    c.max_in_flight = 4;
+    c.reconnect_deadline = Duration::from_secs(20);
+    c
+}
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+fn stored(state: &Arc<Mutex<State>>, stream: &str) -> Vec<Record> {
+    state
+        .lock()
+        .unwrap()
+        .records
+        .get(stream)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn generated_transactions_and_their_labels_reach_their_own_streams() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (port, _server) = start(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(port, 5_000);
+    cfg.summary_json = Some(dir.path().join("summary.json"));
+    let summary = txpipe_producer::run(cfg, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.transactions_acked, 5_000);
+    assert_eq!(summary.transactions_stored, 5_000);
+    assert_eq!(summary.labels_acked, 5_000);
+    assert_eq!(summary.duplicate_batches, 0);
+    assert_ne!(summary.transactions_producer_id, summary.labels_producer_id);
+
+    let txs = stored(&state, "transactions");
+    let labels = stored(&state, "labels");
+    assert_eq!(txs.len(), 5_000);
+    assert_eq!(labels.len(), 5_000);
+    let mut fraud = 0;
+    for (i, (t, l)) in txs.iter().zip(&labels).enumerate() {
+        let tx = Transaction::decode(t.value.clone()).unwrap();
+        let label = Label::decode(l.value.clone()).unwrap();
+        assert_eq!(tx.id, format!("tx-{i:020}"));
+        assert_eq!(t.key.as_ref(), tx.id.as_bytes());
+        assert_eq!(label.transaction_id, tx.id);
+        assert!(t.timestamp_us > 0);
+        fraud += u64::from(label.is_fraud);
+    }
+    assert_eq!(summary.fraud_labelled, fraud);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["transactions_acked"], 5_000);
+    assert_eq!(json["error"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn a_broker_restart_on_the_same_port_mid_run_stores_no_batch_twice() {
+    let state = Arc::new(Mutex::new(State {
+        crash_after_batches: Some(25),
+        ..State::default()
+    }));
+    let (port, server) = start(state.clone()).await;
+    let run = tokio::spawn(txpipe_producer::run(
+        config(port, 20_000),
+        std::future::pending(),
+    ));
+
+    // The first server stops after the crash; bring a new one up on the same port and data.
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("fake broker shuts down after its crash")
+        .unwrap();
+    assert!(stored(&state, "transactions").len() + stored(&state, "labels").len() < 40_000);
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let _server = serve(listener, state.clone());
+
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("run finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.transactions_acked, 20_000);
+    assert_eq!(summary.labels_acked, 20_000);
+    assert!(summary.reconnects >= 1, "{summary:?}");
+    assert!(
+        summary.duplicate_batches >= 1,
+        "the unanswered batch was retried: {summary:?}"
+    );
+
+    let s = state.lock().unwrap();
+    let unique: HashSet<_> = s.stored_batches.iter().collect();
+    assert_eq!(
+        unique.len(),
+        s.stored_batches.len(),
+        "a batch was stored twice"
+    );
+    for stream in ["transactions", "labels"] {
+        let keys: Vec<_> = s.records[stream].iter().map(|r| r.key.clone()).collect();
+        let unique: HashSet<_> = keys.iter().collect();
+        assert_eq!(keys.len(), 20_000, "{stream}");
+        assert_eq!(unique.len(), 20_000, "{stream} has duplicate records");
+    }
+}
+
+#[tokio::test]
+async fn a_file_with_bad_rows_is_skipped_row_by_row_or_stopped_at_the_first() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (port, _server) = start(state.clone()).await;
+
+    let mut cfg = config(port, 0);
+    cfg.count = None;
+    cfg.source = Source::File {
+        path: testdata("bad.csv"),
+        format: InputFormat::Csv,
+    };
+    cfg.on_bad_row = OnBadRow::Skip;
+    let summary = txpipe_producer::run(cfg.clone(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.transactions_acked, 4);
+    assert_eq!(summary.bad_rows, 4);
+    let lines: Vec<u64> = summary.bad_row_samples.iter().map(|b| b.line).collect();
+    assert_eq!(lines, [3, 5, 6, 9]);
+    assert_eq!(summary.labels_acked, 0, "the file has no label columns");
+
+    cfg.on_bad_row = OnBadRow::Stop;
+    let dir = tempfile::tempdir().unwrap();
+    cfg.summary_json = Some(dir.path().join("s.json"));
+    let before = stored(&state, "transactions").len();
+    match txpipe_producer::run(cfg, std::future::pending()).await {
+        Err(Error::BadRow(b)) => {
+            assert_eq!((b.line, b.column.as_deref()), (3, Some("amount")));
+        }
+        other => panic!("expected a bad-row stop, got {other:?}"),
+    }
+    assert_eq!(
+        stored(&state, "transactions").len() - before,
+        1,
+        "the row before it was sent"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("line 3, column amount")
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_stream_fails_the_run_with_the_stream_named() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (port, _server) = start(state).await;
+    let mut cfg = config(port, 1_000);
+    cfg.transactions_stream = "no-such-stream".into();
+    match txpipe_producer::run(cfg, std::future::pending()).await {
+        Err(e @ Error::Produce { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("no-such-stream") && msg.contains("NotFound"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a produce error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_fails_after_the_reconnect_deadline() {
+    // A port that was just free: bind, note it, close.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(port, 10);
+    cfg.reconnect_deadline = Duration::from_millis(300);
+    match txpipe_producer::run(cfg, std::future::pending()).await {
+        Err(e @ Error::Produce { .. }) => assert!(e.to_string().contains("unreachable"), "{e}"),
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_shutdown_signal_stops_the_run_and_flushes_what_was_queued() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (port, _server) = start(state.clone()).await;
+    let mut cfg = config(port, 1_000_000);
+    cfg.rate_per_s = 2_000.0;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(txpipe_producer::run(cfg, async move {
+        let _ = stop_rx.await;
+    }));
+    // Wait until something is stored, then stop.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while stored(&state, "transactions").is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    stop_tx.send(()).unwrap();
+    let summary = run.await.unwrap().unwrap();
+    assert!(summary.interrupted);
+    assert!(summary.transactions_acked < 1_000_000);
+    assert_eq!(summary.transactions_acked, summary.transactions_sent);
+    assert_eq!(
+        stored(&state, "transactions").len() as u64,
+        summary.transactions_acked
+    );
+}

@@ -1,0 +1,274 @@
+//! Worker configuration: every flag is also a `WORKER_*` environment variable (read by clap in
+//! the binary, never by the library).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use txpipe_client::pan::PanKey;
+
+use crate::model::Model;
+use crate::scoring::Thresholds;
+use crate::{Error, Result};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Worker settings (`txpipe-worker --help`).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct Config {
+    /// Broker addresses, comma separated (`host:port` or `http://host:port`).
+    #[arg(long, env = "WORKER_BROKERS", default_value = "127.0.0.1:9100")]
+    pub brokers: String,
+    /// Consumer name shown by the broker; default `<hostname>-<pid>`.
+    #[arg(long, env = "WORKER_NAME")]
+    pub name: Option<String>,
+    /// Consumer group; empty means the stream's default group.
+    #[arg(long, env = "WORKER_GROUP", default_value = "")]
+    pub group: String,
+    /// In-flight window: unacked deliveries the broker may send to this worker.
+    #[arg(long, env = "WORKER_WINDOW", default_value_t = 1000)]
+    pub window: u32,
+    /// AES-256-GCM seal+open rounds per transaction in the crypto stage.
+    #[arg(long, env = "WORKER_CRYPTO_ROUNDS", default_value_t = 100)]
+    pub crypto_rounds: u32,
+    /// Latency of the awaited issuer call, microseconds (0 disables the call).
+    #[arg(long, env = "WORKER_ISSUER_LATENCY_US", default_value_t = 100)]
+    pub issuer_latency_us: u64,
+    /// Model file (JSON written by `txpipe-train`); default: the embedded model.
+    #[arg(long, env = "WORKER_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Review threshold on the score (0-1); default: the model's recommendation.
+    #[arg(long, env = "WORKER_REVIEW_THRESHOLD")]
+    pub review_threshold: Option<f32>,
+    /// Decline threshold on the score (0-1); default: the model's recommendation.
+    #[arg(long, env = "WORKER_DECLINE_THRESHOLD")]
+    pub decline_threshold: Option<f32>,
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "WORKER_ADMIN_LISTEN", default_value = "0.0.0.0:9181")]
+    pub admin_listen: SocketAddr,
+    /// PAN data-encryption key, 64 hex characters; default: the well-known dev key (with a
+    /// warning).
+    #[arg(long, env = "TXPIPE_PAN_KEY", hide_env_values = true)]
+    pub pan_key_hex: Option<String>,
+    /// Exit after this many decisions are acked (default: run until stopped).
+    #[arg(long, env = "WORKER_MAX_TRANSACTIONS")]
+    pub max_transactions: Option<u64>,
+    /// Log format.
+    #[arg(long, env = "WORKER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Time allowed to drain after SIGTERM/SIGINT, milliseconds; whatever is unfinished then
+    /// is left unacked (the broker redelivers it).
+    #[arg(long, env = "WORKER_DRAIN_GRACE_MS", default_value_t = 25_000)]
+    pub drain_grace_ms: u64,
+    /// Decisions per produce batch, at most.
+    #[arg(long, env = "WORKER_DECISION_BATCH", default_value_t = 256)]
+    pub decision_batch: usize,
+    /// Longest a decision waits for its batch to fill before it is sent, microseconds.
+    #[arg(long, env = "WORKER_DECISION_LINGER_US", default_value_t = 2_000)]
+    pub decision_linger_us: u64,
+    /// Transactions scored per chunk between other work of the event loop.
+    #[arg(long, env = "WORKER_SCORE_CHUNK", default_value_t = 64)]
+    pub score_chunk: usize,
+    /// Redelivery delay requested when nacking an undecodable transaction, milliseconds.
+    #[arg(long, env = "WORKER_NACK_DELAY_MS", default_value_t = 0)]
+    pub nack_delay_ms: u32,
+    /// How long to keep trying to reach a broker before giving up, milliseconds.
+    #[arg(long, env = "WORKER_RECONNECT_DEADLINE_MS", default_value_t = 60_000)]
+    pub reconnect_deadline_ms: u64,
+    /// Decision produce batches in flight, at most.
+    #[arg(long, env = "WORKER_PRODUCE_IN_FLIGHT", default_value_t = 32)]
+    pub produce_in_flight: usize,
+}
+
+impl Config {
+    /// A config with every flag at its default (brokers at 127.0.0.1:9100), for tests and
+    /// embedding. Reads no environment variable.
+    pub fn defaults() -> Self {
+        Self {
+            brokers: "127.0.0.1:9100".into(),
+            name: None,
+            group: String::new(),
+            window: 1000,
+            crypto_rounds: 100,
+            issuer_latency_us: 100,
+            model: None,
+            review_threshold: None,
+            decline_threshold: None,
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9181)),
+            pan_key_hex: None,
+            max_transactions: None,
+            log_format: LogFormat::Text,
+            drain_grace_ms: 25_000,
+            decision_batch: 256,
+            decision_linger_us: 2_000,
+            score_chunk: 64,
+            nack_delay_ms: 0,
+            reconnect_deadline_ms: 60_000,
+            produce_in_flight: 32,
+        }
+    }
+
+    /// Checks cross-field rules. Errors: [`Error::Config`] naming the offending values.
+    pub fn validate(&self) -> Result<()> {
+        txpipe_client::connect::parse_addrs(&self.brokers)
+            .map_err(|e| Error::Config(format!("--brokers {:?}: {e}", self.brokers)))?;
+        if self.window == 0 {
+            return Err(Error::Config("--window must be at least 1".into()));
+        }
+        if self.decision_batch == 0 || self.score_chunk == 0 || self.produce_in_flight == 0 {
+            return Err(Error::Config(format!(
+                "--decision-batch ({}), --score-chunk ({}) and --produce-in-flight ({}) must be at least 1",
+                self.decision_batch, self.score_chunk, self.produce_in_flight
+            )));
+        }
+        if self.issuer_latency_us > 10_000_000 {
+            return Err(Error::Config(format!(
+                "--issuer-latency-us {} is above 10 s",
+                self.issuer_latency_us
+            )));
+        }
+        if self.max_transactions == Some(0) {
+            return Err(Error::Config(
+                "--max-transactions must be at least 1".into(),
+            ));
+        }
+        if let Some(h) = &self.pan_key_hex {
+            PanKey::from_hex("cfg", h).map_err(|e| Error::Config(format!("--pan-key-hex: {e}")))?;
+        }
+        for (name, v) in [
+            ("--review-threshold", self.review_threshold),
+            ("--decline-threshold", self.decline_threshold),
+        ] {
+            if let Some(v) = v
+                && !(0.0..=1.0).contains(&v)
+            {
+                return Err(Error::Config(format!("{name} {v} is outside 0-1")));
+            }
+        }
+        if let (Some(r), Some(d)) = (self.review_threshold, self.decline_threshold)
+            && r > d
+        {
+            return Err(Error::Config(format!(
+                "--review-threshold {r} is above --decline-threshold {d}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Broker endpoint URIs.
+    pub fn broker_addrs(&self) -> Result<Vec<String>> {
+        txpipe_client::connect::parse_addrs(&self.brokers)
+            .map_err(|e| Error::Config(format!("--brokers {:?}: {e}", self.brokers)))
+    }
+
+    /// The PAN key: the configured one, or the dev key (`None` in the second slot means the
+    /// dev key is used and the caller should warn).
+    pub fn pan_key(&self) -> Result<(PanKey, bool)> {
+        match &self.pan_key_hex {
+            Some(h) => Ok((
+                PanKey::from_hex("configured", h)
+                    .map_err(|e| Error::Config(format!("--pan-key-hex: {e}")))?,
+                false,
+            )),
+            None => Ok((PanKey::dev(), true)),
+        }
+    }
+
+    /// Loads the model (`--model` or the embedded one). Errors: [`Error::Model`].
+    pub fn load_model(&self) -> Result<Model> {
+        match &self.model {
+            None => Ok(Model::embedded()),
+            Some(p) => {
+                let json = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Model(format!("reading {}: {e}", p.display())))?;
+                Model::from_json(&json).map_err(|e| Error::Model(format!("{}: {e}", p.display())))
+            }
+        }
+    }
+
+    /// Thresholds: flags override the model's recommendation. Errors: [`Error::Config`].
+    pub fn thresholds(&self, model: &Model) -> Result<Thresholds> {
+        Thresholds::new(
+            self.review_threshold
+                .unwrap_or(model.file().review_threshold),
+            self.decline_threshold
+                .unwrap_or(model.file().decline_threshold),
+        )
+    }
+
+    /// The consumer name: `--name`, or `<hostname>-<pid>`.
+    pub fn worker_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// Issuer call latency.
+    pub fn issuer_latency(&self) -> Duration {
+        Duration::from_micros(self.issuer_latency_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_flag_defaults() {
+        use clap::{Args, FromArgMatches};
+        let cmd = Config::augment_args(clap::Command::new("t").no_binary_name(true));
+        let m = cmd.try_get_matches_from(Vec::<String>::new()).unwrap();
+        let parsed = Config::from_arg_matches(&m).unwrap();
+        // Only meaningful without WORKER_* variables in the test environment.
+        if std::env::vars().all(|(k, _)| !k.starts_with("WORKER_") && k != "TXPIPE_PAN_KEY") {
+            assert_eq!(parsed, Config::defaults());
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::defaults();
+        c.validate().unwrap();
+        assert_eq!(c.window, 1000);
+        assert_eq!(c.crypto_rounds, 100);
+        assert_eq!(c.issuer_latency_us, 100);
+        assert_eq!(c.admin_listen.port(), 9181);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_their_names() {
+        let mut c = Config::defaults();
+        c.window = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("--window"));
+        let mut c = Config::defaults();
+        c.review_threshold = Some(0.9);
+        c.decline_threshold = Some(0.5);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--review-threshold")
+        );
+        let mut c = Config::defaults();
+        c.pan_key_hex = Some("abc".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--pan-key-hex")
+        );
+        let mut c = Config::defaults();
+        c.brokers = " , ".into();
+        assert!(c.validate().unwrap_err().to_string().contains("--brokers"));
+    }
+}

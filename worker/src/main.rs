@@ -1,0 +1,114 @@
+//! `txpipe-worker`: runs a fraud-scoring worker, or `bench-stages` to print per-stage CPU cost.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use txpipe_worker::config::{Config, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "txpipe-worker",
+    version,
+    about = "txpipe fraud-scoring worker",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints the measured CPU cost of each scoring stage (release build recommended).
+    BenchStages {
+        /// Transactions per stage pass.
+        #[arg(long, env = "WORKER_BENCH_COUNT", default_value_t = 50_000)]
+        count: usize,
+        #[command(flatten)]
+        config: Config,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the cause chain on one line, without a backtrace dump.
+            eprintln!("txpipe-worker: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::BenchStages { count, config }) => {
+            init_tracing(config.log_format);
+            config.validate()?;
+            let model = config.load_model()?;
+            let thresholds = config.thresholds(&model)?;
+            let (key, _) = config.pan_key()?;
+            let (bench_key, _) = config.pan_key()?;
+            let scorer =
+                txpipe_worker::scoring::Scorer::new(key, config.crypto_rounds, model, thresholds);
+            let report = txpipe_worker::bench::bench_stages(
+                &scorer,
+                &bench_key,
+                count,
+                config.issuer_latency(),
+            )?;
+            print!("{}", report.render());
+            Ok(())
+        }
+        None => {
+            let config = cli.config;
+            init_tracing(config.log_format);
+            config.validate()?;
+            // One runtime thread: the worker runs under a 0.5-CPU quota, where more threads
+            // only add context switches; scoring is done in chunks between I/O events.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the tokio runtime")?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.admin_listen)
+                    .await
+                    .with_context(|| {
+                        format!("binding the admin address {}", config.admin_listen)
+                    })?;
+                let stats = txpipe_worker::run(config, listener, shutdown_signal()).await?;
+                tracing::info!(?stats, "exiting");
+                anyhow::Ok(())
+            })
+        }
+    }
+}
