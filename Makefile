@@ -3,11 +3,14 @@
 CARGO ?= cargo
 TXPIPE := target/release/txpipe
 
-.PHONY: run test lint unit e2e ci bench bench-broker bench-pipeline bench-stages
+.PHONY: release run test lint unit e2e ci bench bench-broker bench-pipeline bench-stages
 
 ## The main job: 2,000,000 generated transactions through broker + 4 workers (0.5 CPU each).
-run:
-	$(CARGO) run --release -p txpipe -- run
+run: release
+	$(TXPIPE) run
+
+release:
+	$(CARGO) build --release --workspace
 
 ## Everything CI checks except system packages: lint, unit + integration tests, end-to-end runs.
 test: lint unit e2e
@@ -18,20 +21,23 @@ lint:
 
 unit:
 	$(CARGO) test --workspace
-
-$(TXPIPE):
-	$(CARGO) build --release --workspace
+	$(CARGO) test -p txpipe-worker --features train
 
 ## End-to-end: local mode passes the audit, also with kill -9 of the broker and of workers.
-e2e: $(TXPIPE)
+e2e: release
 	bash scripts/e2e.sh
 
 ci: test
 
-bench-broker: $(TXPIPE)
+bench-broker: release
 	$(TXPIPE) bench broker --no-fsync-run
 
-bench-pipeline: $(TXPIPE)
+bench-pipeline: release
+	mkdir -p bench-out
 	$(TXPIPE) run --report-json bench-out/pipeline.json
+	$(TXPIPE) run --chaos --chaos-events 8 --report-json bench-out/pipeline-chaos.json
 
-bench: bench-broker bench-pipeline
+bench-stages: release
+	target/release/txpipe-worker bench-stages --count 50000
+
+bench: bench-stages bench-broker bench-pipeline

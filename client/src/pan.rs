@@ -34,7 +34,9 @@ pub struct PanKey {
 
 impl std::fmt::Debug for PanKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PanKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("PanKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,7 +58,8 @@ impl PanKey {
         }
         let mut bytes = [0u8; 32];
         for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| PanError::BadKey(hex.len()))?;
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| PanError::BadKey(hex.len()))?;
         }
         Ok(Self::from_bytes(id, &bytes))
     }
@@ -144,7 +147,10 @@ mod tests {
 
     #[test]
     fn bad_hex_keys_are_rejected_with_their_length() {
-        assert!(matches!(PanKey::from_hex("x", "abc"), Err(PanError::BadKey(3))));
+        assert!(matches!(
+            PanKey::from_hex("x", "abc"),
+            Err(PanError::BadKey(3))
+        ));
         assert!(PanKey::from_hex("x", &"zz".repeat(32)).is_err());
     }
 }

@@ -63,7 +63,9 @@ pub fn random_producer_id() -> u64 {
         .unwrap_or(0);
     let mut z = t
         ^ ((std::process::id() as u64) << 32)
-        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
@@ -123,7 +125,10 @@ pub struct ProducerStats {
 pub type Receipt = oneshot::Receiver<Result<ProduceResponse, ProduceError>>;
 
 /// A queued batch and where to report its outcome.
-type Submission = (Vec<Record>, oneshot::Sender<Result<ProduceResponse, ProduceError>>);
+type Submission = (
+    Vec<Record>,
+    oneshot::Sender<Result<ProduceResponse, ProduceError>>,
+);
 
 struct Pending {
     sequence: u64,
@@ -189,7 +194,9 @@ impl Producer {
         drop(self.tx);
         match self.task.await {
             Ok(r) => r,
-            Err(e) => Err(ProduceError::Unreachable(format!("producer task failed: {e}"))),
+            Err(e) => Err(ProduceError::Unreachable(format!(
+                "producer task failed: {e}"
+            ))),
         }
     }
 }

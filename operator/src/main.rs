@@ -2,6 +2,8 @@
 //! claims the operator works before it does.
 
 fn main() {
-    eprintln!("txpipe-operator is not implemented yet; see the Operator issue and docs/architecture.md");
+    eprintln!(
+        "txpipe-operator is not implemented yet; see the Operator issue and docs/architecture.md"
+    );
     std::process::exit(2);
 }

@@ -14,8 +14,10 @@ use hdrhistogram::Histogram;
 use prost::Message;
 use serde::Serialize;
 use tonic::transport::Channel;
-use txpipe_client::broker::v1::{FetchRequest, GetStreamRequest, StreamInfo, broker_client::BrokerClient};
-use txpipe_client::pipeline::v1::{Decision, DeadLetter, Label, Outcome};
+use txpipe_client::broker::v1::{
+    FetchRequest, GetStreamRequest, StreamInfo, broker_client::BrokerClient,
+};
+use txpipe_client::pipeline::v1::{DeadLetter, Decision, Label, Outcome};
 use txpipe_client::streams;
 
 /// Recall figures for one fraud scenario.
@@ -54,12 +56,18 @@ impl Confusion {
 
     /// TP / (TP + FP); 0 when nothing was flagged.
     pub fn precision(&self) -> f64 {
-        ratio(self.true_positives, self.true_positives + self.false_positives)
+        ratio(
+            self.true_positives,
+            self.true_positives + self.false_positives,
+        )
     }
 
     /// TP / (TP + FN); 0 when there was no fraud.
     pub fn recall(&self) -> f64 {
-        ratio(self.true_positives, self.true_positives + self.false_negatives)
+        ratio(
+            self.true_positives,
+            self.true_positives + self.false_negatives,
+        )
     }
 }
 
@@ -145,16 +153,28 @@ impl AuditReport {
             f.push("no transactions were produced (the labels stream is empty)".into());
         }
         if self.lost > 0 {
-            f.push(format!("{} transactions lost, e.g. {:?}", self.lost, self.lost_examples));
+            f.push(format!(
+                "{} transactions lost, e.g. {:?}",
+                self.lost, self.lost_examples
+            ));
         }
         if self.duplicated > 0 {
-            f.push(format!("{} duplicate decisions, e.g. {:?}", self.duplicated, self.duplicated_examples));
+            f.push(format!(
+                "{} duplicate decisions, e.g. {:?}",
+                self.duplicated, self.duplicated_examples
+            ));
         }
         if self.unexpected > 0 {
-            f.push(format!("{} unexpected decisions, e.g. {:?}", self.unexpected, self.unexpected_examples));
+            f.push(format!(
+                "{} unexpected decisions, e.g. {:?}",
+                self.unexpected, self.unexpected_examples
+            ));
         }
         if self.pending > 0 {
-            f.push(format!("{} transactions still pending in the broker", self.pending));
+            f.push(format!(
+                "{} transactions still pending in the broker",
+                self.pending
+            ));
         }
         if self.transactions_stored != self.produced {
             f.push(format!(
@@ -207,7 +227,9 @@ pub async fn fetch_all(
 /// Statistics of one stream.
 pub async fn stream_info(client: &mut BrokerClient<Channel>, stream: &str) -> Result<StreamInfo> {
     client
-        .get_stream(GetStreamRequest { stream: stream.to_string() })
+        .get_stream(GetStreamRequest {
+            stream: stream.to_string(),
+        })
         .await
         .with_context(|| format!("reading statistics of stream {stream}"))?
         .into_inner()
@@ -236,12 +258,16 @@ pub async fn run_audit(channel: Channel) -> Result<AuditReport> {
     // Ground truth.
     let mut labels: HashMap<String, (bool, String, u32)> = HashMap::new();
     let mut bad_labels = 0u64;
-    fetch_all(&mut client, streams::LABELS, |_, _, value| match Label::decode(value) {
-        Ok(l) => {
-            labels.insert(l.transaction_id, (l.is_fraud, l.scenario, 0));
-        }
-        Err(_) => bad_labels += 1,
-    })
+    fetch_all(
+        &mut client,
+        streams::LABELS,
+        |_, _, value| match Label::decode(value) {
+            Ok(l) => {
+                labels.insert(l.transaction_id, (l.is_fraud, l.scenario, 0));
+            }
+            Err(_) => bad_labels += 1,
+        },
+    )
     .await?;
     if bad_labels > 0 {
         anyhow::bail!("{bad_labels} records of the labels stream are not valid Label messages");
@@ -265,7 +291,12 @@ pub async fn run_audit(channel: Channel) -> Result<AuditReport> {
         };
         let outcome = Outcome::try_from(d.outcome).unwrap_or(Outcome::Unspecified);
         *outcomes
-            .entry(outcome.as_str_name().trim_start_matches("OUTCOME_").to_lowercase())
+            .entry(
+                outcome
+                    .as_str_name()
+                    .trim_start_matches("OUTCOME_")
+                    .to_lowercase(),
+            )
             .or_default() += 1;
         first_decided = first_decided.min(d.decided_at_us);
         last_decided = last_decided.max(d.decided_at_us);
@@ -298,7 +329,9 @@ pub async fn run_audit(channel: Channel) -> Result<AuditReport> {
     })
     .await?;
     if bad_decisions > 0 {
-        anyhow::bail!("{bad_decisions} records of the decisions stream are not valid Decision messages");
+        anyhow::bail!(
+            "{bad_decisions} records of the decisions stream are not valid Decision messages"
+        );
     }
 
     let mut dead: HashMap<String, u32> = HashMap::new();
@@ -361,11 +394,19 @@ pub async fn run_audit(channel: Channel) -> Result<AuditReport> {
 pub fn render(report: &AuditReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "audit: {}", if report.passed() { "PASSED" } else { "FAILED" });
+    let _ = writeln!(
+        s,
+        "audit: {}",
+        if report.passed() { "PASSED" } else { "FAILED" }
+    );
     let _ = writeln!(
         s,
         "  produced {}  stored {}  decisions {}  decided once {}  dead-lettered {}",
-        report.produced, report.transactions_stored, report.decisions, report.decided_once, report.dead_lettered
+        report.produced,
+        report.transactions_stored,
+        report.decisions,
+        report.decided_once,
+        report.dead_lettered
     );
     let _ = writeln!(
         s,
@@ -385,7 +426,11 @@ pub fn render(report: &AuditReport) -> String {
         "scoring time per transaction: p50 {:.3} ms  p99 {:.3} ms",
         report.scoring.p50_ms, report.scoring.p99_ms
     );
-    let outcomes: Vec<String> = report.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let outcomes: Vec<String> = report
+        .outcomes
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     let _ = writeln!(s, "decisions: {}", outcomes.join("  "));
     let _ = writeln!(
         s,

@@ -16,7 +16,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 use txpipe_client::broker::v1::{
-    Ack, ConsumeRequest, Record, Subscribe, broker_client::BrokerClient, consume_request, consume_response,
+    Ack, ConsumeRequest, Record, Subscribe, broker_client::BrokerClient, consume_request,
+    consume_response,
 };
 use txpipe_client::produce::{Producer, ProducerConfig};
 
@@ -74,13 +75,20 @@ struct Server {
 impl Server {
     fn cpu_and_rss(&self) -> (f64, f64) {
         crate::procstat::sample(self.pid)
-            .map(|s| (s.cpu.as_secs_f64(), s.peak_rss_bytes as f64 / (1 << 20) as f64))
+            .map(|s| {
+                (
+                    s.cpu.as_secs_f64(),
+                    s.peak_rss_bytes as f64 / (1 << 20) as f64,
+                )
+            })
             .unwrap_or((0.0, 0.0))
     }
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn start_txpipe(exe: &Path, dir: &Path, fsync: bool) -> Result<(Server, String)> {
@@ -88,7 +96,6 @@ async fn start_txpipe(exe: &Path, dir: &Path, fsync: bool) -> Result<(Server, St
     let log = std::fs::File::create(dir.join("broker.log"))?;
     let child = Command::new(exe)
         .args([
-            "broker".to_string(),
             format!("--listen=127.0.0.1:{port}"),
             format!("--admin-listen=127.0.0.1:{}", free_port()?),
             format!("--data-dir={}", dir.join("data").display()),
@@ -106,19 +113,25 @@ async fn start_txpipe(exe: &Path, dir: &Path, fsync: bool) -> Result<(Server, St
     loop {
         if let Ok(ch) = txpipe_client::connect::endpoint(&addr)?.connect().await {
             let mut c = BrokerClient::new(ch);
-            if crate::audit::stream_info(&mut c, "transactions").await.is_ok() {
+            if crate::audit::stream_info(&mut c, "transactions")
+                .await
+                .is_ok()
+            {
                 break;
             }
         }
         if began.elapsed() > Duration::from_secs(30) {
-            bail!("txpipe broker did not start; see {}", dir.join("broker.log").display());
+            bail!(
+                "txpipe broker did not start; see {}",
+                dir.join("broker.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok((Server { child, pid }, addr))
 }
 
-/// txpipe run: publish to `transactions` (the work-queue stream) and consume it.
+/// txpipe run (`exe` is the txpipe-broker binary): publish to `transactions` (the work-queue stream) and consume it.
 async fn run_txpipe(args: &BrokerBenchArgs, exe: &Path, fsync: bool) -> Result<BenchResult> {
     let dir = tempfile::tempdir()?;
     let (mut server, addr) = start_txpipe(exe, dir.path(), fsync).await?;
@@ -138,15 +151,23 @@ async fn run_txpipe(args: &BrokerBenchArgs, exe: &Path, fsync: bool) -> Result<B
         })),
     })
     .await?;
-    let mut inbound = client.consume(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = client
+        .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     let consumer = tokio::spawn(async move {
         let mut acked = 0u64;
         while acked < n {
-            let Some(msg) = inbound.next().await else { bail!("consume stream ended after {acked} acks") };
+            let Some(msg) = inbound.next().await else {
+                bail!("consume stream ended after {acked} acks")
+            };
             if let Some(consume_response::Kind::Deliveries(d)) = msg?.kind {
                 let offsets: Vec<u64> = d.deliveries.iter().map(|d| d.offset).collect();
                 acked += offsets.len() as u64;
-                tx.send(ConsumeRequest { kind: Some(consume_request::Kind::Ack(Ack { offsets })) }).await?;
+                tx.send(ConsumeRequest {
+                    kind: Some(consume_request::Kind::Ack(Ack { offsets })),
+                })
+                .await?;
             }
         }
         Ok(acked)
@@ -175,7 +196,11 @@ async fn run_txpipe(args: &BrokerBenchArgs, exe: &Path, fsync: bool) -> Result<B
     let (cpu, rss) = server.cpu_and_rss();
     let _ = server.child.kill().await;
     Ok(BenchResult {
-        system: if fsync { "txpipe (fsync before ack)".into() } else { "txpipe (no fsync)".into() },
+        system: if fsync {
+            "txpipe (fsync before ack)".into()
+        } else {
+            "txpipe (no fsync)".into()
+        },
         messages: acked,
         elapsed_s: elapsed,
         msgs_per_s: acked as f64 / elapsed,
@@ -213,7 +238,9 @@ async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
     let client = loop {
         match async_nats::connect(&url).await {
             Ok(c) => break c,
-            Err(e) if began.elapsed() > Duration::from_secs(20) => bail!("nats-server did not start: {e}"),
+            Err(e) if began.elapsed() > Duration::from_secs(20) => {
+                bail!("nats-server did not start: {e}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
@@ -248,9 +275,13 @@ async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
             .map_err(|e| anyhow::anyhow!("NATS consume: {e}"))?;
         let mut acked = 0u64;
         while acked < n {
-            let Some(m) = msgs.next().await else { bail!("NATS message stream ended after {acked}") };
+            let Some(m) = msgs.next().await else {
+                bail!("NATS message stream ended after {acked}")
+            };
             let m = m.map_err(|e| anyhow::anyhow!("NATS message: {e}"))?;
-            m.ack().await.map_err(|e| anyhow::anyhow!("NATS ack: {e}"))?;
+            m.ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("NATS ack: {e}"))?;
             acked += 1;
         }
         Ok::<u64, anyhow::Error>(acked)
@@ -267,16 +298,23 @@ async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
         if pending.len() >= args.publish_window
             && let Some(f) = pending.pop_front()
         {
-            f.await.map_err(|e| anyhow::anyhow!("NATS publish ack: {e}"))?;
+            f.await
+                .map_err(|e| anyhow::anyhow!("NATS publish ack: {e}"))?;
         }
     }
     for f in pending {
-        f.await.map_err(|e| anyhow::anyhow!("NATS publish ack: {e}"))?;
+        f.await
+            .map_err(|e| anyhow::anyhow!("NATS publish ack: {e}"))?;
     }
     let acked = consumer_task.await??;
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu, rss) = crate::procstat::sample(pid)
-        .map(|s| (s.cpu.as_secs_f64(), s.peak_rss_bytes as f64 / (1 << 20) as f64))
+        .map(|s| {
+            (
+                s.cpu.as_secs_f64(),
+                s.peak_rss_bytes as f64 / (1 << 20) as f64,
+            )
+        })
         .unwrap_or((0.0, 0.0));
     let _ = child.kill().await;
     Ok(BenchResult {
@@ -291,6 +329,8 @@ async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
 
 /// Runs the broker benchmark and prints a table.
 pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<BenchResult>> {
+    let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let exe = crate::local::service_binary(&bin_dir, "broker")?;
     let mut results = vec![run_txpipe(&args, &exe, true).await?];
     if args.no_fsync_run {
         results.push(run_txpipe(&args, &exe, false).await?);
@@ -303,7 +343,10 @@ pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<Ben
         "broker benchmark: {} messages of {} bytes, window {}, publish window {}",
         args.messages, args.size, args.window, args.publish_window
     );
-    println!("{:<44} {:>12} {:>10} {:>12} {:>10}", "system", "msgs/s", "seconds", "server cpu s", "RSS MiB");
+    println!(
+        "{:<44} {:>12} {:>10} {:>12} {:>10}",
+        "system", "msgs/s", "seconds", "server cpu s", "RSS MiB"
+    );
     for r in &results {
         println!(
             "{:<44} {:>12.0} {:>10.2} {:>12.2} {:>10.1}",
@@ -312,7 +355,11 @@ pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<Ben
     }
     if let Some(nats) = results.iter().find(|r| r.system.starts_with("nats")) {
         for r in results.iter().filter(|r| r.system.starts_with("txpipe")) {
-            println!("ratio {} / NATS: {:.2}x", r.system, r.msgs_per_s / nats.msgs_per_s);
+            println!(
+                "ratio {} / NATS: {:.2}x",
+                r.system,
+                r.msgs_per_s / nats.msgs_per_s
+            );
         }
     }
     if let Some(p) = &args.json {

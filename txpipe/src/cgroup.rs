@@ -42,10 +42,15 @@ impl CpuLimiter {
             && c.split_whitespace().any(|x| x == "cpu")
         {
             let parent = root.join(&name);
-            std::fs::create_dir_all(&parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(&parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
             let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
             let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+cpu");
-            return Ok(Self { parent, flavor: Flavor::V2, children: Vec::new() });
+            return Ok(Self {
+                parent,
+                flavor: Flavor::V2,
+                children: Vec::new(),
+            });
         }
         // cgroup v1: a separate cpu hierarchy.
         for dir in ["cpu", "cpu,cpuacct"] {
@@ -54,10 +59,17 @@ impl CpuLimiter {
                 let parent = base.join(&name);
                 std::fs::create_dir_all(&parent)
                     .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-                return Ok(Self { parent, flavor: Flavor::V1, children: Vec::new() });
+                return Ok(Self {
+                    parent,
+                    flavor: Flavor::V1,
+                    children: Vec::new(),
+                });
             }
         }
-        Err(format!("no writable cgroup cpu controller under {}", root.display()))
+        Err(format!(
+            "no writable cgroup cpu controller under {}",
+            root.display()
+        ))
     }
 
     /// Hierarchy name for messages: "cgroup v2" or "cgroup v1".
@@ -71,11 +83,16 @@ impl CpuLimiter {
     /// Puts `pid` in a new child cgroup `name` limited to `cpus` CPUs (e.g. 0.5).
     pub fn limit(&mut self, name: &str, pid: u32, cpus: f64) -> Result<(), String> {
         let dir = self.parent.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let quota = ((cpus * PERIOD_US as f64).round() as u64).max(1000);
         let w = |file: &str, value: String| {
-            std::fs::write(dir.join(file), &value)
-                .map_err(|e| format!("cannot write {value:?} to {}: {e}", dir.join(file).display()))
+            std::fs::write(dir.join(file), &value).map_err(|e| {
+                format!(
+                    "cannot write {value:?} to {}: {e}",
+                    dir.join(file).display()
+                )
+            })
         };
         match self.flavor {
             Flavor::V2 => w("cpu.max", format!("{quota} {PERIOD_US}"))?,
@@ -98,7 +115,9 @@ impl CpuLimiter {
             let mut it = line.split_whitespace();
             match (it.next(), it.next()) {
                 (Some("throttled_usec"), Some(v)) => return v.parse().ok(),
-                (Some("throttled_time"), Some(v)) => return v.parse::<u64>().ok().map(|ns| ns / 1000),
+                (Some("throttled_time"), Some(v)) => {
+                    return v.parse::<u64>().ok().map(|ns| ns / 1000);
+                }
                 _ => {}
             }
         }
@@ -124,13 +143,23 @@ mod tests {
     #[test]
     fn limiter_writes_a_v2_quota_of_half_a_cpu() {
         let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory").unwrap();
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory",
+        )
+        .unwrap();
         let mut l = CpuLimiter::new_under(root.path(), "t1").unwrap();
         // The fake hierarchy accepts any write, so limiting pid 1 only creates files.
         l.limit("worker-0", 1, 0.5).unwrap();
         let dir = root.path().join("txpipe-t1/worker-0");
-        assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).unwrap(), "50000 100000");
-        assert_eq!(std::fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.procs")).unwrap(),
+            "1"
+        );
     }
 
     #[test]
@@ -142,7 +171,13 @@ mod tests {
         let mut l = CpuLimiter::new_under(root.path(), "t2").unwrap();
         l.limit("worker-1", 1, 0.5).unwrap();
         let dir = root.path().join("cpu/txpipe-t2/worker-1");
-        assert_eq!(std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap(), "50000");
-        assert_eq!(std::fs::read_to_string(dir.join("cpu.cfs_period_us")).unwrap(), "100000");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap(),
+            "50000"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.cfs_period_us")).unwrap(),
+            "100000"
+        );
     }
 }

@@ -59,7 +59,11 @@ pub struct LocalArgs {
     #[arg(long, env = "TXPIPE_CHAOS_WORKERS_ONLY")]
     pub chaos_workers_only: bool,
     /// Only kill the broker in chaos mode (never a worker).
-    #[arg(long, env = "TXPIPE_CHAOS_BROKER_ONLY", conflicts_with = "chaos_workers_only")]
+    #[arg(
+        long,
+        env = "TXPIPE_CHAOS_BROKER_ONLY",
+        conflicts_with = "chaos_workers_only"
+    )]
     pub chaos_broker_only: bool,
     /// Give up when no transaction is resolved for this many seconds.
     #[arg(long, env = "TXPIPE_STALL_TIMEOUT_S", default_value_t = 120)]
@@ -76,6 +80,10 @@ pub struct LocalArgs {
     /// Extra arguments passed to the broker.
     #[arg(long = "broker-arg", allow_hyphen_values = true)]
     pub broker_args: Vec<String>,
+    /// Directory holding txpipe-broker, txpipe-worker and txpipe-producer (default: the
+    /// directory of this binary, e.g. target/release).
+    #[arg(long, env = "TXPIPE_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
     /// Extra arguments passed to the producer.
     #[arg(long = "producer-arg", allow_hyphen_values = true)]
     pub producer_args: Vec<String>,
@@ -91,10 +99,16 @@ impl LocalArgs {
             bail!("--workers must be at least 1");
         }
         if !(0.0..=64.0).contains(&self.worker_cpus) {
-            bail!("--worker-cpus must be between 0 and 64, got {}", self.worker_cpus);
+            bail!(
+                "--worker-cpus must be between 0 and 64, got {}",
+                self.worker_cpus
+            );
         }
         if !matches!(self.progress.as_str(), "auto" | "always" | "never") {
-            bail!("--progress must be auto, always or never, got {:?}", self.progress);
+            bail!(
+                "--progress must be auto, always or never, got {:?}",
+                self.progress
+            );
         }
         Ok(())
     }
@@ -149,6 +163,7 @@ pub struct RunReport {
 /// A supervised child process.
 struct Proc {
     role: String,
+    exe: PathBuf,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -159,26 +174,31 @@ struct Proc {
 }
 
 impl Proc {
-    fn new(role: &str, args: Vec<String>, dir: &Path) -> Self {
+    fn new(role: &str, exe: PathBuf, args: Vec<String>, dir: &Path) -> Self {
         Self {
             role: role.to_string(),
+            exe,
             args,
             log: dir.join(format!("{role}.log")),
             child: None,
             pid: 0,
-            usage: RoleUsage { name: role.to_string(), ..Default::default() },
+            usage: RoleUsage {
+                name: role.to_string(),
+                ..Default::default()
+            },
             last: ProcSample::default(),
             cpu_done: Duration::ZERO,
         }
     }
 
-    fn start(&mut self, exe: &Path) -> Result<u32> {
+    fn start(&mut self) -> Result<u32> {
+        let exe = self.exe.clone();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new(exe)
+        let child = Command::new(&exe)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -198,7 +218,10 @@ impl Proc {
             && let Some(s) = procstat::sample(self.pid)
         {
             self.last = s;
-            self.usage.peak_rss_mib = self.usage.peak_rss_mib.max(s.peak_rss_bytes as f64 / (1 << 20) as f64);
+            self.usage.peak_rss_mib = self
+                .usage
+                .peak_rss_mib
+                .max(s.peak_rss_bytes as f64 / (1 << 20) as f64);
         }
     }
 
@@ -228,7 +251,10 @@ impl Proc {
         self.sample();
         let pid = self.pid;
         let c = self.child.as_mut()?;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let st = match tokio::time::timeout(grace, c.wait()).await {
             Ok(Ok(st)) => Some(st),
             _ => {
@@ -263,18 +289,27 @@ async fn wait_ready(addr: &str, broker: &mut Proc, deadline: Duration) -> Result
     let began = Instant::now();
     loop {
         if let Some(st) = broker.try_exited() {
-            bail!("broker exited during start-up ({st}); last log lines:\n{}", broker.log_tail(30));
+            bail!(
+                "broker exited during start-up ({st}); last log lines:\n{}",
+                broker.log_tail(30)
+            );
         }
         if let Ok(ep) = txpipe_client::connect::endpoint(addr)
             && let Ok(ch) = ep.connect().await
         {
             let mut c = BrokerClient::new(ch.clone());
-            if audit::stream_info(&mut c, streams::TRANSACTIONS).await.is_ok() {
+            if audit::stream_info(&mut c, streams::TRANSACTIONS)
+                .await
+                .is_ok()
+            {
                 return Ok(ch);
             }
         }
         if began.elapsed() > deadline {
-            bail!("broker not ready after {deadline:?}; last log lines:\n{}", broker.log_tail(30));
+            bail!(
+                "broker not ready after {deadline:?}; last log lines:\n{}",
+                broker.log_tail(30)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -299,7 +334,13 @@ pub struct ChaosEvent {
 }
 
 /// The seeded chaos schedule: `events` kills spread over 5%-90% of the run, sorted.
-pub fn chaos_schedule(seed: u64, events: u32, workers: u32, workers_only: bool, broker_only: bool) -> Vec<ChaosEvent> {
+pub fn chaos_schedule(
+    seed: u64,
+    events: u32,
+    workers: u32,
+    workers_only: bool,
+    broker_only: bool,
+) -> Vec<ChaosEvent> {
     let mut s = seed;
     let mut v: Vec<ChaosEvent> = (0..events)
         .map(|_| {
@@ -308,7 +349,11 @@ pub fn chaos_schedule(seed: u64, events: u32, workers: u32, workers_only: bool, 
             let broker = !workers_only && (broker_only || pick.is_multiple_of(3));
             ChaosEvent {
                 at_fraction,
-                worker: if broker { None } else { Some(((pick >> 8) % u64::from(workers)) as u32) },
+                worker: if broker {
+                    None
+                } else {
+                    Some(((pick >> 8) % u64::from(workers)) as u32)
+                },
             }
         })
         .collect();
@@ -316,14 +361,40 @@ pub fn chaos_schedule(seed: u64, events: u32, workers: u32, workers_only: bool, 
     v
 }
 
-/// Runs the pipeline locally. `exe` is this binary (it re-executes itself as
-/// `broker`/`worker`/`producer`).
+/// Locates `txpipe-<name>` in `bin_dir`, with a hint when it has not been built.
+pub fn service_binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = bin_dir.join(format!("txpipe-{name}"));
+    if !p.is_file() {
+        bail!(
+            "{} not found: build every service first (`cargo build --release --workspace`, or `make run`), or pass --bin-dir",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Runs the pipeline locally. `exe` is this binary; the services are the `txpipe-broker`,
+/// `txpipe-worker` and `txpipe-producer` binaries beside it (or in `--bin-dir`).
 pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
     args.validate()?;
-    let run_id = format!("{}-{}", txpipe_client::now_us() / 1_000_000, std::process::id());
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => exe.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let broker_exe = service_binary(&bin_dir, "broker")?;
+    let worker_exe = service_binary(&bin_dir, "worker")?;
+    let producer_exe = service_binary(&bin_dir, "producer")?;
+    let run_id = format!(
+        "{}-{}",
+        txpipe_client::now_us() / 1_000_000,
+        std::process::id()
+    );
     let (dir, temp) = match &args.data_dir {
         Some(d) => (d.clone(), false),
-        None => (std::env::temp_dir().join(format!("txpipe-run-{run_id}")), true),
+        None => (
+            std::env::temp_dir().join(format!("txpipe-run-{run_id}")),
+            true,
+        ),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let grpc_port = free_port()?;
@@ -331,14 +402,13 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
     let brokers = format!("127.0.0.1:{grpc_port}");
 
     let mut broker_args = vec![
-        "broker".to_string(),
         format!("--listen=127.0.0.1:{grpc_port}"),
         format!("--admin-listen=127.0.0.1:{}", free_port()?),
         format!("--data-dir={}", dir.join("broker-0").display()),
     ];
     broker_args.extend(args.broker_args.iter().cloned());
-    let mut broker = Proc::new("broker", broker_args, &dir);
-    broker.start(&exe)?;
+    let mut broker = Proc::new("broker", broker_exe, broker_args, &dir);
+    broker.start()?;
     eprintln!("txpipe: data and logs in {}", dir.display());
     let channel = wait_ready(&addr, &mut broker, Duration::from_secs(60)).await?;
     let mut client = BrokerClient::new(channel.clone());
@@ -348,7 +418,11 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
     if args.worker_cpus > 0.0 {
         match CpuLimiter::new(&run_id) {
             Ok(l) => {
-                eprintln!("txpipe: each worker limited to {} CPU ({})", args.worker_cpus, l.describe());
+                eprintln!(
+                    "txpipe: each worker limited to {} CPU ({})",
+                    args.worker_cpus,
+                    l.describe()
+                );
                 limiter = Some(l);
             }
             Err(why) => {
@@ -360,45 +434,53 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
     let mut workers: Vec<Proc> = (0..args.workers)
         .map(|i| {
             let mut a = vec![
-                "worker".to_string(),
                 format!("--brokers={brokers}"),
                 format!("--name=worker-{i}"),
                 format!("--admin-listen=127.0.0.1:{}", free_port().unwrap_or(0)),
             ];
             a.extend(args.worker_args.iter().cloned());
-            Proc::new(&format!("worker-{i}"), a, &dir)
+            Proc::new(&format!("worker-{i}"), worker_exe.clone(), a, &dir)
         })
         .collect();
-    let limit = |limiter: &mut Option<CpuLimiter>, note: &mut Option<String>, w: &Proc, pid: u32| {
-        if let Some(l) = limiter.as_mut()
-            && let Err(e) = l.limit(&w.role, pid, args.worker_cpus)
-        {
-            eprintln!("txpipe: cannot limit {} CPU: {e}", w.role);
-            *note = Some(e);
-        }
-    };
+    let limit =
+        |limiter: &mut Option<CpuLimiter>, note: &mut Option<String>, w: &Proc, pid: u32| {
+            if let Some(l) = limiter.as_mut()
+                && let Err(e) = l.limit(&w.role, pid, args.worker_cpus)
+            {
+                eprintln!("txpipe: cannot limit {} CPU: {e}", w.role);
+                *note = Some(e);
+            }
+        };
     for w in workers.iter_mut() {
-        let pid = w.start(&exe)?;
+        let pid = w.start()?;
         limit(&mut limiter, &mut cpu_limit_note, w, pid);
     }
 
     let mut producer_args = vec![
-        "producer".to_string(),
         format!("--brokers={brokers}"),
         format!("--count={}", args.count),
         format!("--seed={}", args.seed),
         format!("--rate={}", args.rate),
         "--progress=never".to_string(),
-        format!("--summary-json={}", dir.join("producer-summary.json").display()),
+        format!(
+            "--summary-json={}",
+            dir.join("producer-summary.json").display()
+        ),
     ];
     producer_args.extend(args.producer_args.iter().cloned());
-    let mut producer = Proc::new("producer", producer_args, &dir);
+    let mut producer = Proc::new("producer", producer_exe, producer_args, &dir);
     let started = Instant::now();
-    producer.start(&exe)?;
+    producer.start()?;
 
     let bar = progress_bar(&args.progress, args.count);
     let mut schedule = if args.chaos {
-        chaos_schedule(args.chaos_seed, args.chaos_events, args.workers, args.chaos_workers_only, args.chaos_broker_only)
+        chaos_schedule(
+            args.chaos_seed,
+            args.chaos_events,
+            args.workers,
+            args.chaos_workers_only,
+            args.chaos_broker_only,
+        )
     } else {
         Vec::new()
     };
@@ -419,12 +501,15 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         }
         if !producer_done && let Some(st) = producer.try_exited() {
             if !st.success() {
-                bail!("producer failed ({st}); last log lines:\n{}", producer.log_tail(30));
+                bail!(
+                    "producer failed ({st}); last log lines:\n{}",
+                    producer.log_tail(30)
+                );
             }
             producer_done = true;
             if let Ok(text) = std::fs::read_to_string(dir.join("producer-summary.json"))
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                && let Some(n) = v.get("produced").and_then(|x| x.as_u64())
+                && let Some(n) = v.get("transactions_acked").and_then(|x| x.as_u64())
             {
                 target = n;
             }
@@ -433,13 +518,13 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         for w in workers.iter_mut() {
             if let Some(st) = w.try_exited() {
                 eprintln!("txpipe: {} exited ({st}); restarting", w.role);
-                let pid = w.start(&exe)?;
+                let pid = w.start()?;
                 limit(&mut limiter, &mut cpu_limit_note, w, pid);
             }
         }
         if let Some(st) = broker.try_exited() {
             eprintln!("txpipe: broker exited ({st}); restarting on the same data directory");
-            broker.start(&exe)?;
+            broker.start()?;
             wait_ready(&addr, &mut broker, Duration::from_secs(60)).await?;
         }
         let info = match audit::stream_info(&mut client, streams::TRANSACTIONS).await {
@@ -484,21 +569,27 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
                 None => {
                     chaos_kills.push(format!("broker at {resolved} resolved"));
                     broker.kill9().await;
-                    broker.start(&exe)?;
+                    broker.start()?;
                     wait_ready(&addr, &mut broker, Duration::from_secs(60)).await?;
                 }
                 Some(i) => {
                     let w = &mut workers[i as usize];
                     chaos_kills.push(format!("{} at {resolved} resolved", w.role));
                     w.kill9().await;
-                    let pid = w.start(&exe)?;
+                    let pid = w.start()?;
                     limit(&mut limiter, &mut cpu_limit_note, w, pid);
                 }
             }
             if let Some(b) = &bar {
-                b.println(format!("chaos: killed {}", chaos_kills.last().map(String::as_str).unwrap_or("")));
+                b.println(format!(
+                    "chaos: killed {}",
+                    chaos_kills.last().map(String::as_str).unwrap_or("")
+                ));
             } else {
-                eprintln!("txpipe: chaos: killed {}", chaos_kills.last().map(String::as_str).unwrap_or(""));
+                eprintln!(
+                    "txpipe: chaos: killed {}",
+                    chaos_kills.last().map(String::as_str).unwrap_or("")
+                );
             }
         }
         if producer_done && info.end_offset >= target && info.pending == 0 && resolved >= target {
@@ -516,13 +607,17 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         roles.push(w.finish_usage());
     }
     roles.insert(0, producer.finish_usage());
-    let audit = audit::run_audit(channel).await.context("running the audit")?;
+    let audit = audit::run_audit(channel)
+        .await
+        .context("running the audit")?;
     broker.stop(Duration::from_secs(30)).await;
     roles.insert(0, broker.finish_usage());
     drop(limiter);
 
     let total_cpu = children_cpu();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let elapsed_s = finished_at.as_secs_f64();
     let n = resolved.max(1) as f64;
     let tx_per_s = resolved as f64 / elapsed_s.max(1e-6);
@@ -530,21 +625,30 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
     let report = RunReport {
         count: args.count,
         workers: args.workers,
-        worker_cpus: if cpu_limit_note.is_none() && args.worker_cpus > 0.0 { Some(args.worker_cpus) } else { None },
+        worker_cpus: if cpu_limit_note.is_none() && args.worker_cpus > 0.0 {
+            Some(args.worker_cpus)
+        } else {
+            None
+        },
         cpu_limit_note,
         elapsed_s,
         tx_per_s,
         total_cpu_s: total_cpu.as_secs_f64(),
         cpu_per_tx_us: cpu_per_tx * 1e6,
         cores,
-        efficiency: if cpu_per_tx > 0.0 { tx_per_s / (cores as f64 / cpu_per_tx) } else { 0.0 },
+        efficiency: if cpu_per_tx > 0.0 {
+            tx_per_s / (cores as f64 / cpu_per_tx)
+        } else {
+            0.0
+        },
         roles,
         chaos_kills,
         audit,
         data_dir: dir.display().to_string(),
     };
     if let Some(p) = &args.report_json {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     if report.audit.passed() && temp && !args.keep_data {
         let _ = std::fs::remove_dir_all(&dir);
@@ -556,7 +660,9 @@ fn children_cpu() -> Duration {
     use nix::sys::resource::{UsageWho, getrusage};
     match getrusage(UsageWho::RUSAGE_CHILDREN) {
         Ok(u) => {
-            let t = |tv: nix::sys::time::TimeVal| Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000);
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+            };
             t(u.user_time()) + t(u.system_time())
         }
         Err(_) => Duration::ZERO,
@@ -575,9 +681,11 @@ fn progress_bar(mode: &str, count: u64) -> Option<indicatif::ProgressBar> {
     }
     let b = indicatif::ProgressBar::new(count);
     b.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} decided  {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} decided  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     Some(b)
 }
@@ -586,14 +694,22 @@ fn progress_bar(mode: &str, count: u64) -> Option<indicatif::ProgressBar> {
 pub fn render(r: &RunReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "== txpipe local run: {} transactions, {} workers ==", r.count, r.workers);
+    let _ = writeln!(
+        s,
+        "== txpipe local run: {} transactions, {} workers ==",
+        r.count, r.workers
+    );
     let quota = match (&r.worker_cpus, &r.cpu_limit_note) {
         (Some(c), _) => format!("{c} CPU each (cgroup quota)"),
         (None, Some(n)) => format!("no CPU quota ({n})"),
         (None, None) => "no CPU quota".into(),
     };
     let _ = writeln!(s, "workers: {quota}");
-    let _ = writeln!(s, "throughput: {:.0} transactions/s over {:.2} s", r.tx_per_s, r.elapsed_s);
+    let _ = writeln!(
+        s,
+        "throughput: {:.0} transactions/s over {:.2} s",
+        r.tx_per_s, r.elapsed_s
+    );
     let _ = writeln!(
         s,
         "cpu: {:.1} s total, {:.1} µs per transaction; efficiency {:.0}% of the {}-core bound ({:.0} tx/s)",
@@ -601,7 +717,11 @@ pub fn render(r: &RunReport) -> String {
         r.cpu_per_tx_us,
         100.0 * r.efficiency,
         r.cores,
-        if r.cpu_per_tx_us > 0.0 { r.cores as f64 / (r.cpu_per_tx_us / 1e6) } else { 0.0 }
+        if r.cpu_per_tx_us > 0.0 {
+            r.cores as f64 / (r.cpu_per_tx_us / 1e6)
+        } else {
+            0.0
+        }
     );
     for role in &r.roles {
         let _ = writeln!(
@@ -611,7 +731,12 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     if !r.chaos_kills.is_empty() {
-        let _ = writeln!(s, "chaos: {} kills: {}", r.chaos_kills.len(), r.chaos_kills.join(", "));
+        let _ = writeln!(
+            s,
+            "chaos: {} kills: {}",
+            r.chaos_kills.len(),
+            r.chaos_kills.join(", ")
+        );
     }
     s.push_str(&audit::render(&r.audit));
     s
@@ -628,9 +753,22 @@ mod tests {
         assert_ne!(a, chaos_schedule(8, 10, 4, false, false));
         assert!(a.windows(2).all(|w| w[0].at_fraction <= w[1].at_fraction));
         assert!(a.iter().all(|e| (0.05..=0.9).contains(&e.at_fraction)));
-        assert!(chaos_schedule(7, 10, 4, true, false).iter().all(|e| e.worker.is_some()));
-        assert!(chaos_schedule(7, 10, 4, false, true).iter().all(|e| e.worker.is_none()));
-        assert!(chaos_schedule(3, 50, 4, false, false).iter().filter_map(|e| e.worker).all(|w| w < 4));
+        assert!(
+            chaos_schedule(7, 10, 4, true, false)
+                .iter()
+                .all(|e| e.worker.is_some())
+        );
+        assert!(
+            chaos_schedule(7, 10, 4, false, true)
+                .iter()
+                .all(|e| e.worker.is_none())
+        );
+        assert!(
+            chaos_schedule(3, 50, 4, false, false)
+                .iter()
+                .filter_map(|e| e.worker)
+                .all(|w| w < 4)
+        );
     }
 
     #[test]
@@ -643,7 +781,12 @@ mod tests {
         }
         assert!(T::parse_from(["t", "--count", "0"]).a.validate().is_err());
         assert!(T::parse_from(["t", "--workers", "0"]).a.validate().is_err());
-        assert!(T::parse_from(["t", "--progress", "sometimes"]).a.validate().is_err());
+        assert!(
+            T::parse_from(["t", "--progress", "sometimes"])
+                .a
+                .validate()
+                .is_err()
+        );
         assert!(T::parse_from(["t"]).a.validate().is_ok());
     }
 }

@@ -7,7 +7,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "txpipe", version, about = "Fault-tolerant card transaction pipeline")]
+#[command(
+    name = "txpipe",
+    version,
+    about = "Fault-tolerant card transaction pipeline"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -39,7 +43,11 @@ enum BenchCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("txpipe: cannot start the runtime: {e}");
@@ -61,7 +69,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let exe = std::env::current_exe().context("locating the txpipe binary")?;
             let report = txpipe::local::run_local(args, exe).await?;
             print!("{}", txpipe::local::render(&report));
-            Ok(if report.audit.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.audit.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Bench(BenchCmd::Broker(args)) => {
             let exe = std::env::current_exe().context("locating the txpipe binary")?;
@@ -70,14 +82,20 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Audit { brokers, json } => {
             let addrs = txpipe_client::connect::parse_addrs(&brokers)?;
-            let (ch, _) = txpipe_client::connect::connect_any(&addrs, 0, std::time::Duration::from_secs(10)).await?;
+            let (ch, _) =
+                txpipe_client::connect::connect_any(&addrs, 0, std::time::Duration::from_secs(10))
+                    .await?;
             let report = txpipe::audit::run_audit(ch).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", txpipe::audit::render(&report));
             }
-            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

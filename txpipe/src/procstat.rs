@@ -40,7 +40,10 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0);
-    Some(ProcSample { cpu, peak_rss_bytes })
+    Some(ProcSample {
+        cpu,
+        peak_rss_bytes,
+    })
 }
 
 #[cfg(test)]
