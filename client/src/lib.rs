@@ -8,12 +8,14 @@
 //!   storing a batch twice.
 //! - [`connect`]: channel construction with retry over a list of broker addresses.
 //! - [`pan`]: field encryption of card numbers (AES-256-GCM), shared by producer and worker.
+//! - [`time`]: calendar conversions of `*_us` timestamps (Hinnant's algorithms).
 //! - [`streams`]: the names of the standard streams.
 
 pub mod connect;
 pub mod pan;
 pub mod produce;
 pub mod streams;
+pub mod time;
 
 /// Generated protobuf and gRPC code for `txpipe.broker.v1`.
 pub mod broker {

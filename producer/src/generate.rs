@@ -50,6 +50,7 @@ use std::sync::Arc;
 
 use txpipe_client::pan::PanKey;
 use txpipe_client::pipeline::v1::{Channel, EntryMode, Label, Transaction};
+use txpipe_client::time::civil_from_days;
 
 use crate::rng::{Rng, WeightedIndex};
 use crate::tables::{self, BINS, COUNTRIES, MCCS, RISKY_MCCS};
@@ -1004,7 +1005,7 @@ fn malform(rng: &mut Rng, pan: &str) -> String {
     s
 }
 
-/// Year and month (1-12) of a UTC time in microseconds (Hinnant's `civil_from_days`).
+/// Year and month (1-12) of a UTC time in microseconds.
 fn year_month(time_us: i64) -> (i64, u32) {
     let (y, m, _) = civil_from_days(time_us.div_euclid(US_PER_DAY));
     (y, m)
@@ -1019,35 +1020,10 @@ fn add_months((y, m): (i64, u32), months: i64) -> (u32, u32) {
     )
 }
 
-/// Civil date of a day count since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date
-/// Algorithms", `civil_from_days`). Returns (year, month 1-12, day 1-31).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Days since 1970-01-01 of a civil date (H. Hinnant, `days_from_civil`).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txpipe_client::time::days_from_civil;
 
     #[test]
     fn civil_date_conversions_round_trip() {

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use txpipe_client::pan::PanKey;
 use txpipe_client::pipeline::v1::{Channel, EntryMode, Label, Transaction};
 
-use crate::generate::days_from_civil;
+use txpipe_client::time::days_from_civil;
 
 /// Input file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

@@ -21,6 +21,8 @@ use txpipe_client::broker::v1::{
 };
 use txpipe_client::produce::{Producer, ProducerConfig};
 
+use crate::local::{broker_answers, free_port};
+
 /// Settings of `txpipe bench broker`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerBenchArgs {
@@ -72,23 +74,16 @@ struct Server {
     pid: u32,
 }
 
-impl Server {
-    fn cpu_and_rss(&self) -> (f64, f64) {
-        crate::procstat::sample(self.pid)
-            .map(|s| {
-                (
-                    s.cpu.as_secs_f64(),
-                    s.peak_rss_bytes as f64 / (1 << 20) as f64,
-                )
-            })
-            .unwrap_or((0.0, 0.0))
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// CPU seconds and peak RSS (MiB) of server process `pid` so far; zeros if it is gone.
+fn server_usage(pid: u32) -> (f64, f64) {
+    crate::procstat::sample(pid)
+        .map(|s| {
+            (
+                s.cpu.as_secs_f64(),
+                s.peak_rss_bytes as f64 / (1 << 20) as f64,
+            )
+        })
+        .unwrap_or((0.0, 0.0))
 }
 
 async fn start_txpipe(exe: &Path, dir: &Path, fsync: bool) -> Result<(Server, String)> {
@@ -111,14 +106,8 @@ async fn start_txpipe(exe: &Path, dir: &Path, fsync: bool) -> Result<(Server, St
     let addr = format!("http://127.0.0.1:{port}");
     let began = Instant::now();
     loop {
-        if let Ok(ch) = txpipe_client::connect::endpoint(&addr)?.connect().await {
-            let mut c = BrokerClient::new(ch);
-            if crate::audit::stream_info(&mut c, "transactions")
-                .await
-                .is_ok()
-            {
-                break;
-            }
+        if broker_answers(&addr).await.is_some() {
+            break;
         }
         if began.elapsed() > Duration::from_secs(30) {
             bail!(
@@ -193,7 +182,7 @@ async fn run_txpipe(args: &BrokerBenchArgs, exe: &Path, fsync: bool) -> Result<B
     producer.close().await?;
     let acked = consumer.await??;
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu, rss) = server.cpu_and_rss();
+    let (cpu, rss) = server_usage(server.pid);
     let _ = server.child.kill().await;
     Ok(BenchResult {
         system: if fsync {
@@ -308,14 +297,7 @@ async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
     }
     let acked = consumer_task.await??;
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu, rss) = crate::procstat::sample(pid)
-        .map(|s| {
-            (
-                s.cpu.as_secs_f64(),
-                s.peak_rss_bytes as f64 / (1 << 20) as f64,
-            )
-        })
-        .unwrap_or((0.0, 0.0));
+    let (cpu, rss) = server_usage(pid);
     let _ = child.kill().await;
     Ok(BenchResult {
         system: "nats-jetstream 2.9 (file, R1, work queue)".into(),

@@ -279,9 +279,25 @@ impl Proc {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback port that was free a moment ago (bind to port 0, read it, release it).
+pub(crate) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// A channel to `addr` if the broker there answers GetStream for `transactions` (it has
+/// recovered and serves), else `None`.
+pub(crate) async fn broker_answers(addr: &str) -> Option<Channel> {
+    let ch = txpipe_client::connect::endpoint(addr)
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut c = BrokerClient::new(ch.clone());
+    audit::stream_info(&mut c, streams::TRANSACTIONS)
+        .await
+        .ok()?;
+    Some(ch)
 }
 
 /// Waits until the broker answers GetStream for `transactions`, or `deadline` passes.

@@ -163,19 +163,11 @@ pub fn bin_of(pan: &[u8]) -> Option<u32> {
     ok.then_some(bin)
 }
 
-/// Civil (year, month) of a Unix time in microseconds (UTC), by Howard Hinnant's
-/// `civil_from_days` algorithm (<https://howardhinnant.github.io/date_algorithms.html>).
+/// Civil (year, month) of a Unix time in microseconds (UTC), via
+/// [`txpipe_client::time::year_month_of`].
 pub fn year_month_of(unix_us: i64) -> (i32, u32) {
-    let days = unix_us.div_euclid(86_400_000_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    ((y + i64::from(m <= 2)) as i32, m as u32)
+    let (y, m) = txpipe_client::time::year_month_of(unix_us);
+    (y as i32, m)
 }
 
 /// Everything the rules look at besides the transaction itself.
