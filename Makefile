@@ -3,9 +3,9 @@
 CARGO ?= cargo
 TXPIPE := target/release/txpipe
 
-.PHONY: release run test lint unit e2e ci bench bench-broker bench-pipeline bench-stages
+.PHONY: release run test lint unit e2e ci bench bench-broker bench-failover bench-pipeline bench-stages
 
-## The main job: 2,000,000 generated transactions through broker + 4 workers (0.5 CPU each).
+## The main job: 2,000,000 generated transactions through 3 broker replicas + 4 workers (0.5 CPU each).
 run: release
 	$(TXPIPE) run
 
@@ -23,21 +23,28 @@ unit:
 	$(CARGO) test --workspace
 	$(CARGO) test -p txpipe-worker --features train
 
-## End-to-end: local mode passes the audit, also with kill -9 of the broker and of workers.
+## End-to-end: local mode passes the audit with 1, 3 and 5 broker replicas, also with kill -9 of
+## the leader (every few seconds, several seeds) and of workers. Prints per-case timings.
 e2e: release
 	bash scripts/e2e.sh
 
 ci: test
 
+## Broker alone vs NATS JetStream: 3 replicas each (R3), then 1 each.
 bench-broker: release
-	$(TXPIPE) bench broker --no-fsync-run
+	$(TXPIPE) bench broker --replicas 3
+	$(TXPIPE) bench broker --replicas 1 --no-fsync-run
+
+## Leader kill -> first acknowledged produce on the new leader, over 20 kills.
+bench-failover: release
+	$(TXPIPE) bench failover --kills 20
 
 bench-pipeline: release
 	mkdir -p bench-out
 	$(TXPIPE) run --report-json bench-out/pipeline.json
-	$(TXPIPE) run --chaos --chaos-events 8 --report-json bench-out/pipeline-chaos.json
+	$(TXPIPE) run --chaos --chaos-kill-interval-ms 5000 --chaos-events 8 --report-json bench-out/pipeline-chaos.json
 
 bench-stages: release
 	target/release/txpipe-worker bench-stages --count 50000
 
-bench: bench-stages bench-broker bench-pipeline
+bench: bench-stages bench-broker bench-failover bench-pipeline

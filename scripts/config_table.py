@@ -25,13 +25,24 @@ def options(binary):
             continue
         t = line.strip()
         if t.startswith("[env: "):
-            cur["env"] = t[6:].split("=")[0]
+            cur["env"] = t[6:].split("=")[0].rstrip("]")
         elif t.startswith("[default: "):
             cur["default"] = t[10:-1]
         elif t and not t.startswith("[") and not cur["desc"]:
             cur["desc"] = t
     if cur:
         rows.append(cur)
+    for r in rows:
+        # Short help puts "[env: X=] [default: Y]" at the end of the description line.
+        m = re.search(r"\s*\[env: ([^=\]]+)(?:=[^\]]*)?\]", r["desc"])
+        if m:
+            r["env"] = r["env"] or m.group(1)
+            r["desc"] = r["desc"].replace(m.group(0), "")
+        m = re.search(r"\s*\[default: ([^\]]*)\]", r["desc"])
+        if m:
+            r["default"] = r["default"] or m.group(1)
+            r["desc"] = r["desc"].replace(m.group(0), "")
+        r["desc"] = r["desc"].strip()
     return [r for r in rows if r["flag"] not in ("--help", "--version")]
 
 
@@ -40,4 +51,5 @@ print("|---|---|---|---|---|")
 for b in ["txpipe run", "txpipe-broker", "txpipe-worker", "txpipe-producer"]:
     for r in options(b):
         d = r["desc"].replace("|", "\\|")
-        print(f"| {b} | `{r['flag']}` | `{r['env']}` | {r['default'] or '—'} | {d} |")
+        env = f"`{r['env']}`" if r["env"] else "—"
+        print(f"| {b} | `{r['flag']}` | {env} | {r['default'] or '—'} | {d} |")

@@ -1,27 +1,68 @@
 #!/usr/bin/env bash
-# End-to-end runs of local mode. Each run is bounded (count and stall timeout) and exits
-# non-zero when the audit fails. Usage: scripts/e2e.sh [txpipe-binary]
+# End-to-end runs of local mode. Each run is bounded (transaction count, stall timeout, and a
+# per-case wall-clock timeout) and fails when the audit fails (lost, duplicated or unexpected
+# decisions). Cases with 1 and with 3 broker replicas, kill -9 of the broker (with 3 replicas:
+# of the current leader of `transactions`), of workers, and seeded schedules of both.
+#
+# Usage: scripts/e2e.sh [txpipe-binary]
+# Environment: E2E_OUT (report directory), E2E_COUNT (plain runs, default 200000),
+# E2E_CHAOS_COUNT (chaos runs, default 100000), E2E_LEADER_SEEDS (default "31 32 33"),
+# E2E_CASE_TIMEOUT_S (default 600), E2E_ONLY (regular expression: run matching cases only).
 set -euo pipefail
 TXPIPE=${1:-target/release/txpipe}
 OUT=${E2E_OUT:-$(mktemp -d)}
 COUNT=${E2E_COUNT:-200000}
 CHAOS_COUNT=${E2E_CHAOS_COUNT:-100000}
+LEADER_SEEDS=${E2E_LEADER_SEEDS:-31 32 33}
+CASE_TIMEOUT=${E2E_CASE_TIMEOUT_S:-600}
+ONLY=${E2E_ONLY:-}
 mkdir -p "$OUT"
-pass=0; fail=0
+pass=0; fail=0; summary=""
+began=$SECONDS
+
+# run NAME MIN_BROKER_KILLS ARGS...: one local run; it passes when txpipe exits 0 (audit
+# passed) and the report shows at least MIN_BROKER_KILLS broker kills.
 run() {
-  local name=$1; shift
-  echo "=== e2e: $name"
-  if "$TXPIPE" run --progress=never --stall-timeout-s=90 --report-json "$OUT/$name.json" "$@"; then
-    pass=$((pass+1)); echo "=== e2e: $name passed"
-  else
-    fail=$((fail+1)); echo "=== e2e: $name FAILED"
+  local name=$1 min_kills=$2; shift 2
+  if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
+  echo "=== e2e: $name: txpipe run $*"
+  local t0=$SECONDS rc=0 verdict=passed
+  timeout -k 30 "$CASE_TIMEOUT" "$TXPIPE" run --progress=never --stall-timeout-s=90 \
+    --report-json "$OUT/$name.json" "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    verdict="FAILED (exit $rc)"
+  elif [ "$min_kills" -gt 0 ]; then
+    local kills
+    kills=$(grep -c '"target": "broker-' "$OUT/$name.json" || true)
+    if [ "$kills" -lt "$min_kills" ]; then
+      verdict="FAILED ($kills broker kills, expected at least $min_kills)"
+    fi
   fi
+  local took=$((SECONDS - t0))
+  if [ "$verdict" = passed ]; then pass=$((pass+1)); else fail=$((fail+1)); fi
+  echo "=== e2e: $name $verdict in ${took} s"
+  summary+=$(printf '%-28s %-48s %5d s' "$name" "$verdict" "$took")$'\n'
 }
-run plain --count "$COUNT"
-run kill-broker --count "$CHAOS_COUNT" --chaos --chaos-broker-only --chaos-events 2 --chaos-seed 11
-run kill-workers --count "$CHAOS_COUNT" --chaos --chaos-workers-only --chaos-events 4 --chaos-seed 12
-for seed in 21 22; do
-  run "chaos-seed-$seed" --count "$CHAOS_COUNT" --chaos --chaos-events 5 --chaos-seed "$seed"
+
+# One broker (no replication).
+run plain-1broker 0 --brokers 1 --count "$COUNT"
+run kill-broker-1broker 2 --brokers 1 --count "$CHAOS_COUNT" --chaos --chaos-broker-only --chaos-events 2 --chaos-seed 11
+run chaos-seed-21-1broker 0 --brokers 1 --count "$CHAOS_COUNT" --chaos --chaos-events 5 --chaos-seed 21
+# Three replicas.
+run plain-3brokers 0 --brokers 3 --count "$COUNT"
+run kill-workers-3brokers 0 --brokers 3 --count "$CHAOS_COUNT" --chaos --chaos-workers-only --chaos-events 4 --chaos-seed 12
+run chaos-seed-22-3brokers 0 --brokers 3 --count "$CHAOS_COUNT" --chaos --chaos-events 5 --chaos-seed 22
+# Leader kills every few seconds plus random worker kills, for several seeds of the schedule.
+# The producer is rate-limited so that each run lasts long enough for several leader kills.
+for seed in $LEADER_SEEDS; do
+  run "leader-kills-seed-$seed" 2 --brokers 3 --count "$CHAOS_COUNT" --rate 5000 \
+    --chaos --chaos-kill-interval-ms 3000 --chaos-events 3 --chaos-workers-only --chaos-seed "$seed"
 done
+# Five replicas, two leader kills.
+run leader-kills-5brokers 2 --brokers 5 --count "$CHAOS_COUNT" --chaos --chaos-broker-only --chaos-events 2 --chaos-seed 41
+
+echo "=== e2e summary (reports in $OUT)"
+printf '%s' "$summary"
+echo "e2e: total $((SECONDS - began)) s"
 echo "e2e: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1,7 +1,11 @@
 //! Admin HTTP (axum): `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
 //! (recovered and serving gRPC), `/status.json` and `/` (a live status page that polls
 //! `/status.json` every second: per stream consumers, throughput, queue depth, in-flight,
-//! redeliveries, dead letters, segments and bytes).
+//! redeliveries, dead letters, segments and bytes, Raft leaders and terms), and
+//! `POST /cluster/voters` (body `{"voters": ["<peer host:port>", ...]}`): makes exactly those
+//! nodes voters of every stream group this node leads (each must have joined first, as a
+//! learner); answers per stream `changed`, `unchanged`, `not leader` or an error. Call it on
+//! every node until no stream answers `not leader` (the operator does).
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,7 +13,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::broker::Broker;
 use crate::metrics::Metrics;
@@ -21,6 +25,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// The broker, set after recovery.
     pub broker: Arc<OnceLock<Arc<Broker>>>,
+    /// True while an empty replica waits for its peers to decide the cluster's bootstrap.
+    pub waiting_for_peers: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The admin router.
@@ -30,6 +36,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status.json", get(status_json))
+        .route("/cluster/voters", post(set_voters))
         .route("/", get(|| async { Html(PAGE) }))
         .with_state(state)
 }
@@ -42,9 +49,43 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// Body of `POST /cluster/voters`.
+#[derive(Debug, serde::Deserialize)]
+pub struct VotersRequest {
+    /// Peer addresses `host:port` of the wanted voters.
+    pub voters: Vec<String>,
+}
+
+async fn set_voters(
+    State(s): State<AdminState>,
+    axum::Json(req): axum::Json<VotersRequest>,
+) -> Response {
+    let Some(b) = s.broker.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "recovering\n").into_response();
+    };
+    if req.voters.is_empty() {
+        return (StatusCode::BAD_REQUEST, "voters must not be empty\n").into_response();
+    }
+    match b.cluster.set_voters(&req.voters).await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// 200 once serving. Also 200 ("waiting for peers") while an empty replica waits for the
+/// other replicas to start before the cluster can bootstrap: a StatefulSet with
+/// `podManagementPolicy: OrderedReady` starts pod `i + 1` only once pod `i` is ready, so
+/// readiness must not wait for the bootstrap (clients find no client port yet and try the
+/// next broker).
 async fn readyz(State(s): State<AdminState>) -> Response {
     match s.broker.get() {
         Some(b) if b.is_ready() => (StatusCode::OK, "ready\n").into_response(),
+        None if s
+            .waiting_for_peers
+            .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            (StatusCode::OK, "waiting for peers to bootstrap\n").into_response()
+        }
         _ => (StatusCode::SERVICE_UNAVAILABLE, "recovering\n").into_response(),
     }
 }
@@ -52,7 +93,12 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 async fn status_json(State(s): State<AdminState>) -> Response {
     match s.broker.get() {
         Some(b) => axum::Json(b.status()).into_response(),
-        None => axum::Json(serde_json::json!({"ready": false, "streams": []})).into_response(),
+        None => axum::Json(serde_json::json!({
+            "ready": false,
+            "waiting_for_peers": s.waiting_for_peers.load(std::sync::atomic::Ordering::Relaxed),
+            "streams": []
+        }))
+        .into_response(),
     }
 }
 

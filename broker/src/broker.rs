@@ -14,16 +14,63 @@ use crate::config::Config;
 use crate::delivery::{ConsumerInfo, DeliveryConfig, DeliveryHandle};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::raft::NodeId;
+use crate::raft::cluster::Cluster;
+use crate::raft::network::NetworkFactory;
 use crate::replica::{Replica, ReplicaConfig};
 use crate::state::{Retention, StreamSpec};
 
 /// One stream: its replica and, for work queues, its consumer group.
 #[derive(Clone)]
 pub struct Stream {
-    /// Storage and state.
+    /// Storage, state and Raft group.
     pub replica: Arc<Replica>,
-    /// Consumer group (work-queue streams).
-    pub delivery: Option<DeliveryHandle>,
+    /// Consumer group of a work-queue stream: `Some` on every node, holding a running
+    /// delivery task only while this node leads the stream's group.
+    pub delivery: Option<Arc<DeliverySlot>>,
+}
+
+/// The consumer group of a work-queue stream on this node.
+pub struct DeliverySlot {
+    /// Settings of the group.
+    pub config: DeliveryConfig,
+    handle: Mutex<Option<DeliveryHandle>>,
+}
+
+impl DeliverySlot {
+    /// The running delivery task (only on the stream's leader).
+    pub fn handle(&self) -> Option<DeliveryHandle> {
+        self.handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Stream {
+    /// The delivery task when this node leads the work-queue stream.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a limits stream, [`Error::NotLeader`] on a
+    /// follower.
+    pub fn delivery(&self) -> Result<DeliveryHandle> {
+        let Some(slot) = &self.delivery else {
+            return Err(Error::InvalidArgument(format!(
+                "stream {:?} is not a work queue; read it with Fetch",
+                self.replica.spec.name
+            )));
+        };
+        match slot.handle() {
+            Some(h) if self.replica.is_leader() => Ok(h),
+            _ => Err(self.replica.not_leader()),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Live figures of one stream for the status page and `/status.json`.
@@ -67,9 +114,36 @@ pub struct StreamStatus {
     pub consumer_list: Vec<ConsumerInfo>,
 }
 
+/// Raft view of one stream's group on this node.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RaftStatus {
+    /// Current term.
+    pub term: u64,
+    /// Leader's node id, when known.
+    pub leader_id: Option<u64>,
+    /// Leader's client address, when known.
+    pub leader_addr: Option<String>,
+    /// Whether this node leads the group.
+    pub is_leader: bool,
+    /// Highest committed-and-applied log index on this node.
+    pub commit_index: u64,
+    /// Highest applied log index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Voter ids.
+    pub voters: Vec<u64>,
+    /// Learner ids.
+    pub learners: Vec<u64>,
+}
+
 /// Whole-broker status.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct BrokerStatus {
+    /// This node's Raft id.
+    pub node_id: u64,
+    /// Raft view of every stream's group.
+    pub raft: BTreeMap<String, RaftStatus>,
     /// Recovery finished and gRPC is serving.
     pub ready: bool,
     /// Seconds since start.
@@ -92,6 +166,8 @@ pub struct Broker {
     pub ready: AtomicBool,
     /// Becomes true at shutdown; long-lived calls end.
     pub shutdown: watch::Receiver<bool>,
+    /// Identity, peers and membership.
+    pub cluster: Arc<Cluster>,
     status: Mutex<BrokerStatus>,
     started: Instant,
 }
@@ -121,20 +197,25 @@ pub fn standard_streams(group: &str) -> Vec<StreamSpec> {
 }
 
 impl Broker {
-    /// Opens (recovers) every standard stream under `config.data_dir` and starts their delivery
-    /// tasks. Must run inside a tokio runtime.
+    /// Opens (recovers) every standard stream under `config.data_dir`, starts their Raft
+    /// groups as node `node_id` and a leadership watcher per work-queue stream that runs its
+    /// delivery task while this node leads it. Must run inside a tokio runtime.
     ///
     /// Errors: any stream's recovery error ([`Error::Log`], [`Error::Snapshot`], ...), naming it.
-    pub fn open(
+    pub async fn open(
         config: Config,
         metrics: Metrics,
         shutdown: watch::Receiver<bool>,
+        node_id: NodeId,
+        cluster: Arc<Cluster>,
     ) -> Result<Arc<Self>> {
         let specs = standard_streams(&config.group);
         let rcfg = |spec: &StreamSpec| ReplicaConfig {
             segment_bytes: config.segment_bytes,
             fsync: config.fsync,
-            max_entry_bytes: (config.max_batch_bytes + 16 * config.max_batch_records + (1 << 20))
+            max_entry_bytes: (2 * config.max_batch_bytes
+                + 16 * config.max_batch_records
+                + (9 << 20))
                 .min(u32::MAX as usize) as u32,
             cache_bytes: if spec.retention == Retention::WorkQueue {
                 config.cache_bytes
@@ -144,49 +225,75 @@ impl Broker {
             max_bytes: config.decisions_max_bytes,
             max_age: config.limits_max_age,
             retain_acked: config.retain_acked,
+            max_inflight_entries: config.max_inflight_entries,
         };
+        let raft_config = Arc::new(raft_config(&config)?);
         let mut replicas: BTreeMap<String, Arc<Replica>> = BTreeMap::new();
         for spec in &specs {
             let dir = config.data_dir.join("streams").join(&spec.name);
-            let r = Replica::open(spec.clone(), &dir, rcfg(spec), metrics.stream(&spec.name))
-                .map_err(|e| match e {
-                    Error::Io(io) => Error::Io(std::io::Error::new(
-                        io.kind(),
-                        format!("stream {}: {io}", spec.name),
-                    )),
-                    other => other,
-                })?;
+            let network = NetworkFactory::new(
+                spec.name.clone(),
+                node_id,
+                Arc::clone(&cluster.cluster_id),
+                Arc::clone(&cluster.channels),
+                Duration::from_millis(config.raft_rpc_timeout_ms),
+            );
+            let r = Replica::open(
+                spec.clone(),
+                &dir,
+                rcfg(spec),
+                metrics.stream(&spec.name),
+                node_id,
+                Arc::clone(&raft_config),
+                network,
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Io(io) => Error::Io(std::io::Error::new(
+                    io.kind(),
+                    format!("stream {}: {io}", spec.name),
+                )),
+                other => other,
+            })?;
             replicas.insert(spec.name.clone(), r);
         }
         let mut streams_map = BTreeMap::new();
         for spec in &specs {
             let replica = Arc::clone(&replicas[&spec.name]);
             let delivery = (spec.retention == Retention::WorkQueue).then(|| {
-                let dlq = spec
-                    .dead_letter_stream
-                    .as_ref()
-                    .and_then(|d| replicas.get(d))
-                    .cloned();
-                DeliveryHandle::spawn(
-                    Arc::clone(&replica),
-                    dlq,
-                    DeliveryConfig {
+                let slot = Arc::new(DeliverySlot {
+                    config: DeliveryConfig {
                         group: spec.group.clone(),
                         default_window: config.default_window,
                         ack_deadline: config.ack_deadline(),
                         max_deliveries: config.max_deliveries,
                         ack_flush: Duration::from_millis(config.ack_flush_ms),
                     },
-                )
+                    handle: Mutex::new(None),
+                });
+                let dlq = spec
+                    .dead_letter_stream
+                    .as_ref()
+                    .and_then(|d| replicas.get(d))
+                    .cloned();
+                tokio::spawn(lead_delivery(
+                    Arc::clone(&replica),
+                    dlq,
+                    Arc::clone(&slot),
+                    shutdown.clone(),
+                ));
+                slot
             });
             streams_map.insert(spec.name.clone(), Stream { replica, delivery });
         }
+        cluster.set_groups(replicas);
         Ok(Arc::new(Self {
             streams: streams_map,
             config,
             metrics,
             ready: AtomicBool::new(false),
             shutdown,
+            cluster,
             status: Mutex::new(BrokerStatus::default()),
             started: Instant::now(),
         }))
@@ -238,7 +345,7 @@ impl Broker {
             consumers: 0,
             dead_letter_stream: r.spec.dead_letter_stream.clone().unwrap_or_default(),
         });
-        if let Some(d) = &s.delivery {
+        if let Some(d) = s.delivery.as_ref().and_then(|d| d.handle()) {
             info.in_flight = d.stats.in_flight.load(Ordering::Relaxed);
             info.redelivered_total = d.stats.redelivered_total.load(Ordering::Relaxed);
             info.consumers = d.stats.consumers.load(Ordering::Relaxed) as u32;
@@ -255,6 +362,11 @@ impl Broker {
             .clone();
         s.ready = self.is_ready();
         s.uptime_s = self.started.elapsed().as_secs();
+        s.raft = self
+            .streams
+            .iter()
+            .map(|(n, st)| (n.clone(), raft_status(&st.replica)))
+            .collect();
         s
     }
 
@@ -264,7 +376,9 @@ impl Broker {
         let dt = now.duration_since(prev.at).as_secs_f64().max(1e-3);
         let mut out = Vec::new();
         let mut syncs = 0;
+        let mut raft = BTreeMap::new();
         for (name, s) in &self.streams {
+            raft.insert(name.clone(), raft_status(&s.replica));
             let info = self.stream_info(s);
             let m = &s.replica.metrics;
             let (st_syncs, st_entries) = s.replica.sync_stats();
@@ -309,6 +423,7 @@ impl Broker {
                 consumer_list: s
                     .delivery
                     .as_ref()
+                    .and_then(|d| d.handle())
                     .map(|d| {
                         d.stats
                             .consumer_list
@@ -327,6 +442,12 @@ impl Broker {
         let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
         st.fsyncs_total = syncs;
         st.streams = out;
+        st.raft = raft;
+        st.node_id = self
+            .streams
+            .values()
+            .next()
+            .map_or(0, |s| s.replica.node_id);
     }
 
     /// Snapshot of every stream that changed, then a retention pass on each.
@@ -351,15 +472,19 @@ impl Broker {
         }
     }
 
-    /// Clean shutdown: writes pending acks durably, then a final snapshot of every stream.
+    /// Clean shutdown: writes pending acks (when leader), stops the Raft groups, then writes
+    /// a final snapshot file of every stream.
     pub async fn close(&self) {
         for s in self.streams.values() {
-            if let Some(d) = &s.delivery {
-                d.flush().await;
+            if let Some(d) = s.delivery.as_ref().and_then(|d| d.handle()) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), d.flush()).await;
             }
         }
         for s in self.streams.values() {
-            if let Err(e) = s.replica.snapshot().await {
+            if let Err(e) = s.replica.raft.shutdown().await {
+                tracing::warn!(stream = %s.replica.spec.name, error = %e, "Raft shutdown");
+            }
+            if let Err(e) = s.replica.snapshot_file().await {
                 tracing::error!(stream = %s.replica.spec.name, error = %e, "final snapshot failed");
             }
         }
@@ -389,4 +514,109 @@ impl Default for Sample {
 /// Resolves once the shutdown flag is true (or its sender is gone).
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Raft entries per append-entries RPC (see [`crate::replica::MAX_ENTRY_COALESCE_BYTES`]).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
+
+/// openraft settings from the broker config: heartbeat and election timeouts from the flags,
+/// snapshots only when the broker asks (its snapshot interval), openraft's log purge keeping
+/// `--raft-keep-entries` entries behind the snapshot for followers that are briefly behind, and
+/// install-snapshot timeouts sized for large transfers.
+///
+/// Errors: [`Error::Config`] when openraft rejects the values.
+pub fn raft_config(config: &Config) -> Result<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: "txpipe".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_ms,
+        election_timeout_max: config.election_timeout_ms * 3 / 2,
+        install_snapshot_timeout: config.raft_rpc_timeout_ms.max(2000) * 5,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: config.raft_keep_entries,
+        purge_batch_size: (config.raft_keep_entries / 16).clamp(1, 1024),
+        ..Default::default()
+    };
+    c.validate()
+        .map_err(|e| Error::Config(format!("Raft settings: {e}")))
+}
+
+/// Runs the delivery task of a work-queue stream while this node leads its group: on gaining
+/// leadership it waits until the state machine has applied everything committed by earlier
+/// terms (`ensure_linearizable`), then starts [`DeliveryHandle`]; on losing it, stops it.
+async fn lead_delivery(
+    replica: Arc<Replica>,
+    dlq: Option<Arc<Replica>>,
+    slot: Arc<DeliverySlot>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut metrics = replica.raft.metrics();
+    loop {
+        let leading = replica.is_leader();
+        let running = slot.handle().is_some();
+        if leading && !running {
+            match tokio::time::timeout(Duration::from_secs(10), replica.raft.ensure_linearizable())
+                .await
+            {
+                Ok(Ok(_)) if replica.is_leader() => {
+                    let h = DeliveryHandle::spawn(
+                        Arc::clone(&replica),
+                        dlq.clone(),
+                        slot.config.clone(),
+                    );
+                    tracing::info!(stream = %replica.spec.name, "leader: delivery started");
+                    *slot.handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(stream = %replica.spec.name, error = %e, "not leader after all")
+                }
+                Err(_) => {
+                    tracing::warn!(stream = %replica.spec.name, "leader could not confirm its state within 10 s")
+                }
+            }
+            continue;
+        }
+        if !leading && running {
+            let h = slot.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(h) = h {
+                h.send(crate::delivery::Event::Stop);
+                tracing::info!(stream = %replica.spec.name, "leadership lost: delivery stopped");
+            }
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { break },
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    let last = slot.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(h) = last {
+        h.flush().await;
+        h.send(crate::delivery::Event::Stop);
+    }
+}
+
+/// The Raft view of `r`'s group right now.
+pub fn raft_status(r: &Replica) -> RaftStatus {
+    let m = r.raft.metrics().borrow().clone();
+    let mem = m.membership_config.membership();
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    RaftStatus {
+        term: m.current_term,
+        leader_id: m.current_leader,
+        leader_addr: m
+            .current_leader
+            .and_then(|l| mem.get_node(&l))
+            .map(|n| n.addr.clone()),
+        is_leader: m.state == openraft::ServerState::Leader,
+        commit_index: r
+            .shared
+            .committed()
+            .map_or(applied, |c| c.index.max(applied)),
+        applied_index: applied,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        voters: mem.voter_ids().collect(),
+        learners: mem.learner_ids().collect(),
+    }
 }

@@ -81,6 +81,46 @@ pub struct Config {
     /// Log output format.
     #[arg(long, env = "BROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Peer gRPC listen address (Raft traffic: txpipe.raft.v1.RaftPeer).
+    #[arg(long, env = "BROKER_PEER_LISTEN", default_value = "0.0.0.0:9200")]
+    pub peer_listen: SocketAddr,
+    /// This replica's ordinal (its index in `--peers`). Default: the number after the last
+    /// `-` of `$HOSTNAME` (StatefulSet pod `<name>-broker-2` → 2), else 0.
+    #[arg(long, env = "BROKER_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Peer addresses `host:port` of every replica in ordinal order, comma-separated (e.g.
+    /// `p-broker-0.p-broker-headless.ns.svc:9200,...`). Empty: a single-node cluster.
+    #[arg(long, env = "BROKER_PEERS", value_delimiter = ',', num_args = 0..)]
+    pub peers: Vec<String>,
+    /// Client addresses `host:port` matching `--peers` (what leader hints name). Default: each
+    /// peer's host with the `--listen` port.
+    #[arg(long, env = "BROKER_CLIENT_ADDRS", value_delimiter = ',', num_args = 0..)]
+    pub client_addrs: Vec<String>,
+    /// Raft election timeout, lower bound, milliseconds (the upper bound is 1.5 x this).
+    /// openraft 0.9 lets a follower that knows a leader start an election only after its
+    /// leader lease (the upper bound) plus a random election timeout, so a dead leader is
+    /// replaced after 0.75-0.9 s with the defaults (plus 0.9 s when the first candidate has
+    /// the shorter log; measured p50/p99 to the first acknowledged produce in
+    /// docs/benchmarks.md). The heartbeat is also openraft's deadline for one append-entries
+    /// round trip (store + fsync on the follower): 100 ms is 5-10x the fsync p99 of a 10-20 ms
+    /// volume; raise both on slower disks.
+    #[arg(long, env = "BROKER_ELECTION_TIMEOUT_MS", default_value_t = 300)]
+    pub election_timeout_ms: u64,
+    /// Raft heartbeat interval, milliseconds.
+    #[arg(long, env = "BROKER_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Deadline of every peer RPC (append-entries, vote, one snapshot chunk), milliseconds.
+    #[arg(long, env = "BROKER_RAFT_RPC_TIMEOUT_MS", default_value_t = 2000)]
+    pub raft_rpc_timeout_ms: u64,
+    /// Raft log entries kept behind a snapshot for followers that are briefly behind (they
+    /// catch up from the log instead of by install-snapshot); segments are deleted only
+    /// behind this point.
+    #[arg(long, env = "BROKER_RAFT_KEEP_ENTRIES", default_value_t = 20_000)]
+    pub raft_keep_entries: u64,
+    /// Raft entries a stream leader has in flight at once; proposals arriving meanwhile are
+    /// coalesced into the next entry.
+    #[arg(long, env = "BROKER_MAX_INFLIGHT_ENTRIES", default_value_t = 2)]
+    pub max_inflight_entries: usize,
 }
 
 impl Config {
@@ -105,6 +145,40 @@ impl Config {
             cache_bytes: 64 << 20,
             group: "workers".to_string(),
             log_format: LogFormat::Text,
+            peer_listen: "0.0.0.0:9200".parse().expect("static address"),
+            node_id: None,
+            peers: Vec::new(),
+            client_addrs: Vec::new(),
+            election_timeout_ms: 300,
+            heartbeat_ms: 100,
+            raft_rpc_timeout_ms: 2000,
+            max_inflight_entries: 2,
+            raft_keep_entries: 20_000,
+        }
+    }
+
+    /// This node's ordinal: `--node-id`, else the trailing number of `$HOSTNAME`, else 0.
+    pub fn ordinal(&self) -> u64 {
+        self.node_id.unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .and_then(|h| h.rsplit('-').next().and_then(|n| n.parse().ok()))
+                .unwrap_or(0)
+        })
+    }
+
+    /// Client address of the replica with ordinal `i`: `--client-addrs[i]`, else the host of
+    /// `--peers[i]` with the `--listen` port, else the listen address itself (single node).
+    pub fn client_addr(&self, i: usize) -> String {
+        if let Some(a) = self.client_addrs.get(i) {
+            return a.clone();
+        }
+        match self.peers.get(i) {
+            Some(p) => {
+                let host = p.rsplit_once(':').map_or(p.as_str(), |(h, _)| h);
+                format!("{host}:{}", self.listen.port())
+            }
+            None => self.listen.to_string(),
         }
     }
 
@@ -167,6 +241,35 @@ impl Config {
         }
         if self.group.is_empty() {
             return bad("--group must not be empty".into());
+        }
+        if !self.peers.is_empty() && self.ordinal() as usize >= self.peers.len() {
+            return bad(format!(
+                "node id {} is not an index of --peers ({} entries)",
+                self.ordinal(),
+                self.peers.len()
+            ));
+        }
+        if !self.client_addrs.is_empty() && self.client_addrs.len() != self.peers.len() {
+            return bad(format!(
+                "--client-addrs has {} entries but --peers has {}",
+                self.client_addrs.len(),
+                self.peers.len()
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_ms {
+            return bad(format!(
+                "--election-timeout-ms {} must be at least 3 x --heartbeat-ms {} (and heartbeat > 0)",
+                self.election_timeout_ms, self.heartbeat_ms
+            ));
+        }
+        if self.raft_rpc_timeout_ms < 10 {
+            return bad(format!(
+                "--raft-rpc-timeout-ms {} is below the minimum of 10",
+                self.raft_rpc_timeout_ms
+            ));
+        }
+        if self.max_inflight_entries == 0 {
+            return bad("--max-inflight-entries 0: must be at least 1".into());
         }
         Ok(())
     }

@@ -116,6 +116,9 @@ pub enum Event {
     },
     /// Write pending acks durably, then answer.
     Flush(oneshot::Sender<()>),
+    /// Leadership moved away: stop delivering (consumers' calls end with UNAVAILABLE and a
+    /// leader hint, and resume on the new leader).
+    Stop,
 }
 
 /// Status of one consumer, for the status page.
@@ -196,6 +199,8 @@ impl DeliveryHandle {
             dead: Vec::new(),
             flush_at: None,
             published: Instant::now(),
+            early: std::collections::HashSet::new(),
+            stopped: false,
         };
         tokio::spawn(engine.run(rx));
         Self {
@@ -214,6 +219,11 @@ impl DeliveryHandle {
     /// Sends an event (dropped silently when the task has stopped).
     pub fn send(&self, e: Event) {
         let _ = self.tx.send(e);
+    }
+
+    /// Resolves once the delivery task has stopped (leadership lost or shutdown).
+    pub async fn closed(&self) {
+        self.tx.closed().await
     }
 
     /// Writes acks collected so far and waits until they are durable.
@@ -272,6 +282,10 @@ struct Engine {
     dead: Vec<(u64, u32, String)>,
     flush_at: Option<Instant>,
     published: Instant,
+    /// Offsets acked before this engine delivered them (the consumer got them from a
+    /// previous leader): never delivered, only recorded as acked.
+    early: std::collections::HashSet<u64>,
+    stopped: bool,
 }
 
 impl Engine {
@@ -307,6 +321,9 @@ impl Engine {
                     self.end = *self.end_rx.borrow_and_update();
                 }
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
+            }
+            if self.stopped {
+                break;
             }
             let now = Instant::now();
             self.expire(now);
@@ -346,6 +363,9 @@ impl Engine {
                         self.acks.push(o);
                     } else if self.retry.remove(&o).is_some() {
                         self.ready.remove(&o);
+                        self.acks.push(o);
+                    } else if o >= self.next_new && o < self.end && self.early.insert(o) {
+                        // Delivered by a previous leader and processed: accept the ack.
                         self.acks.push(o);
                     }
                 }
@@ -387,6 +407,7 @@ impl Engine {
                 self.flush(true).await;
                 let _ = done.send(());
             }
+            Event::Stop => self.stopped = true,
         }
     }
 
@@ -507,6 +528,9 @@ impl Engine {
                 while out.len() < n && self.next_new < self.end {
                     let o = self.next_new;
                     self.next_new += 1;
+                    if self.early.remove(&o) {
+                        continue;
+                    }
                     if o < self.recovery_end
                         && (core.state.is_resolved(o) || o < core.state.start_offset())
                     {
@@ -689,6 +713,64 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
+/// Appends `records` (non-idempotently: the dead-letter stream deduplicates by key) to
+/// `stream` here when this node leads it, else through the leader's client port. Retries for
+/// up to 30 s while no leader is known.
+///
+/// Errors: the last error when every attempt failed.
+async fn append_anywhere(stream: &Replica, records: Vec<Record>) -> crate::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let cmd = Command::Append {
+            producer_id: 0,
+            sequence: 0,
+            records: records.clone(),
+        };
+        let err = match stream.propose(vec![cmd]).await {
+            Ok(_) => return Ok(()),
+            Err(crate::Error::NotLeader {
+                leader: Some(addr), ..
+            }) => match remote_append(&addr, &stream.spec.name, records.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => crate::Error::Unavailable(format!("append at leader {addr}: {e}")),
+            },
+            Err(e) => e,
+        };
+        if Instant::now() + backoff > deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn remote_append(addr: &str, stream: &str, records: Vec<Record>) -> Result<(), String> {
+    use txpipe_client::broker::v1::ProduceRequest;
+    use txpipe_client::broker::v1::broker_client::BrokerClient;
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    let mut client = BrokerClient::new(ep.connect().await.map_err(|e| e.to_string())?);
+    let req = ProduceRequest {
+        stream: stream.to_string(),
+        producer_id: 0,
+        sequence: 0,
+        records,
+    };
+    let mut resp = client
+        .produce(tokio_stream::once(req))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    match resp.message().await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("Produce ended without an answer".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Moves `dead` offsets of `source` to its dead-letter stream, then resolves them.
 async fn dead_letter(
     source: Arc<Replica>,
@@ -725,14 +807,7 @@ async fn dead_letter(
                 }
             })
             .collect();
-        if let Err(e) = dlq
-            .propose(vec![Command::Append {
-                producer_id: 0,
-                sequence: 0,
-                records: letters,
-            }])
-            .await
-        {
+        if let Err(e) = append_anywhere(&dlq, letters).await {
             tracing::error!(stream = %source.spec.name, dead_letter_stream = %dlq.spec.name, error = %e, "dead-letter append failed; offsets stay unresolved until restart");
             return;
         }

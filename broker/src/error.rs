@@ -83,7 +83,19 @@ pub enum Error {
     /// The broker is shutting down or a stream's writer has stopped.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// This node does not lead the stream's Raft group; `leader` is the leader's client
+    /// address when known (sent to clients as the `txpipe-leader` metadata).
+    #[error("not the leader of stream {stream:?}{}", leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_else(|| "; no leader is known yet (election in progress)".into()))]
+    NotLeader {
+        /// The stream.
+        stream: String,
+        /// Client address `host:port` of the leader.
+        leader: Option<String>,
+    },
 }
+
+/// gRPC metadata key of the leader hint on UNAVAILABLE answers.
+pub const LEADER_HINT_KEY: &str = "txpipe-leader";
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -101,6 +113,7 @@ impl Error {
                 "storage"
             }
             Error::Unavailable(_) => "unavailable",
+            Error::NotLeader { .. } => "not_leader",
         }
     }
 }
@@ -108,6 +121,15 @@ impl Error {
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let msg = e.to_string();
+        if let Error::NotLeader { leader, .. } = &e {
+            let mut st = tonic::Status::unavailable(msg);
+            if let Some(l) = leader
+                && let Ok(v) = l.parse()
+            {
+                st.metadata_mut().insert(LEADER_HINT_KEY, v);
+            }
+            return st;
+        }
         match e {
             Error::InvalidArgument(_) | Error::Config(_) => tonic::Status::invalid_argument(msg),
             Error::StreamNotFound(_) | Error::GroupNotFound { .. } => tonic::Status::not_found(msg),
@@ -117,7 +139,8 @@ impl From<Error> for tonic::Status {
             | Error::Snapshot { .. }
             | Error::Decode { .. }
             | Error::Io(_)
-            | Error::Unavailable(_) => tonic::Status::unavailable(msg),
+            | Error::Unavailable(_)
+            | Error::NotLeader { .. } => tonic::Status::unavailable(msg),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod delivery;
 pub mod error;
 pub mod log;
 pub mod metrics;
+pub mod raft;
 pub mod replica;
 pub mod service;
 pub mod snapshot;
@@ -54,22 +55,39 @@ pub fn grpc_max_message_bytes(config: &Config) -> usize {
         .saturating_add(1 << 20)
 }
 
+/// The three sockets of a broker, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// Client gRPC (`txpipe.broker.v1.Broker`, health, reflection).
+    pub grpc: TcpListener,
+    /// Peer gRPC (`txpipe.raft.v1.RaftPeer`).
+    pub peer: TcpListener,
+    /// Admin HTTP.
+    pub admin: TcpListener,
+}
+
 /// Runs a broker until `shutdown` resolves.
 ///
-/// The caller owns the sockets (tests bind port 0). Order: validate the config, serve the
-/// admin port (`/healthz` answers at once, `/readyz` is 503), recover every stream, serve gRPC
-/// and report SERVING through `grpc.health.v1` and `/readyz`. On shutdown: long-lived calls end
-/// with UNAVAILABLE, gRPC stops (up to 5 s of grace), pending acks are made durable and a final
-/// snapshot of each stream is written.
+/// Order: validate the config, serve the admin port (`/healthz` answers at once, `/readyz` is
+/// 503) and the peer port, resolve the node identity (see [`raft::cluster`]: may wait for
+/// peers), recover every stream and start its Raft group, bootstrap or join when the volume
+/// was empty, serve gRPC and report SERVING through `grpc.health.v1` and `/readyz` (serving
+/// does not wait for leaders: a follower answers with leader hints). On shutdown: long-lived
+/// calls end with UNAVAILABLE, gRPC stops (up to 5 s of grace), pending acks are made durable
+/// when this node leads, Raft stops and a final snapshot of each stream is written.
 ///
-/// Errors: [`Error::Config`] for an invalid config, recovery errors ([`Error::Log`],
-/// [`Error::Snapshot`], [`Error::Decode`]), [`Error::Io`] for listener failures.
+/// Errors: [`Error::Config`] for an invalid config or a volume of another ordinal, recovery
+/// errors ([`Error::Log`], [`Error::Snapshot`], [`Error::Decode`]), [`Error::Io`] for
+/// listener failures.
 pub async fn run(
     config: Config,
-    grpc_listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let Listeners {
+        grpc: grpc_listener,
+        peer: peer_listener,
+        admin: admin_listener,
+    } = listeners;
     config.validate()?;
     let metrics = metrics::Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -78,9 +96,11 @@ pub async fn run(
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, data_dir = %config.data_dir.display(), "txpipe broker starting");
 
     let slot: Arc<OnceLock<Arc<broker::Broker>>> = Arc::new(OnceLock::new());
+    let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin_app = admin::router(admin::AdminState {
         metrics: metrics.clone(),
         broker: Arc::clone(&slot),
+        waiting_for_peers: Arc::clone(&waiting),
     });
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(async move {
@@ -103,15 +123,81 @@ pub async fn run(
         })
     };
 
+    // Peer service first: other nodes poll our Status while we all decide identities.
+    let cluster = raft::cluster::Cluster::new(&config);
+    let peer_addr = peer_listener.local_addr()?;
+    let mut peer_stop = stop_rx.clone();
+    let peer_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_adaptive_window(Some(true))
+            .add_service(raft::peer::server(Arc::clone(&cluster)))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(peer_listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(30))),
+                async move {
+                    crate::broker::stopped(&mut peer_stop).await;
+                },
+            ),
+    );
+    tracing::info!(peer = %peer_addr, peers = config.peers.len(), "peer service listening");
+
     let started = std::time::Instant::now();
-    let b = match broker::Broker::open(config.clone(), metrics.clone(), stop_rx.clone()) {
-        Ok(b) => b,
+    let opened = async {
+        let startup = cluster
+            .resolve(config.ordinal(), stop_rx.clone(), &waiting)
+            .await;
+        waiting.store(false, Ordering::Relaxed);
+        let startup = startup?;
+        let node_id = cluster
+            .identity
+            .get()
+            .map(|i| i.node_id)
+            .ok_or_else(|| Error::Unavailable("node identity not resolved".into()))?;
+        let b = broker::Broker::open(
+            config.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+            node_id,
+            Arc::clone(&cluster),
+        )
+        .await?;
+        Ok::<_, Error>((b, startup))
+    }
+    .await;
+    let (b, startup) = match opened {
+        Ok(x) => x,
         Err(e) => {
             let _ = stop_tx.send(true);
             let _ = admin_task.await;
+            let _ = peer_task.await;
             return Err(e);
         }
     };
+    match startup {
+        raft::cluster::Startup::Resume => {}
+        raft::cluster::Startup::Bootstrap(members) => cluster.bootstrap(members).await,
+        raft::cluster::Startup::Join => {
+            tokio::spawn(Arc::clone(&cluster).join_loop(stop_rx.clone()));
+        }
+    }
+    tokio::spawn(raft::cluster::watch_groups(
+        Arc::clone(&cluster),
+        stop_rx.clone(),
+    ));
+    if config.peers.len() <= 1 {
+        // A single node elects itself at once; serve only once it leads every stream, so
+        // that a client's first call does not meet "no leader yet".
+        for s in b.streams.values() {
+            let mut m = s.replica.raft.metrics();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                m.wait_for(|m| m.state == openraft::ServerState::Leader),
+            )
+            .await;
+        }
+    }
     let _ = slot.set(Arc::clone(&b));
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -195,6 +281,7 @@ pub async fn run(
         Err(_) => tracing::warn!("gRPC connections still open after 5 s; closing"),
     }
     b.close().await;
+    let _ = peer_task.await;
     let _ = admin_task.await;
     stop_signal.abort();
     tracing::info!("txpipe broker stopped");

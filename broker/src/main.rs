@@ -8,10 +8,14 @@ use txpipe_broker::{Config, LogFormat};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,openraft::replication=off")
+    });
     match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -24,7 +28,15 @@ async fn main() -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", config.admin_listen))?;
-    txpipe_broker::run(config, grpc, admin, shutdown_signal()).await?;
+    let peer = tokio::net::TcpListener::bind(config.peer_listen)
+        .await
+        .with_context(|| format!("binding --peer-listen {}", config.peer_listen))?;
+    txpipe_broker::run(
+        config,
+        txpipe_broker::Listeners { grpc, peer, admin },
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -28,6 +28,16 @@ pub struct Metrics {
     pub fsync_total: IntCounter,
     append_seconds: HistogramVec,
     entries_per_fsync: GaugeVec,
+    raft_term: IntGaugeVec,
+    raft_leader: IntGaugeVec,
+    raft_is_leader: IntGaugeVec,
+    raft_commit_index: IntGaugeVec,
+    raft_applied_index: IntGaugeVec,
+    raft_last_log_index: IntGaugeVec,
+    raft_leader_changes: IntCounterVec,
+    snapshots: IntCounterVec,
+    snapshot_bytes: IntGaugeVec,
+    lag: IntGaugeVec,
 }
 
 /// Handles of one stream's metrics (label lookups done once).
@@ -69,11 +79,36 @@ pub struct StreamMetrics {
     pub append_seconds: Histogram,
     /// Log entries made durable per fsync over the last sampling interval (1 s).
     pub entries_per_fsync: Gauge,
+    /// Raft term of the stream's group as seen by this node.
+    pub raft_term: IntGauge,
+    /// Node id of the group's current leader (-1: none known).
+    pub raft_leader: IntGauge,
+    /// 1 when this node leads the group.
+    pub raft_is_leader: IntGauge,
+    /// Highest log index known committed.
+    pub raft_commit_index: IntGauge,
+    /// Highest log index applied to the state machine.
+    pub raft_applied_index: IntGauge,
+    /// Last log index on this node.
+    pub raft_last_log_index: IntGauge,
+    /// Leader changes seen by this node.
+    pub raft_leader_changes: IntCounter,
+    /// Snapshots built by this node.
+    pub snapshots: IntCounter,
+    /// Size of the newest snapshot file, bytes.
+    pub snapshot_bytes: IntGauge,
+    lag: IntGaugeVec,
     batches: IntCounterVec,
     name: String,
 }
 
 impl StreamMetrics {
+    /// Sets the replication lag (entries behind the leader's last log index) of `follower`.
+    pub fn set_lag(&self, follower: u64, entries: i64) {
+        self.lag
+            .with_label_values(&[self.name.as_str(), &follower.to_string()])
+            .set(entries);
+    }
     /// Counts a produce batch that ended with error `label` (see [`crate::Error::metric_label`]).
     pub fn batch_failed(&self, label: &str) {
         self.batches
@@ -182,6 +217,53 @@ impl Metrics {
                 registry.register(Box::new(m.clone())).expect("register");
                 m
             },
+            raft_term: gv("txpipe_broker_raft_term", "Raft term of the stream's group"),
+            raft_leader: gv(
+                "txpipe_broker_raft_leader_id",
+                "Node id of the stream group's leader (-1 when none is known)",
+            ),
+            raft_is_leader: gv(
+                "txpipe_broker_raft_is_leader",
+                "1 when this node leads the stream's group",
+            ),
+            raft_commit_index: gv(
+                "txpipe_broker_raft_commit_index",
+                "Highest Raft log index known committed",
+            ),
+            raft_applied_index: gv(
+                "txpipe_broker_raft_applied_index",
+                "Highest Raft log index applied to the state machine",
+            ),
+            raft_last_log_index: gv(
+                "txpipe_broker_raft_last_log_index",
+                "Last Raft log index on this node",
+            ),
+            raft_leader_changes: cv(
+                "txpipe_broker_raft_leader_changes_total",
+                "Leader changes of the stream's group seen by this node",
+                &["stream"],
+            ),
+            snapshots: cv(
+                "txpipe_broker_snapshots_total",
+                "Snapshots built",
+                &["stream"],
+            ),
+            snapshot_bytes: gv(
+                "txpipe_broker_snapshot_bytes",
+                "Size of the newest snapshot file",
+            ),
+            lag: {
+                let m = IntGaugeVec::new(
+                    Opts::new(
+                        "txpipe_broker_raft_replication_lag_entries",
+                        "Entries a follower is behind the leader's last log index (on the leader)",
+                    ),
+                    &["stream", "follower"],
+                )
+                .expect("metric");
+                registry.register(Box::new(m.clone())).expect("register");
+                m
+            },
             registry,
         }
     }
@@ -210,6 +292,16 @@ impl Metrics {
             log_segments: self.log_segments.with_label_values(l),
             append_seconds: self.append_seconds.with_label_values(l),
             entries_per_fsync: self.entries_per_fsync.with_label_values(l),
+            raft_term: self.raft_term.with_label_values(l),
+            raft_leader: self.raft_leader.with_label_values(l),
+            raft_is_leader: self.raft_is_leader.with_label_values(l),
+            raft_commit_index: self.raft_commit_index.with_label_values(l),
+            raft_applied_index: self.raft_applied_index.with_label_values(l),
+            raft_last_log_index: self.raft_last_log_index.with_label_values(l),
+            raft_leader_changes: self.raft_leader_changes.with_label_values(l),
+            snapshots: self.snapshots.with_label_values(l),
+            snapshot_bytes: self.snapshot_bytes.with_label_values(l),
+            lag: self.lag.clone(),
             batches: self.batches.clone(),
             name: stream.to_string(),
         }

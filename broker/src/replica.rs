@@ -1,34 +1,37 @@
-//! One stream's replica: its log, its state machine, and the single-node "replicator" seam.
+//! One stream's replica: its Raft group (openraft), its storage ([`crate::raft::store`]) and
+//! the proposal pipeline.
 //!
-//! [`Replica::propose`] is the only way state changes: encode the commands, queue them on the
-//! stream's group-commit writer (synchronously, so proposals made in sequence are logged in
-//! that order), and an applier task applies each entry to the [`StreamState`] strictly in log
-//! order once it is durable, then answers the proposer. Several group-commit appends are in
-//! flight at once (pipelining); application never runs ahead of durability. In issue
-//! "Replicated broker" `propose` becomes openraft's `client_write` and the applier becomes the
-//! Raft state machine's `apply`; nothing above this module changes.
+//! [`Replica::propose`] is the only way state changes. Proposals go to a per-stream proposer
+//! task that coalesces every proposal waiting while up to `max_inflight_entries` Raft entries
+//! are in flight into the next entry (so the leader's one-fsync-per-entry cost of openraft 0.9
+//! is shared by many batches), hands it to openraft's `client_write`, and answers each
+//! proposer with its own commands' outcomes once the entry is committed (fsynced on a quorum)
+//! and applied. Proposals made in sequence are logged in that order. On a node that is not
+//! the leader, proposals fail with [`Error::NotLeader`] carrying the leader's client address.
 //!
-//! Start-up ([`Replica::open`]): load `snapshot.bin` if present, open the log (its own crash
-//! recovery), replay every entry after the snapshot through the same `apply`, then serve.
-//! Reads of records go to a bounded in-memory cache of recently appended work-queue records,
-//! and otherwise to the log through the state's offset → log index map.
+//! Reads of records go to a bounded in-memory cache of recently applied work-queue records,
+//! and otherwise to the log through the state's offset → record locator map.
 
-use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{RaftNetworkFactory, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 use txpipe_client::broker::v1::Record;
 
 use crate::command::Command;
 use crate::error::{Error, Result};
-use crate::log::group_commit::{AppendTicket, GroupCommit};
 use crate::log::{LogConfig, LogError, SegmentedLog};
 use crate::metrics::StreamMetrics;
-use crate::snapshot;
-use crate::state::{ApplyOutcome, Retention, StreamSpec, StreamState};
+use crate::raft::store::{self, Core, LogStore, MAX_COMMANDS_PER_ENTRY, Shared, StateMachine};
+use crate::raft::{EntryData, Node, NodeId, Raft, TypeConfig};
+use crate::state::{ApplyOutcome, Retention, StreamSpec};
+
+pub use crate::raft::store::RecordCache;
 
 /// Storage settings of a replica.
 #[derive(Debug, Clone)]
@@ -47,64 +50,11 @@ pub struct ReplicaConfig {
     pub max_age: Duration,
     /// Work-queue streams: keep resolved segments until `max_bytes` / `max_age` too.
     pub retain_acked: bool,
+    /// Raft entries in flight at once per stream leader.
+    pub max_inflight_entries: usize,
 }
 
-/// Recently appended records with contiguous offsets, bounded by bytes.
-#[derive(Debug, Default)]
-pub struct RecordCache {
-    base: u64,
-    records: VecDeque<Record>,
-    bytes: usize,
-    max_bytes: usize,
-}
-
-impl RecordCache {
-    fn push(&mut self, offset: u64, r: &Record) {
-        if self.max_bytes == 0 {
-            return;
-        }
-        if offset != self.base + self.records.len() as u64 {
-            self.records.clear();
-            self.bytes = 0;
-            self.base = offset;
-        }
-        self.bytes += r.key.len() + r.value.len() + 64;
-        self.records.push_back(r.clone());
-        while self.bytes > self.max_bytes {
-            match self.records.pop_front() {
-                Some(old) => {
-                    self.bytes -= old.key.len() + old.value.len() + 64;
-                    self.base += 1;
-                }
-                None => break,
-            }
-        }
-    }
-    fn get(&self, offset: u64) -> Option<&Record> {
-        offset
-            .checked_sub(self.base)
-            .and_then(|i| self.records.get(i as usize))
-    }
-    /// Cached bytes (estimate: key + value + 64 per record).
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-/// Mutable core of a replica, behind one mutex.
-pub struct Core {
-    /// The state machine.
-    pub state: StreamState,
-    /// First log index not yet applied.
-    pub applied_next: u64,
-    /// `applied_next` of the newest snapshot file.
-    pub snapshot_next: u64,
-    /// Recent records.
-    pub cache: RecordCache,
-}
-
-struct Proposal {
-    ticket: AppendTicket,
+struct Pending {
     cmds: Vec<Command>,
     reply: Option<oneshot::Sender<Result<Vec<ApplyOutcome>>>>,
 }
@@ -113,167 +63,212 @@ struct Proposal {
 pub struct Replica {
     /// The stream.
     pub spec: StreamSpec,
-    dir: PathBuf,
+    /// Storage shared with openraft.
+    pub shared: Arc<Shared>,
+    /// The stream's Raft group on this node.
+    pub raft: Raft,
+    /// This node's id.
+    pub node_id: NodeId,
     cfg: ReplicaConfig,
-    gc: GroupCommit,
-    /// Serialises `submit` + queueing to the applier so both see the same order.
-    submit: Mutex<mpsc::UnboundedSender<Proposal>>,
-    core: Mutex<Core>,
-    end: watch::Sender<u64>,
+    proposer: mpsc::UnboundedSender<Pending>,
     /// This stream's metrics.
     pub metrics: StreamMetrics,
-    snapshot_lock: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Replica {
-    /// Opens the stream in `dir` (created if missing): snapshot, log recovery, replay. Spawns
-    /// the group-commit writer and the applier on the current tokio runtime.
+    /// Opens the stream in `dir` (created if missing): snapshot, log recovery, then starts its
+    /// Raft node (which applies committed entries after the snapshot) and the proposer task.
     ///
     /// Errors: [`Error::Snapshot`] for an unreadable snapshot, [`Error::Log`] for log corruption
-    /// or I/O, [`Error::Decode`] for an undecodable entry, and a log that does not reach the
-    /// snapshot's index.
-    pub fn open(
+    /// or I/O, [`Error::Decode`] for an undecodable last entry, [`Error::Unavailable`] when
+    /// openraft refuses to start (its message says why).
+    pub async fn open<N>(
         spec: StreamSpec,
         dir: &Path,
         cfg: ReplicaConfig,
         metrics: StreamMetrics,
-    ) -> Result<Arc<Self>> {
+        node_id: NodeId,
+        raft_config: Arc<openraft::Config>,
+        network: N,
+    ) -> Result<Arc<Self>>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
         std::fs::create_dir_all(dir)?;
-        let snap = snapshot::read(dir)?;
         let mut log_cfg = LogConfig::new(dir.join("log"));
         log_cfg.segment_bytes = cfg.segment_bytes;
         log_cfg.fsync = cfg.fsync;
         log_cfg.max_entry_bytes = cfg.max_entry_bytes;
-        let (mut log, report) = SegmentedLog::open(log_cfg)?;
-        let (mut applied_next, mut state, snapshot_next) = match snap {
-            Some((next, state)) => (next, state, next),
-            None => (log.first_index(), StreamState::new(&spec), 0),
-        };
-        if log.next_index() < applied_next {
-            if log.first_index() == log.next_index() {
-                log.reset_to(applied_next)?;
-            } else {
-                return Err(Error::Snapshot {
-                    path: dir.join(snapshot::FILE_NAME),
-                    reason: format!(
-                        "log ends at index {} before the snapshot's index {applied_next}",
-                        log.next_index()
-                    ),
-                });
-            }
-        }
-        if log.first_index() > applied_next {
-            return Err(Error::Snapshot {
-                path: dir.join(snapshot::FILE_NAME),
-                reason: format!(
-                    "log starts at index {} after the snapshot's index {applied_next}: entries are missing",
-                    log.first_index()
-                ),
-            });
-        }
-        let mut cache = RecordCache {
-            max_bytes: if spec.retention == Retention::WorkQueue {
-                cfg.cache_bytes
-            } else {
-                0
-            },
-            ..Default::default()
-        };
-        let replay_from = applied_next;
-        while applied_next < log.next_index() {
-            for (index, bytes) in log.read_range(applied_next, 4096, 32 << 20)? {
-                let cmd =
-                    Command::decode(bytes).map_err(|reason| Error::Decode { index, reason })?;
-                let out = state.apply(index, &cmd);
-                fill_cache(&mut cache, &state, &cmd, &out);
-                applied_next = index + 1;
-            }
-        }
+        let (log, report) = SegmentedLog::open(log_cfg)?;
+        let shared = Shared::open(spec.clone(), dir, log, cfg.cache_bytes, metrics.clone())?;
+        let (next, floor, snap) = shared.with_core(|c| {
+            (
+                c.state.next_offset(),
+                c.state.ack_floor(),
+                c.snapshot.as_ref().and_then(|s| s.meta.last_log_id),
+            )
+        });
         tracing::info!(
             stream = %spec.name,
             segments = report.segments,
             truncated_bytes = report.truncated_bytes,
-            snapshot_index = snapshot_next,
-            replayed = applied_next - replay_from,
-            next_offset = state.next_offset(),
-            ack_floor = state.ack_floor(),
-            "stream recovered"
+            snapshot = ?snap,
+            next_offset = next,
+            ack_floor = floor,
+            "stream storage recovered"
         );
-        let shared = Arc::new(RwLock::new(log));
-        let (gc, _writer) = GroupCommit::spawn(shared, 4 << 20);
+        let raft = openraft::Raft::new(
+            node_id,
+            raft_config,
+            network,
+            LogStore {
+                shared: Arc::clone(&shared),
+            },
+            StateMachine {
+                shared: Arc::clone(&shared),
+            },
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("stream {}: Raft start failed: {e}", spec.name)))?;
+        // A replica that (re)starts in a multi-node group does not campaign until it has heard
+        // from a leader or twice the longest election timeout has passed: openraft 0.9 has
+        // no pre-vote, and a restarted node that times out before the leader's retries reach
+        // it would raise the term and depose a healthy leader.
+        let voters = shared.with_core(|c| c.membership.membership().voter_ids().count());
+        if voters != 1 {
+            raft.runtime_config().elect(false);
+            let r = raft.clone();
+            let hold = Duration::from_millis(raft.config().election_timeout_max * 2);
+            tokio::spawn(async move {
+                let mut m = r.metrics();
+                let _ =
+                    tokio::time::timeout(hold, m.wait_for(|m| m.current_leader.is_some())).await;
+                r.runtime_config().elect(true);
+            });
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        let (end, _) = watch::channel(state.next_offset());
         let replica = Arc::new(Self {
             spec,
-            dir: dir.to_path_buf(),
-            cfg,
-            gc,
-            submit: Mutex::new(tx),
-            core: Mutex::new(Core {
-                state,
-                applied_next,
-                snapshot_next,
-                cache,
-            }),
-            end,
+            shared,
+            raft: raft.clone(),
+            node_id,
+            cfg: cfg.clone(),
+            proposer: tx,
             metrics,
-            snapshot_lock: tokio::sync::Mutex::new(()),
         });
-        tokio::spawn(applier(Arc::downgrade(&replica), rx));
+        tokio::spawn(proposer(
+            raft,
+            replica.spec.name.clone(),
+            rx,
+            cfg.max_inflight_entries.max(1),
+        ));
         Ok(replica)
     }
 
-    /// Proposes commands: they are queued on the log now (in call order) and the returned
-    /// future resolves with one outcome per command once they are durable and applied.
+    /// Proposes commands: they are queued now (in call order) and the returned future
+    /// resolves with one outcome per command once they are committed and applied.
     ///
-    /// Errors: [`Error::Log`] when the log is poisoned or an entry is too large,
-    /// [`Error::Unavailable`] when the replica is shutting down.
+    /// Errors: [`Error::NotLeader`] on a follower or when leadership was lost before commit,
+    /// [`Error::Unavailable`] when the Raft node stopped, [`Error::Log`] for a local storage
+    /// failure.
     pub fn propose(
         &self,
         cmds: Vec<Command>,
     ) -> impl std::future::Future<Output = Result<Vec<ApplyOutcome>>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(cmds, Some(reply));
+        let _ = self.proposer.send(Pending {
+            cmds,
+            reply: Some(reply),
+        });
         async move {
             rx.await
-                .map_err(|_| Error::Unavailable("stream applier stopped".into()))?
+                .map_err(|_| Error::Unavailable("stream proposer stopped".into()))?
         }
     }
 
     /// Proposes commands without waiting for the outcome (acks, attempts, trims).
     pub fn propose_nowait(&self, cmds: Vec<Command>) {
-        self.enqueue(cmds, None);
-    }
-
-    fn enqueue(
-        &self,
-        cmds: Vec<Command>,
-        reply: Option<oneshot::Sender<Result<Vec<ApplyOutcome>>>>,
-    ) {
-        let entries: Vec<Bytes> = cmds.iter().map(Command::encode).collect();
-        let tx = lock(&self.submit);
-        let ticket = self.gc.submit(entries);
-        if let Err(mpsc::error::SendError(Proposal { reply: Some(r), .. })) = tx.send(Proposal {
-            ticket,
-            cmds,
-            reply,
-        }) {
-            let _ = r.send(Err(Error::Unavailable("stream applier stopped".into())));
-        }
+        let _ = self.proposer.send(Pending { cmds, reply: None });
     }
 
     /// Runs `f` on the core under its lock (keep it short).
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
-        f(&mut lock(&self.core))
+        self.shared.with_core(f)
     }
 
     /// Watch of the stream's end offset (next offset to be assigned), updated after apply.
     pub fn watch_end(&self) -> watch::Receiver<u64> {
-        self.end.subscribe()
+        self.shared.end.subscribe()
+    }
+
+    /// Whether this node is the group's leader now.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// The current leader's id and addresses, when known.
+    pub fn leader(&self) -> Option<(NodeId, Node)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, node))
+    }
+
+    /// [`Error::NotLeader`] for this stream with the current leader hint.
+    pub fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            stream: self.spec.name.clone(),
+            leader: self.leader().map(|(_, n)| n.addr),
+        }
+    }
+
+    /// Ok when this node leads the group, else [`Error::NotLeader`].
+    pub fn require_leader(&self) -> Result<()> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    /// Builds a snapshot now (through openraft, which then purges the log behind it as its
+    /// config allows). Returns whether the snapshot file changed.
+    ///
+    /// Errors: [`Error::Unavailable`] when the Raft node stopped.
+    pub async fn snapshot(&self) -> Result<bool> {
+        let (applied, snap) = self.with_core(|c| {
+            (
+                c.applied,
+                c.snapshot.as_ref().and_then(|s| s.meta.last_log_id),
+            )
+        });
+        if applied == snap {
+            return Ok(false);
+        }
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Unavailable(format!("snapshot trigger: {e}")))?;
+        let mut m = self.raft.metrics();
+        let want = applied.map(|l| l.index);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            m.wait_for(|m| m.snapshot.map(|s| s.index) >= want),
+        )
+        .await;
+        self.metrics.snapshots.inc();
+        Ok(true)
+    }
+
+    /// Writes the snapshot file directly (at shutdown, when the Raft node is stopping).
+    ///
+    /// Errors: [`Error::Snapshot`] on I/O failure.
+    pub async fn snapshot_file(&self) -> Result<()> {
+        store::build_snapshot_file(&self.shared).await.map(|_| ())
     }
 
     /// Reads records at `offsets` (cache first, then the log). `None` for offsets not stored
@@ -282,7 +277,7 @@ impl Replica {
         let mut out: Vec<Option<Record>> = Vec::with_capacity(offsets.len());
         let mut misses: Vec<(usize, u64, u32)> = Vec::new();
         {
-            let core = lock(&self.core);
+            let core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
             for (i, &o) in offsets.iter().enumerate() {
                 match core.cache.get(o) {
                     Some(r) => out.push(Some(r.clone())),
@@ -298,25 +293,9 @@ impl Replica {
         if misses.is_empty() {
             return out;
         }
-        let log = self.gc.log().read().unwrap_or_else(|e| e.into_inner());
-        let mut last: Option<(u64, Vec<Record>)> = None;
-        for (i, idx, pos) in misses {
-            if last.as_ref().map(|(l, _)| *l) != Some(idx) {
-                let records = match log.read(idx).map_err(Error::from).and_then(|b| {
-                    Command::decode(b).map_err(|reason| Error::Decode { index: idx, reason })
-                }) {
-                    Ok(Command::Append { records, .. }) => records,
-                    Ok(_) => Vec::new(),
-                    Err(e) => {
-                        tracing::warn!(stream = %self.spec.name, index = idx, error = %e, "record read failed");
-                        Vec::new()
-                    }
-                };
-                last = Some((idx, records));
-            }
-            out[i] = last
-                .as_ref()
-                .and_then(|(_, r)| r.get(pos as usize).cloned());
+        let locs: Vec<(u64, u32)> = misses.iter().map(|&(_, l, p)| (l, p)).collect();
+        for ((i, _, _), r) in misses.iter().zip(self.shared.read_located(&locs)) {
+            out[*i] = r;
         }
         out
     }
@@ -350,29 +329,6 @@ impl Replica {
         (out, next, end, first)
     }
 
-    /// Writes a snapshot if anything was applied since the last one. Returns whether it wrote.
-    ///
-    /// Errors: [`Error::Snapshot`] on I/O failure.
-    pub async fn snapshot(&self) -> Result<bool> {
-        let _g = self.snapshot_lock.lock().await;
-        let (next, body) = {
-            let core = lock(&self.core);
-            if core.applied_next == core.snapshot_next {
-                return Ok(false);
-            }
-            (core.applied_next, core.state.encode())
-        };
-        let dir = self.dir.clone();
-        let bytes = snapshot::encode(next, &body);
-        drop(body);
-        tokio::task::spawn_blocking(move || snapshot::write_atomic(&dir, &bytes))
-            .await
-            .map_err(|e| Error::Unavailable(format!("snapshot task failed: {e}")))??;
-        lock(&self.core).snapshot_next = next;
-        tracing::debug!(stream = %self.spec.name, applied_next = next, "snapshot written");
-        Ok(true)
-    }
-
     /// One retention pass: deletes whole segments that are covered by the snapshot and (work
     /// queue) hold only resolved records, or (limits) are past the size or age limit. First a
     /// `Trim` command moves the stream's start offset past them (durably), then the segment
@@ -381,6 +337,7 @@ impl Replica {
     /// Errors: [`Error::Log`] on I/O failure.
     pub async fn retention(&self) -> Result<usize> {
         let segments = self
+            .shared
             .gc
             .log()
             .read()
@@ -390,6 +347,10 @@ impl Replica {
             return Ok(0);
         }
         let candidates = &segments[..segments.len() - 1];
+        // Segments may go only below the snapshot, below openraft's purge point (entries
+        // above it may still be sent to a lagging follower) and, for work queues, below the
+        // first entry with an unresolved record.
+        let purged_next = self.shared.purged().map_or(0, |p| p.index + 1);
         let (snap_next, floor, unresolved_index) = self.with_core(|c| {
             let floor = c.state.ack_floor();
             let idx = c
@@ -397,14 +358,15 @@ impl Replica {
                 .chunks()
                 .iter()
                 .find(|ch| ch.base_offset + u64::from(ch.count) > floor)
-                .map_or(u64::MAX, |ch| ch.log_index);
-            (c.snapshot_next, floor, idx)
+                .map_or(u64::MAX, |ch| store::split_locator(ch.log_index).0);
+            (c.snapshot_next().min(purged_next), floor, idx)
         });
         let mut purge_to = None;
         let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
         let now = SystemTime::now();
         let limits_hit = |s: &crate::log::SegmentInfo, total: u64| {
             let path = self
+                .shared
                 .dir
                 .join("log")
                 .join(format!("{:020}.log", s.base_index));
@@ -440,7 +402,7 @@ impl Replica {
                 .state
                 .chunks()
                 .iter()
-                .find(|ch| ch.log_index >= purge_to)
+                .find(|ch| store::split_locator(ch.log_index).0 >= purge_to)
                 .map_or(c.state.next_offset(), |ch| ch.base_offset);
             (s, c.state.start_offset())
         });
@@ -455,11 +417,16 @@ impl Replica {
             }])
             .await?;
         }
-        // The Trim entry is durable; the snapshot may still predate it, which is fine: replay
-        // after the snapshot re-applies the Trim before anything reads.
+        // The Trim entry is committed; the snapshot may still predate it, which is fine:
+        // openraft re-applies it after the snapshot before this node serves reads.
         let before = segments.len();
         let after = {
-            let mut log = self.gc.log().write().unwrap_or_else(|e| e.into_inner());
+            let mut log = self
+                .shared
+                .gc
+                .log()
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             log.purge_before(purge_to).map_err(Error::from)?;
             log.segments().len()
         };
@@ -472,124 +439,113 @@ impl Replica {
 
     /// Segment count and total bytes of the log.
     pub fn log_size(&self) -> (usize, u64) {
-        let log = self.gc.log().read().unwrap_or_else(|e| e.into_inner());
+        let log = self
+            .shared
+            .gc
+            .log()
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         (log.segments().len(), log.size_bytes())
     }
 
     /// `(fdatasync calls, entries made durable)` by this stream's writer so far.
     pub fn sync_stats(&self) -> (u64, u64) {
-        let s = self.gc.stats();
+        let s = self.shared.gc.stats();
         (s.syncs, s.entries)
     }
 
     /// The writer's poison error, if the log failed.
     pub fn poisoned(&self) -> Option<LogError> {
-        self.gc.poisoned()
+        self.shared.gc.poisoned()
     }
 }
 
-fn fill_cache(cache: &mut RecordCache, state: &StreamState, cmd: &Command, out: &ApplyOutcome) {
-    if cache.max_bytes == 0 {
-        return;
-    }
-    if let (
-        Command::Append { records, .. },
-        ApplyOutcome::Appended {
-            base_offset,
-            stored,
-            duplicate: false,
-            kept,
-            ..
-        },
-    ) = (cmd, out)
-    {
-        if *stored == 0 {
-            return;
-        }
-        let skip_below = state.ack_floor();
-        let mut push = |i: u64, r: &Record| {
-            let o = base_offset + i;
-            if o >= skip_below {
-                cache.push(o, r);
-            }
-        };
-        match kept {
-            None => records
-                .iter()
-                .enumerate()
-                .for_each(|(i, r)| push(i as u64, r)),
-            Some(k) => k
-                .iter()
-                .enumerate()
-                .for_each(|(i, &p)| push(i as u64, &records[p as usize])),
-        }
-    }
-}
+/// A proposal is added to an entry being built only while the entry is below this size,
+/// bytes. With [`crate::broker::MAX_PAYLOAD_ENTRIES`] this bounds one append-entries RPC to
+/// about 2 MiB, which a follower must receive and fsync within openraft 0.9's append-entries
+/// deadline (the heartbeat interval, 100 ms) even while catching up under load.
+pub const MAX_ENTRY_COALESCE_BYTES: usize = 256 << 10;
 
-async fn applier(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
-    while let Some(p) = rx.recv().await {
-        let started = Instant::now();
-        let result = p.ticket.await;
-        let Some(r) = replica.upgrade() else { return };
-        r.metrics
-            .append_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let range = match result {
-            Ok(range) => range,
-            Err(e) => {
-                tracing::error!(stream = %r.spec.name, error = %e, "log append failed; the stream stops accepting writes until restart");
-                if let Some(reply) = p.reply {
-                    let _ = reply.send(Err(Error::Log(e)));
+/// Coalesces pending proposals into Raft entries; see the module docs.
+async fn proposer(
+    raft: Raft,
+    stream: String,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    max_inflight: usize,
+) {
+    type Replies = Vec<(usize, Option<oneshot::Sender<Result<Vec<ApplyOutcome>>>>)>;
+    let mut inflight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            p = rx.recv(), if open && inflight.len() < max_inflight => {
+                let Some(p) = p else { open = false; continue };
+                let mut cmds: Vec<Command> = Vec::new();
+                let mut replies: Replies = Vec::new();
+                let mut bytes = 0usize;
+                let push = |p: Pending, cmds: &mut Vec<Command>, replies: &mut Replies, bytes: &mut usize| {
+                    *bytes += p.cmds.iter().map(Command::encoded_len).sum::<usize>();
+                    replies.push((p.cmds.len(), p.reply));
+                    cmds.extend(p.cmds);
+                };
+                push(p, &mut cmds, &mut replies, &mut bytes);
+                while cmds.len() < MAX_COMMANDS_PER_ENTRY / 2 && bytes < MAX_ENTRY_COALESCE_BYTES {
+                    match rx.try_recv() {
+                        Ok(p) => push(p, &mut cmds, &mut replies, &mut bytes),
+                        Err(_) => break,
+                    }
                 }
-                continue;
+                match raft.client_write_ff(EntryData { cmds }).await {
+                    Ok(resp) => inflight.push(async move { (resp.await, replies) }),
+                    Err(fatal) => {
+                        for (_, r) in replies {
+                            if let Some(r) = r {
+                                let _ = r.send(Err(Error::Unavailable(format!("stream {stream}: Raft stopped: {fatal}"))));
+                            }
+                        }
+                    }
+                }
             }
-        };
-        let (outs, end) = {
-            let mut core = lock(&r.core);
-            let core = &mut *core;
-            if range.start != core.applied_next {
-                tracing::error!(stream = %r.spec.name, expected = core.applied_next, got = range.start, "log index gap between proposals");
+            Some((res, replies)) = inflight.next(), if !inflight.is_empty() => {
+                match res {
+                    Ok(Ok(resp)) => {
+                        let mut outs = resp.data.outcomes.into_iter();
+                        for (n, r) in replies {
+                            let mine: Vec<ApplyOutcome> = outs.by_ref().take(n).collect();
+                            if let Some(r) = r {
+                                let _ = r.send(Ok(mine));
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        let err = || match &e {
+                            ClientWriteError::ForwardToLeader(f) => Error::NotLeader {
+                                stream: stream.clone(),
+                                leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                            },
+                            other => Error::Unavailable(format!("stream {stream}: {other}")),
+                        };
+                        for (_, r) in replies {
+                            if let Some(r) = r {
+                                let _ = r.send(Err(err()));
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        for (_, r) in replies {
+                            if let Some(r) = r {
+                                let _ = r.send(Err(Error::NotLeader { stream: stream.clone(), leader: None }));
+                            }
+                        }
+                    }
+                }
             }
-            let mut outs = Vec::with_capacity(p.cmds.len());
-            for (i, cmd) in p.cmds.iter().enumerate() {
-                let index = range.start + i as u64;
-                let out = core.state.apply(index, cmd);
-                fill_cache(&mut core.cache, &core.state, cmd, &out);
-                record_metrics(&r.metrics, cmd, &out);
-                outs.push(out);
-                core.applied_next = index + 1;
-            }
-            (outs, core.state.next_offset())
-        };
-        r.end.send_if_modified(|e| {
-            let changed = *e != end;
-            *e = end;
-            changed
-        });
-        if let Some(reply) = p.reply {
-            let _ = reply.send(Ok(outs));
+            else => break,
         }
     }
 }
 
-fn record_metrics(m: &StreamMetrics, cmd: &Command, out: &ApplyOutcome) {
-    match (cmd, out) {
-        (
-            Command::Append { .. },
-            ApplyOutcome::Appended {
-                stored,
-                deduplicated,
-                duplicate: false,
-                ..
-            },
-        ) => {
-            m.produced.inc_by(u64::from(*stored));
-            m.dedup_key.inc_by(u64::from(*deduplicated));
-        }
-        (Command::Ack { .. }, ApplyOutcome::Resolved { count }) => m.acked.inc_by(*count),
-        (Command::DeadLettered { .. }, ApplyOutcome::Resolved { count }) => {
-            m.dead_lettered.inc_by(*count)
-        }
-        _ => {}
-    }
+/// Maps an openraft error of an admin call to [`Error::Unavailable`].
+pub fn raft_err<E: std::fmt::Display>(stream: &str, e: RaftError<NodeId, E>) -> Error {
+    Error::Unavailable(format!("stream {stream}: {e}"))
 }

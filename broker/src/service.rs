@@ -222,13 +222,8 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
             .into());
         };
         let stream = self.broker.stream(&sub.stream)?;
-        let Some(delivery) = stream.delivery.clone() else {
-            return Err(Error::InvalidArgument(format!(
-                "stream {:?} is not a work queue; read it with Fetch",
-                sub.stream
-            ))
-            .into());
-        };
+        let delivery = stream.delivery()?;
+        let replica = Arc::clone(&stream.replica);
         if !sub.group.is_empty() && sub.group != delivery.config.group {
             return Err(Error::GroupNotFound {
                 stream: sub.stream,
@@ -291,6 +286,12 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
                         by_shutdown = true;
                         break;
                     }
+                    _ = delivery.closed() => {
+                        // Leadership moved: the consumer resumes on the new leader, keeping
+                        // the deliveries it holds (their acks are accepted there).
+                        let _ = tx.send(Err(replica.not_leader().into()));
+                        break;
+                    }
                 }
             }
             delivery.send(Event::Leave {
@@ -308,6 +309,7 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
     ) -> Result<Response<FetchResponse>, Status> {
         let req = request.into_inner();
         let stream = self.broker.stream(&req.stream)?;
+        stream.replica.require_leader()?;
         let max_records = match req.max_records as usize {
             0 => FETCH_DEFAULT_RECORDS,
             n => n.min(FETCH_MAX_RECORDS),
@@ -355,6 +357,7 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
         request: Request<GetStreamRequest>,
     ) -> Result<Response<GetStreamResponse>, Status> {
         let s = self.broker.stream(&request.get_ref().stream)?;
+        s.replica.require_leader()?;
         Ok(Response::new(GetStreamResponse {
             stream: Some(self.broker.stream_info(s)),
         }))

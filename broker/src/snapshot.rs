@@ -1,28 +1,50 @@
-//! Snapshot files: a stream's [`StreamState`] as of a log index, written atomically.
+//! Snapshot files: a stream's [`StreamState`] as of a Raft log id, written atomically, and the
+//! small Raft metadata files (vote, purged log id, committed log id) kept beside the log.
 //!
-//! Layout: `"TXPSNAP1"`, `applied_next: u64 LE` (the first log index *not* reflected in the
-//! state), `body_len: u64 LE`, the body ([`StreamState::encode`]), `crc32c: u32 LE` of
-//! everything before it. Written to `snapshot.bin.tmp`, fsynced, renamed over `snapshot.bin`,
-//! then the directory is fsynced, so a crash leaves either the old or the new snapshot.
+//! Snapshot layout: `"TXPSNAP2"`, `meta_len: u32 LE`, meta (JSON of [`SnapMeta`]),
+//! `body_len: u64 LE`, the body ([`StreamState::encode`]), `crc32c: u32 LE` of everything
+//! before it. Every file here is written to `<name>.tmp`, fsynced, renamed over `<name>`, then
+//! the directory is fsynced, so a crash leaves either the old or the new file.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::raft::{Node, NodeId};
 use crate::state::StreamState;
 
-const MAGIC: &[u8; 8] = b"TXPSNAP1";
+const MAGIC: &[u8; 8] = b"TXPSNAP2";
 /// File name of a stream's snapshot inside its directory.
 pub const FILE_NAME: &str = "snapshot.bin";
 
-/// Encodes a snapshot file body.
-pub fn encode(applied_next: u64, state_body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(state_body.len() + 28);
+/// What a snapshot covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapMeta {
+    /// openraft's metadata: last included log id, membership, snapshot id.
+    pub meta: openraft::SnapshotMeta<NodeId, Node>,
+    /// First log index whose records the state still references (records of entries from
+    /// here up to the snapshot's last index travel with the snapshot to a follower).
+    pub records_from: u64,
+}
+
+impl SnapMeta {
+    /// First log index not covered (`last_log_id.index + 1`, or 0).
+    pub fn next_index(&self) -> u64 {
+        self.meta.last_log_id.map_or(0, |l| l.index + 1)
+    }
+}
+
+/// Encodes a snapshot file.
+pub fn encode(meta: &SnapMeta, state_body: &[u8]) -> Vec<u8> {
+    let m = serde_json::to_vec(meta).expect("snapshot meta serialises");
+    let mut out = Vec::with_capacity(state_body.len() + m.len() + 32);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&applied_next.to_le_bytes());
+    out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+    out.extend_from_slice(&m);
     out.extend_from_slice(&(state_body.len() as u64).to_le_bytes());
     out.extend_from_slice(state_body);
     let crc = crc32c::crc32c(&out);
@@ -30,10 +52,40 @@ pub fn encode(applied_next: u64, state_body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes `bytes` as `dir/snapshot.bin` atomically (tmp file, fsync, rename, directory fsync).
-pub fn write_atomic(dir: &Path, bytes: &[u8]) -> Result<()> {
-    let path = dir.join(FILE_NAME);
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+/// Decodes a snapshot file's bytes.
+///
+/// Errors: a description when truncated, of another format, or failing its CRC.
+pub fn decode(bytes: &[u8]) -> std::result::Result<(SnapMeta, StreamState), String> {
+    if bytes.len() < 8 + 4 + 8 + 4 || &bytes[..8] != MAGIC {
+        return Err("not a TXPSNAP2 snapshot (bad magic or too short)".into());
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let want = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    if crc32c::crc32c(body) != want {
+        return Err("CRC mismatch".into());
+    }
+    let ml = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
+    if body.len() < 12 + ml + 8 {
+        return Err("meta length past the end".into());
+    }
+    let meta: SnapMeta =
+        serde_json::from_slice(&body[12..12 + ml]).map_err(|e| format!("meta: {e}"))?;
+    let at = 12 + ml;
+    let bl = u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes")) as usize;
+    if body.len() != at + 8 + bl {
+        return Err("state length does not match the file size".into());
+    }
+    let state = StreamState::decode(Bytes::copy_from_slice(&body[at + 8..]))
+        .map_err(|e| format!("state: {e}"))?;
+    Ok((meta, state))
+}
+
+/// Writes `bytes` as `dir/name` atomically (tmp file, fsync, rename, directory fsync).
+///
+/// Errors: [`Error::Snapshot`] naming the file.
+pub fn write_file_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let err = |p: &Path, e: std::io::Error| Error::Snapshot {
         path: p.to_path_buf(),
         reason: e.to_string(),
@@ -50,39 +102,58 @@ pub fn write_atomic(dir: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Reads `dir/snapshot.bin`: `Ok(None)` when there is none, else `(applied_next, state)`.
+/// Writes `bytes` as `dir/snapshot.bin` atomically.
+pub fn write_atomic(dir: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_atomic(dir, FILE_NAME, bytes)
+}
+
+/// Reads `dir/snapshot.bin`: `Ok(None)` when there is none.
 ///
 /// Errors: [`Error::Snapshot`] when the file exists but is unreadable, truncated or fails its
 /// CRC (a snapshot is written atomically, so this is corruption, not a torn write).
-pub fn read(dir: &Path) -> Result<Option<(u64, StreamState)>> {
+pub fn read(dir: &Path) -> Result<Option<(SnapMeta, StreamState)>> {
     let path: PathBuf = dir.join(FILE_NAME);
-    let bad = |reason: String| Error::Snapshot {
-        path: path.clone(),
-        reason,
-    };
-    let data = match fs::read(&path) {
-        Ok(d) => d,
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(bad(e.to_string())),
+        Err(e) => {
+            return Err(Error::Snapshot {
+                path,
+                reason: e.to_string(),
+            });
+        }
     };
-    if data.len() < 28 || &data[..8] != MAGIC {
-        return Err(bad("not a txpipe snapshot (bad magic or too short)".into()));
+    decode(&bytes)
+        .map(Some)
+        .map_err(|reason| Error::Snapshot { path, reason })
+}
+
+/// Reads a small JSON file written by [`write_json`]; `Ok(None)` when absent.
+///
+/// Errors: [`Error::Snapshot`] when unreadable or not valid JSON of `T`.
+pub fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Result<Option<T>> {
+    let path = dir.join(name);
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Snapshot {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Snapshot {
+            path,
+            reason: e.to_string(),
+        }),
     }
-    let (body, crc) = data.split_at(data.len() - 4);
-    let want = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-    if crc32c::crc32c(body) != want {
-        return Err(bad("CRC mismatch".into()));
-    }
-    let applied_next = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-    let len = u64::from_le_bytes(body[16..24].try_into().expect("8 bytes")) as usize;
-    if body.len() != 24 + len {
-        return Err(bad(format!(
-            "body length {len} does not match file size {}",
-            data.len()
-        )));
-    }
-    let state = StreamState::decode(Bytes::copy_from_slice(&body[24..])).map_err(bad)?;
-    Ok(Some((applied_next, state)))
+}
+
+/// Writes `value` as JSON to `dir/name` atomically and durably.
+///
+/// Errors: [`Error::Snapshot`] naming the file.
+pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<()> {
+    let b = serde_json::to_vec(value).expect("serialisable");
+    write_file_atomic(dir, name, &b)
 }
 
 #[cfg(test)]
@@ -91,25 +162,34 @@ mod tests {
     use crate::state::{Retention, StreamSpec};
 
     #[test]
-    fn snapshot_files_round_trip_and_corruption_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(read(dir.path()).unwrap().is_none());
+    fn snapshot_roundtrip_and_corruption() {
         let spec = StreamSpec {
             name: "s".into(),
-            retention: Retention::WorkQueue,
+            retention: Retention::Limits,
             dedupe_by_key: false,
-            group: "g".into(),
+            group: String::new(),
             dead_letter_stream: None,
         };
-        let state = StreamState::new(&spec);
-        write_atomic(dir.path(), &encode(17, &state.encode())).unwrap();
-        let (next, got) = read(dir.path()).unwrap().unwrap();
-        assert_eq!(next, 17);
-        assert_eq!(got, state);
-        let p = dir.path().join(FILE_NAME);
-        let mut d = fs::read(&p).unwrap();
-        d[20] ^= 1;
-        fs::write(&p, d).unwrap();
-        assert!(read(dir.path()).unwrap_err().to_string().contains("CRC"));
+        let st = StreamState::new(&spec);
+        let meta = SnapMeta {
+            meta: openraft::SnapshotMeta {
+                last_log_id: Some(openraft::LogId::new(
+                    openraft::CommittedLeaderId::new(3, 1),
+                    9,
+                )),
+                last_membership: Default::default(),
+                snapshot_id: "x".into(),
+            },
+            records_from: 4,
+        };
+        let b = encode(&meta, &st.encode());
+        let (m, s) = decode(&b).unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(m.next_index(), 10);
+        assert_eq!(s, st);
+        let mut bad = b.clone();
+        bad[20] ^= 1;
+        assert!(decode(&bad).unwrap_err().contains("CRC"));
+        assert!(decode(&b[..10]).is_err());
     }
 }

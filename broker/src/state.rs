@@ -150,6 +150,15 @@ pub struct StreamState {
 }
 
 impl StreamState {
+    /// Retention policy of the stream.
+    pub fn retention(&self) -> Retention {
+        if self.work_queue {
+            Retention::WorkQueue
+        } else {
+            Retention::Limits
+        }
+    }
+
     /// An empty stream.
     pub fn new(spec: &StreamSpec) -> Self {
         Self {

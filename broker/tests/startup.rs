@@ -8,9 +8,7 @@ async fn an_invalid_config_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
     cfg.max_deliveries = 0;
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = txpipe_broker::run(cfg, grpc, admin, std::future::pending())
+    let err = txpipe_broker::run(cfg, listeners().await, std::future::pending())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("--max-deliveries 0"), "{err}");
@@ -67,9 +65,7 @@ async fn corruption_before_the_tail_of_a_stream_log_stops_the_broker_with_the_st
     std::fs::write(&seg, bytes).unwrap();
     // The snapshot covers the log, so also remove it to force a replay through the bad frame.
     std::fs::remove_file(dir.path().join("streams/labels/snapshot.bin")).unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = txpipe_broker::run(cfg, grpc, admin, std::future::pending())
+    let err = txpipe_broker::run(cfg, listeners().await, std::future::pending())
         .await
         .unwrap_err();
     let msg = err.to_string();

@@ -2,7 +2,8 @@
 //!
 //! Addresses are `host:port` or full `http://host:port` URIs. [`connect_any`] tries them in
 //! turn, starting after the one that worked last, until one accepts a connection or the
-//! deadline passes; issue "Replicated broker" adds leader hints on top of this.
+//! deadline passes. It knows nothing about leaders: calls about a stream should go through
+//! [`crate::leader::LeaderRouter`], which follows each stream's Raft leader and fails over.
 
 use std::time::{Duration, Instant};
 
@@ -41,15 +42,8 @@ pub enum ConnectError {
 pub fn parse_addrs(list: &str) -> Result<Vec<String>, ConnectError> {
     let addrs: Vec<String> = list
         .split(',')
-        .map(str::trim)
+        .map(normalize_addr)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            if s.starts_with("http://") || s.starts_with("https://") {
-                s.to_string()
-            } else {
-                format!("http://{s}")
-            }
-        })
         .collect();
     if addrs.is_empty() {
         return Err(ConnectError::NoAddress);
@@ -61,6 +55,20 @@ pub fn parse_addrs(list: &str) -> Result<Vec<String>, ConnectError> {
         })?;
     }
     Ok(addrs)
+}
+
+/// One address as an endpoint URI: trimmed, `http://` prepended when there is no scheme, a
+/// trailing `/` removed (`broker-0:9100` and `http://broker-0:9100/` both give
+/// `http://broker-0:9100`). An empty or blank input gives an empty string.
+pub fn normalize_addr(addr: &str) -> String {
+    let a = addr.trim().trim_end_matches('/');
+    if a.is_empty() {
+        String::new()
+    } else if a.starts_with("http://") || a.starts_with("https://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
 }
 
 /// Builds an endpoint with txpipe's transport defaults: 2 s connect timeout, TCP_NODELAY,

@@ -4,14 +4,17 @@
 //!   generated from `proto/txpipe/broker/v1/broker.proto`.
 //! - [`pipeline::v1`]: record payloads (`Transaction`, `Decision`, `Label`, `DeadLetter`),
 //!   generated from `proto/txpipe/pipeline/v1/pipeline.proto`.
-//! - [`produce`]: an idempotent, pipelined producer that retries through broker restarts without
-//!   storing a batch twice.
-//! - [`connect`]: channel construction with retry over a list of broker addresses.
+//! - [`produce`]: an idempotent, pipelined producer that follows its stream's leader and retries
+//!   through failovers and broker restarts without storing a batch twice.
+//! - [`leader`]: leader discovery and failover over a replicated broker (`txpipe-leader` hints,
+//!   bounded exponential backoff, deadlines, one cached channel per address).
+//! - [`connect`]: address parsing, endpoint defaults, and connection retry over a list.
 //! - [`pan`]: field encryption of card numbers (AES-256-GCM), shared by producer and worker.
 //! - [`time`]: calendar conversions of `*_us` timestamps (Hinnant's algorithms).
 //! - [`streams`]: the names of the standard streams.
 
 pub mod connect;
+pub mod leader;
 pub mod pan;
 pub mod produce;
 pub mod streams;

@@ -2,10 +2,28 @@
 //!
 //! A [`Producer`] appends batches of records to one stream. Each batch gets the next sequence
 //! number of this producer's `producer_id`; up to `max_in_flight` batches are on the wire at
-//! once. When the connection breaks (broker restart, failover), the producer reconnects and
-//! resends every batch not yet acknowledged, in order; the broker answers batches it already
-//! stored with `duplicate = true` instead of storing them again (Kafka's idempotent producer
-//! uses the same producer-id + sequence scheme, KIP-98).
+//! once. The broker answers batches it already stored with `duplicate = true` instead of
+//! storing them again (Kafka's idempotent producer uses the same producer-id + sequence scheme,
+//! KIP-98).
+//!
+//! # Failover
+//!
+//! The producer talks to the Raft leader of its stream through a
+//! [`LeaderRouter`](crate::leader::LeaderRouter). When the Produce call ends with `UNAVAILABLE`
+//! (a follower's "not the leader" answer, a leader that lost leadership before committing a
+//! batch, a node shutting down) or a transport error (the leader died), the producer follows
+//! the `txpipe-leader` hint, or else the next broker address, with backoff (50 ms doubling to
+//! 1 s), and resends every unacknowledged batch on the new leader **with the same producer id and
+//! sequence numbers, in order**. The dedupe table is part of the replicated state, so a batch
+//! the old leader committed but could not acknowledge is answered `duplicate = true` and stored
+//! once. Each [`Receipt`] resolves exactly once: with the first acknowledgement of its batch,
+//! or with the error that stopped the producer.
+//!
+//! A failover lasts from the failure to the first acknowledgement on the new leader and is
+//! bounded by `reconnect_deadline` (default 60 s); past it the producer stops with
+//! [`ProduceError::Unreachable`]. A status that is not about leadership or availability
+//! (`INVALID_ARGUMENT`, `NOT_FOUND`, `RESOURCE_EXHAUSTED`, `FAILED_PRECONDITION`) stops it at
+//! once with [`ProduceError::Rejected`], without retry.
 //!
 //! [`Producer::send`] returns a [`Receipt`] that resolves once the batch is durable on the
 //! broker; callers that only need throughput can drop receipts and call [`Producer::close`].
@@ -19,8 +37,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::broker::v1::{ProduceRequest, ProduceResponse, Record, broker_client::BrokerClient};
-use crate::connect::{ConnectError, connect_any};
+use crate::broker::v1::{ProduceRequest, ProduceResponse, Record};
+use crate::leader::{Failover, LeaderError, LeaderRouter, Target};
 
 /// Producer settings.
 #[derive(Debug, Clone)]
@@ -34,7 +52,9 @@ pub struct ProducerConfig {
     pub producer_id: u64,
     /// Batches sent but not yet acknowledged, at most. Default 16.
     pub max_in_flight: usize,
-    /// How long to keep trying to reach a broker after a failure before giving up. Default 60 s.
+    /// How long a failover may last (from a broken Produce call to the first acknowledgement on
+    /// the new leader) before the producer gives up with [`ProduceError::Unreachable`].
+    /// Default 60 s.
     pub reconnect_deadline: Duration,
 }
 
@@ -145,15 +165,34 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects (waiting up to `reconnect_deadline` for a broker) and starts the producer task.
+    /// Connects (waiting up to `reconnect_deadline` for a broker to accept a connection) and
+    /// starts the producer task. The stream's leader is found with the first batch.
+    ///
+    /// Errors: [`ProduceError::Unreachable`] for an invalid address list or when no broker
+    /// accepts a connection within `reconnect_deadline`.
     pub async fn connect(config: ProducerConfig) -> Result<Self, ProduceError> {
-        let (channel, idx) = connect_any(&config.addrs, 0, config.reconnect_deadline)
+        let router = LeaderRouter::new(config.addrs.clone())
+            .map_err(|e| ProduceError::Unreachable(e.to_string()))?;
+        Self::connect_with(router, config).await
+    }
+
+    /// Like [`Producer::connect`], but over an existing router (sharing its channels and
+    /// leader knowledge); `config.addrs` is ignored.
+    ///
+    /// Errors: [`ProduceError::Unreachable`] when no broker accepts a connection within
+    /// `reconnect_deadline`.
+    pub async fn connect_with(
+        router: LeaderRouter,
+        config: ProducerConfig,
+    ) -> Result<Self, ProduceError> {
+        let target = router
+            .connect(&config.stream, config.reconnect_deadline)
             .await
-            .map_err(|e: ConnectError| ProduceError::Unreachable(e.to_string()))?;
+            .map_err(|e| ProduceError::Unreachable(e.to_string()))?;
         let (tx, rx) = mpsc::channel(1);
         let (stats_tx, stats) = watch::channel(ProducerStats::default());
         let producer_id = config.producer_id;
-        let task = tokio::spawn(run(config, channel, idx, rx, stats_tx));
+        let task = tokio::spawn(run(config, router, target, rx, stats_tx));
         Ok(Self {
             tx,
             task,
@@ -201,22 +240,33 @@ impl Producer {
     }
 }
 
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Internal
-            | Code::Aborted
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-    )
+/// The next answer of an open Produce call; pending while the call is not open yet.
+async fn next_response(
+    inbound: &mut Option<tonic::Streaming<ProduceResponse>>,
+) -> Option<Result<ProduceResponse, tonic::Status>> {
+    match inbound {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The producer error for a failover that ended with `e`.
+fn failover_error(stream: &str, sequence: u64, e: LeaderError) -> ProduceError {
+    match e {
+        LeaderError::Rejected(status) => ProduceError::Rejected {
+            stream: stream.to_string(),
+            sequence,
+            code: status.code(),
+            message: status.message().to_string(),
+        },
+        e @ LeaderError::Unavailable { .. } => ProduceError::Unreachable(e.to_string()),
+    }
 }
 
 async fn run(
     config: ProducerConfig,
-    mut channel: tonic::transport::Channel,
-    mut addr_idx: usize,
+    router: LeaderRouter,
+    mut target: Target,
     mut rx: mpsc::Receiver<Submission>,
     stats_tx: watch::Sender<ProducerStats>,
 ) -> Result<ProducerStats, ProduceError> {
@@ -224,6 +274,8 @@ async fn run(
     let mut unacked: VecDeque<Pending> = VecDeque::new();
     let mut next_seq: u64 = 1;
     let mut input_open = true;
+    // The failover in progress: from the first failure to the first ack on a new leader.
+    let mut failover: Option<Failover> = None;
     let fail = |unacked: &mut VecDeque<Pending>, err: ProduceError| {
         for p in unacked.iter_mut() {
             if let Some(d) = p.done.take() {
@@ -232,8 +284,12 @@ async fn run(
         }
         err
     };
-    'session: loop {
-        // One Produce stream per connection; resend everything unacknowledged first.
+    loop {
+        if !input_open && unacked.is_empty() {
+            break;
+        }
+        // One Produce call per leader; resend everything unacknowledged first, in sequence
+        // order, with the sequences it had (the leader answers stored ones as duplicates).
         let (out_tx, out_rx) = mpsc::channel::<ProduceRequest>(config.max_in_flight + 1);
         let mk = |p: &Pending| ProduceRequest {
             stream: config.stream.clone(),
@@ -244,86 +300,100 @@ async fn run(
         for p in &unacked {
             let _ = out_tx.try_send(mk(p));
         }
-        let mut client = BrokerClient::new(channel.clone())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        let broken: Option<tonic::Status> = match client
-            .produce(tokio_stream::wrappers::ReceiverStream::new(out_rx))
-            .await
-        {
-            Err(status) => Some(status),
-            Ok(resp) => {
-                let mut inbound = resp.into_inner();
-                loop {
-                    if !input_open && unacked.is_empty() {
-                        break 'session;
-                    }
-                    let room = input_open && unacked.len() < config.max_in_flight;
-                    tokio::select! {
-                        msg = rx.recv(), if room => match msg {
-                            None => input_open = false,
-                            Some((records, done)) => {
-                                let p = Pending { sequence: next_seq, records: Arc::new(records), done: Some(done) };
-                                next_seq += 1;
-                                let req = mk(&p);
-                                unacked.push_back(p);
-                                if out_tx.send(req).await.is_err() {
-                                    break None;
+        let mut client = target.client();
+        // The call opens while batches flow: a broker may wait for the first batch (which
+        // names the stream) before it answers the call. The block ends the call (drops it)
+        // before the failover.
+        let status: tonic::Status = {
+            let call = client.produce(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+            tokio::pin!(call);
+            let mut inbound: Option<tonic::Streaming<ProduceResponse>> = None;
+            let mut confirmed = false;
+            loop {
+                if !input_open && unacked.is_empty() {
+                    return Ok(stats);
+                }
+                let room = input_open && unacked.len() < config.max_in_flight;
+                tokio::select! {
+                    opened = &mut call, if inbound.is_none() => match opened {
+                        Err(status) => break status,
+                        Ok(resp) => {
+                            if unacked.is_empty() {
+                                // Nothing at stake: the node answers, the failover is over.
+                                // (Whether it leads the stream shows with the first batch.)
+                                failover = None;
+                            }
+                            inbound = Some(resp.into_inner());
+                        }
+                    },
+                    msg = rx.recv(), if room => match msg {
+                        None => input_open = false,
+                        Some((records, done)) => {
+                            let p = Pending { sequence: next_seq, records: Arc::new(records), done: Some(done) };
+                            next_seq += 1;
+                            let req = mk(&p);
+                            unacked.push_back(p);
+                            if out_tx.send(req).await.is_err() {
+                                // The call ended; the batch is resent on the next call.
+                                break tonic::Status::unavailable("produce request stream closed");
+                            }
+                        }
+                    },
+                    item = next_response(&mut inbound) => match item {
+                        None => break tonic::Status::unavailable("produce stream ended"),
+                        Some(Err(status)) => break status,
+                        Some(Ok(resp)) => {
+                            if !confirmed {
+                                confirmed = true;
+                                match failover.take() {
+                                    Some(f) => f.succeeded(&target),
+                                    None => router.confirm(&config.stream, &target),
                                 }
                             }
-                        },
-                        item = inbound.next() => match item {
-                            None => break Some(tonic::Status::unavailable("produce stream ended")),
-                            Some(Err(status)) => break Some(status),
-                            Some(Ok(resp)) => {
-                                let Some(front) = unacked.pop_front() else {
-                                    return Err(fail(&mut unacked, ProduceError::OutOfOrder { expected: next_seq, got: resp.sequence }));
-                                };
-                                if front.sequence != resp.sequence {
-                                    let expected = front.sequence;
-                                    unacked.push_front(front);
-                                    return Err(fail(&mut unacked, ProduceError::OutOfOrder { expected, got: resp.sequence }));
-                                }
-                                stats.batches_acked += 1;
-                                stats.records_acked += front.records.len() as u64;
-                                if resp.duplicate {
-                                    stats.duplicate_batches += 1;
-                                } else {
-                                    stats.records_stored += u64::from(resp.stored);
-                                    stats.records_deduplicated += u64::from(resp.deduplicated);
-                                }
-                                stats_tx.send_replace(stats.clone());
-                                if let Some(d) = front.done { let _ = d.send(Ok(resp)); }
+                            let Some(front) = unacked.pop_front() else {
+                                return Err(fail(&mut unacked, ProduceError::OutOfOrder { expected: next_seq, got: resp.sequence }));
+                            };
+                            if front.sequence != resp.sequence {
+                                let expected = front.sequence;
+                                unacked.push_front(front);
+                                return Err(fail(&mut unacked, ProduceError::OutOfOrder { expected, got: resp.sequence }));
                             }
-                        },
-                    }
+                            stats.batches_acked += 1;
+                            stats.records_acked += front.records.len() as u64;
+                            if resp.duplicate {
+                                stats.duplicate_batches += 1;
+                            } else {
+                                stats.records_stored += u64::from(resp.stored);
+                                stats.records_deduplicated += u64::from(resp.deduplicated);
+                            }
+                            stats_tx.send_replace(stats.clone());
+                            if let Some(d) = front.done { let _ = d.send(Ok(resp)); }
+                        }
+                    },
                 }
             }
         };
-        if let Some(status) = broken {
-            if !retryable(status.code()) {
-                let sequence = unacked.front().map(|p| p.sequence).unwrap_or(next_seq);
+        let sequence = unacked.front().map(|p| p.sequence).unwrap_or(next_seq);
+        let f = failover
+            .get_or_insert_with(|| router.failover(&config.stream, config.reconnect_deadline));
+        if let Err(e) = f.failed(&target, status.clone()).await {
+            return Err(fail(
+                &mut unacked,
+                failover_error(&config.stream, sequence, e),
+            ));
+        }
+        tracing::warn!(stream = %config.stream, broker = %target.addr, code = ?status.code(), error = %status.message(), unacked = unacked.len(), "produce call broken; failing over");
+        stats.reconnects += 1;
+        stats_tx.send_replace(stats.clone());
+        target = match f.target().await {
+            Ok(t) => t,
+            Err(e) => {
                 return Err(fail(
                     &mut unacked,
-                    ProduceError::Rejected {
-                        stream: config.stream.clone(),
-                        sequence,
-                        code: status.code(),
-                        message: status.message().to_string(),
-                    },
+                    failover_error(&config.stream, sequence, e),
                 ));
             }
-            tracing::warn!(stream = %config.stream, code = ?status.code(), error = %status.message(), unacked = unacked.len(), "produce stream broken; reconnecting");
-            stats.reconnects += 1;
-            stats_tx.send_replace(stats.clone());
-            match connect_any(&config.addrs, addr_idx + 1, config.reconnect_deadline).await {
-                Ok((ch, idx)) => {
-                    channel = ch;
-                    addr_idx = idx;
-                }
-                Err(e) => return Err(fail(&mut unacked, ProduceError::Unreachable(e.to_string()))),
-            }
-        }
+        };
     }
     Ok(stats)
 }

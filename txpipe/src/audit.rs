@@ -6,8 +6,16 @@
 //!
 //! Ground truth: the producer writes one `Label` per transaction to the `labels` stream, which
 //! no worker reads. The audit treats the set of label ids as "what was produced".
+//!
+//! With a replicated broker every stream has its own leader, possibly on different nodes, and
+//! only the leader answers Fetch and GetStream about it. [`run_audit_cluster`] takes the full
+//! broker list and sends each request to its stream's leader through a
+//! [`LeaderRouter`] (leader hints, failover with backoff, a deadline per request), so an audit
+//! also survives a leader change while it reads.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
@@ -15,8 +23,10 @@ use prost::Message;
 use serde::Serialize;
 use tonic::transport::Channel;
 use txpipe_client::broker::v1::{
-    FetchRequest, GetStreamRequest, StreamInfo, broker_client::BrokerClient,
+    FetchRequest, FetchResponse, GetStreamRequest, GetStreamResponse, StreamInfo,
+    broker_client::BrokerClient,
 };
+use txpipe_client::leader::LeaderRouter;
 use txpipe_client::pipeline::v1::{DeadLetter, Decision, Label, Outcome};
 use txpipe_client::streams;
 
@@ -186,11 +196,68 @@ impl AuditReport {
     }
 }
 
+/// Where the audit reads from: Fetch and GetStream about one stream.
+pub trait StreamReader {
+    /// One Fetch call.
+    fn fetch(&mut self, req: FetchRequest) -> impl Future<Output = Result<FetchResponse>> + Send;
+    /// One GetStream call.
+    fn get_stream(
+        &mut self,
+        req: GetStreamRequest,
+    ) -> impl Future<Output = Result<GetStreamResponse>> + Send;
+}
+
+/// One broker, as it is (no leader following): a single-node broker, or a node known to lead
+/// every stream read.
+impl StreamReader for BrokerClient<Channel> {
+    async fn fetch(&mut self, req: FetchRequest) -> Result<FetchResponse> {
+        Ok(BrokerClient::fetch(self, req).await?.into_inner())
+    }
+
+    async fn get_stream(&mut self, req: GetStreamRequest) -> Result<GetStreamResponse> {
+        Ok(BrokerClient::get_stream(self, req).await?.into_inner())
+    }
+}
+
+/// Sends each request to the leader of its stream (see [`txpipe_client::leader`]); a request
+/// that finds no leader within `deadline` fails.
+#[derive(Debug, Clone)]
+pub struct LeaderReader {
+    /// The router over the broker list.
+    pub router: LeaderRouter,
+    /// Overall deadline of each request, failover included.
+    pub deadline: Duration,
+}
+
+impl StreamReader for LeaderReader {
+    async fn fetch(&mut self, req: FetchRequest) -> Result<FetchResponse> {
+        let stream = req.stream.clone();
+        Ok(self
+            .router
+            .call(&stream, self.deadline, |mut c| {
+                let req = req.clone();
+                async move { c.fetch(req).await }
+            })
+            .await?)
+    }
+
+    async fn get_stream(&mut self, req: GetStreamRequest) -> Result<GetStreamResponse> {
+        let stream = req.stream.clone();
+        Ok(self
+            .router
+            .call(&stream, self.deadline, |mut c| {
+                let req = req.clone();
+                async move { c.get_stream(req).await }
+            })
+            .await?)
+    }
+}
+
 /// Reads every record of `stream` from offset `start`, calling `f(offset, key, value)`.
 /// Returns the stream's end offset. Errors if the stream's start offset is above `start`
 /// (retention removed records the caller needed).
 pub async fn fetch_all(
-    client: &mut BrokerClient<Channel>,
+    client: &mut impl StreamReader,
     stream: &str,
     mut f: impl FnMut(u64, &[u8], &[u8]),
 ) -> Result<u64> {
@@ -204,8 +271,7 @@ pub async fn fetch_all(
                 max_bytes: 8 << 20,
             })
             .await
-            .with_context(|| format!("fetching {stream} at offset {next}"))?
-            .into_inner();
+            .with_context(|| format!("fetching {stream} at offset {next}"))?;
         if resp.start_offset > next {
             anyhow::bail!(
                 "stream {stream} starts at offset {} (retention removed records from {next}); cannot audit it",
@@ -225,14 +291,13 @@ pub async fn fetch_all(
 }
 
 /// Statistics of one stream.
-pub async fn stream_info(client: &mut BrokerClient<Channel>, stream: &str) -> Result<StreamInfo> {
+pub async fn stream_info(client: &mut impl StreamReader, stream: &str) -> Result<StreamInfo> {
     client
         .get_stream(GetStreamRequest {
             stream: stream.to_string(),
         })
         .await
         .with_context(|| format!("reading statistics of stream {stream}"))?
-        .into_inner()
         .stream
         .with_context(|| format!("broker returned no statistics for {stream}"))
 }
@@ -250,9 +315,29 @@ fn latency_of(h: &Histogram<u64>, scale: f64) -> Latency {
     }
 }
 
-/// Runs the audit against the broker behind `channel`.
+/// Default deadline of each audit request in [`run_audit_cluster`], failover included.
+pub const AUDIT_REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs the audit against the broker behind `channel`, without leader following: right for a
+/// single-node broker; with replicas use [`run_audit_cluster`].
 pub async fn run_audit(channel: Channel) -> Result<AuditReport> {
-    let mut client = BrokerClient::new(channel).max_decoding_message_size(64 << 20);
+    let client = BrokerClient::new(channel).max_decoding_message_size(64 << 20);
+    audit_with(client).await
+}
+
+/// Runs the audit against a replicated broker: `addrs` is the full broker list (`host:port` or
+/// `http://host:port`), and each Fetch/GetStream goes to its stream's leader, failing over
+/// within `deadline` per request ([`AUDIT_REQUEST_DEADLINE`] is a good default).
+///
+/// Errors: an invalid or empty address list; a request that found no leader within
+/// `deadline`; a broker rejection (e.g. NOT_FOUND for a missing stream); unreadable records.
+pub async fn run_audit_cluster(addrs: &[String], deadline: Duration) -> Result<AuditReport> {
+    let router = LeaderRouter::new(addrs.to_vec()).context("broker address list")?;
+    audit_with(LeaderReader { router, deadline }).await
+}
+
+/// Runs the audit, reading through `client`.
+pub async fn audit_with(mut client: impl StreamReader) -> Result<AuditReport> {
     let mut report = AuditReport::default();
 
     // Ground truth.
@@ -455,4 +540,105 @@ pub fn render(report: &AuditReport) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use txpipe_client::broker::v1::{FetchedRecord, Record};
+
+    /// A record's key and value.
+    type Kv = (Vec<u8>, Vec<u8>);
+
+    /// Streams held in memory, paged two records per Fetch.
+    struct Memory(HashMap<String, Vec<Kv>>);
+
+    impl StreamReader for Memory {
+        async fn fetch(&mut self, req: FetchRequest) -> Result<FetchResponse> {
+            let recs = self.0.get(&req.stream).cloned().unwrap_or_default();
+            let end = recs.len() as u64;
+            let records: Vec<FetchedRecord> = recs
+                .into_iter()
+                .enumerate()
+                .skip(req.start_offset as usize)
+                .take(2)
+                .map(|(i, (key, value))| FetchedRecord {
+                    offset: i as u64,
+                    record: Some(Record {
+                        key: key.into(),
+                        value: value.into(),
+                        timestamp_us: 0,
+                    }),
+                })
+                .collect();
+            Ok(FetchResponse {
+                next_offset: req.start_offset + records.len() as u64,
+                records,
+                end_offset: end,
+                start_offset: 0,
+            })
+        }
+
+        async fn get_stream(&mut self, req: GetStreamRequest) -> Result<GetStreamResponse> {
+            let end = self.0.get(&req.stream).map_or(0, |r| r.len()) as u64;
+            Ok(GetStreamResponse {
+                stream: Some(StreamInfo {
+                    name: req.stream,
+                    end_offset: end,
+                    ..Default::default()
+                }),
+            })
+        }
+    }
+
+    fn label(id: &str) -> Kv {
+        let l = Label {
+            transaction_id: id.into(),
+            is_fraud: false,
+            scenario: String::new(),
+        };
+        (id.as_bytes().to_vec(), l.encode_to_vec())
+    }
+
+    fn decision(id: &str) -> Kv {
+        let d = Decision {
+            transaction_id: id.into(),
+            outcome: Outcome::Approve as i32,
+            produced_at_us: 1,
+            decided_at_us: 2,
+            ..Default::default()
+        };
+        (id.as_bytes().to_vec(), d.encode_to_vec())
+    }
+
+    #[tokio::test]
+    async fn the_audit_reads_every_page_through_any_reader_and_flags_losses_and_duplicates() {
+        let ids = ["t1", "t2", "t3", "t4", "t5"];
+        let mut m = HashMap::new();
+        m.insert(
+            streams::LABELS.to_string(),
+            ids.iter().map(|i| label(i)).collect(),
+        );
+        m.insert(
+            streams::DECISIONS.to_string(),
+            ["t1", "t2", "t2", "t3", "t4", "zz"]
+                .iter()
+                .map(|i| decision(i))
+                .collect(),
+        );
+        m.insert(
+            streams::TRANSACTIONS.to_string(),
+            ids.iter().map(|i| label(i)).collect(),
+        );
+        let r = audit_with(Memory(m)).await.unwrap();
+        assert_eq!(r.produced, 5);
+        assert_eq!(r.transactions_stored, 5);
+        assert_eq!(r.decisions, 6);
+        assert_eq!(r.decided_once, 3);
+        assert_eq!(r.duplicated, 1);
+        assert_eq!(r.lost, 1);
+        assert_eq!(r.lost_examples, vec!["t5".to_string()]);
+        assert_eq!(r.unexpected, 1);
+        assert!(!r.passed());
+    }
 }

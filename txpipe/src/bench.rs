@@ -1,11 +1,20 @@
-//! Broker benchmark: produce + consume + ack of fixed-size messages through a txpipe broker and,
-//! in the same command, through a NATS JetStream server (Debian `nats-server`, file storage,
-//! work-queue stream, durable pull consumer with explicit acks), with the same message count,
-//! message size and in-flight window. Prints both rates and their ratio.
+//! Benchmarks that print figures.
 //!
-//! Both runs publish from one task with a bounded number of unacknowledged publishes and
-//! consume from one task that acks every message; the clock runs from the first publish until
-//! the last message is acked by the consumer.
+//! **Broker** (`txpipe bench broker`): produce + consume + ack of fixed-size messages through
+//! txpipe with `--replicas` broker replicas and, in the same command, through NATS JetStream
+//! (Debian `nats-server`) with the same number of servers: file storage, work-queue stream
+//! with that many replicas (a three-server cluster with routes on loopback for R3), durable
+//! pull consumer with explicit acks, same message count, message size and in-flight window.
+//! Prints both rates and their ratio. Both runs publish from one task with a bounded number
+//! of unacknowledged publishes and consume from one task that acks every message; the clock
+//! runs from the first publish until the last message is acked by the consumer.
+//!
+//! **Failover** (`txpipe bench failover`): three replicas, one producer sending continuously
+//! to `transactions` (one batch in flight); `--kills` times: kill -9 the stream's leader,
+//! measure the time from the kill to the acknowledgement of the first batch sent after it
+//! (that batch can only have been committed by a new leader), restart the killed replica on
+//! its data directory and wait until it has rejoined (its `/readyz` is 200 and every stream
+//! has a leader). Prints each kill and p50 / p99 / max.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,12 +29,17 @@ use txpipe_client::broker::v1::{
     consume_response,
 };
 use txpipe_client::produce::{Producer, ProducerConfig};
+use txpipe_client::streams;
 
-use crate::local::{broker_answers, free_port};
+use crate::cluster::{BrokerCluster, free_port, leader_in};
 
 /// Settings of `txpipe bench broker`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerBenchArgs {
+    /// Replicas of each system: 1 (one broker, one nats-server) or 3 (three txpipe replicas,
+    /// a three-server NATS cluster with an R3 stream).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u32,
     /// Messages per run.
     #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
@@ -47,6 +61,9 @@ pub struct BrokerBenchArgs {
     /// Also run txpipe with fsync disabled (like-for-like with a server that does not fsync).
     #[arg(long)]
     pub no_fsync_run: bool,
+    /// Extra arguments passed to every txpipe broker replica.
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    pub broker_args: Vec<String>,
     /// Write results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -55,7 +72,7 @@ pub struct BrokerBenchArgs {
 /// One benchmark run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
-    /// "txpipe (fsync)", "nats-jetstream", ...
+    /// "txpipe R3 (fsync before ack)", "nats-jetstream ... R3 ...", ...
     pub system: String,
     /// Messages acked by the consumer.
     pub messages: u64,
@@ -63,15 +80,10 @@ pub struct BenchResult {
     pub elapsed_s: f64,
     /// messages / elapsed_s.
     pub msgs_per_s: f64,
-    /// CPU seconds of the server process over the run.
+    /// CPU seconds of the server processes over the run, summed over replicas.
     pub server_cpu_s: f64,
-    /// Peak RSS of the server, MiB.
+    /// Peak RSS of the server processes, summed over replicas, MiB.
     pub server_peak_rss_mib: f64,
-}
-
-struct Server {
-    child: Child,
-    pid: u32,
 }
 
 /// CPU seconds and peak RSS (MiB) of server process `pid` so far; zeros if it is gone.
@@ -86,54 +98,53 @@ fn server_usage(pid: u32) -> (f64, f64) {
         .unwrap_or((0.0, 0.0))
 }
 
-async fn start_txpipe(exe: &Path, dir: &Path, fsync: bool) -> Result<(Server, String)> {
-    let port = free_port()?;
-    let log = std::fs::File::create(dir.join("broker.log"))?;
-    let child = Command::new(exe)
-        .args([
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--admin-listen=127.0.0.1:{}", free_port()?),
-            format!("--data-dir={}", dir.join("data").display()),
-            format!("--fsync={fsync}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the txpipe broker")?;
-    let pid = child.id().unwrap_or(0);
-    let addr = format!("http://127.0.0.1:{port}");
-    let began = Instant::now();
-    loop {
-        if broker_answers(&addr).await.is_some() {
-            break;
-        }
-        if began.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "txpipe broker did not start; see {}",
-                dir.join("broker.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok((Server { child, pid }, addr))
+/// Sum of [`server_usage`] over `pids`.
+fn servers_usage(pids: &[u32]) -> (f64, f64) {
+    pids.iter()
+        .map(|&p| server_usage(p))
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
-/// txpipe run (`exe` is the txpipe-broker binary): publish to `transactions` (the work-queue stream) and consume it.
+/// Starts `replicas` txpipe brokers in `dir` and waits until every stream has a leader.
+async fn start_txpipe(
+    exe: &Path,
+    dir: &Path,
+    replicas: u32,
+    extra: &[String],
+) -> Result<BrokerCluster> {
+    let mut cluster = BrokerCluster::new(exe, replicas as usize, dir, extra)?;
+    cluster.start_all()?;
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .with_context(|| format!("starting txpipe brokers (logs in {})", dir.display()))?;
+    Ok(cluster)
+}
+
+/// txpipe run (`exe` is the txpipe-broker binary): publish to `transactions` (the work-queue
+/// stream) and consume it.
 async fn run_txpipe(args: &BrokerBenchArgs, exe: &Path, fsync: bool) -> Result<BenchResult> {
     let dir = tempfile::tempdir()?;
-    let (mut server, addr) = start_txpipe(exe, dir.path(), fsync).await?;
+    let mut extra = vec![format!("--fsync={fsync}")];
+    extra.extend(args.broker_args.iter().cloned());
+    let mut cluster = start_txpipe(exe, dir.path(), args.replicas, &extra).await?;
+    let (leader, _) = cluster
+        .leader_of(streams::TRANSACTIONS)
+        .await
+        .context("no leader of transactions")?;
+    let leader_addr = format!("http://{}", cluster.nodes[leader].client_addr);
     let payload = vec![0xA5u8; args.size];
     let n = args.messages;
 
-    // Consumer first, so deliveries start as soon as records are durable.
-    let ch = txpipe_client::connect::endpoint(&addr)?.connect().await?;
+    // Consumer first (on the leader), so deliveries start as soon as records are committed.
+    let ch = txpipe_client::connect::endpoint(&leader_addr)?
+        .connect()
+        .await?;
     let mut client = BrokerClient::new(ch).max_decoding_message_size(64 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel::<ConsumeRequest>(1024);
     tx.send(ConsumeRequest {
         kind: Some(consume_request::Kind::Subscribe(Subscribe {
-            stream: "transactions".into(),
+            stream: streams::TRANSACTIONS.into(),
             group: String::new(),
             consumer_name: "bench".into(),
             window: args.window,
@@ -162,7 +173,16 @@ async fn run_txpipe(args: &BrokerBenchArgs, exe: &Path, fsync: bool) -> Result<B
         Ok(acked)
     });
 
-    let mut cfg = ProducerConfig::new(vec![addr.clone()], "transactions");
+    // The leader first: the producer's router starts there.
+    let mut addrs = vec![leader_addr.clone()];
+    addrs.extend(
+        cluster
+            .client_addrs()
+            .into_iter()
+            .map(|a| format!("http://{a}"))
+            .filter(|a| *a != leader_addr),
+    );
+    let mut cfg = ProducerConfig::new(addrs, streams::TRANSACTIONS);
     cfg.max_in_flight = (args.publish_window / args.batch.max(1)).max(1);
     let producer = Producer::connect(cfg).await?;
     let started = Instant::now();
@@ -182,14 +202,19 @@ async fn run_txpipe(args: &BrokerBenchArgs, exe: &Path, fsync: bool) -> Result<B
     producer.close().await?;
     let acked = consumer.await??;
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu, rss) = server_usage(server.pid);
-    let _ = server.child.kill().await;
+    let pids: Vec<u32> = cluster.nodes.iter().map(|n| n.proc.pid()).collect();
+    let (cpu, rss) = servers_usage(&pids);
+    cluster.stop_all(Duration::from_secs(5)).await;
     Ok(BenchResult {
-        system: if fsync {
-            "txpipe (fsync before ack)".into()
-        } else {
-            "txpipe (no fsync)".into()
-        },
+        system: format!(
+            "txpipe R{} ({})",
+            args.replicas,
+            if fsync {
+                "fsync before ack"
+            } else {
+                "no fsync"
+            }
+        ),
         messages: acked,
         elapsed_s: elapsed,
         msgs_per_s: acked as f64 / elapsed,
@@ -198,34 +223,82 @@ async fn run_txpipe(args: &BrokerBenchArgs, exe: &Path, fsync: bool) -> Result<B
     })
 }
 
-/// NATS run: JetStream file stream with work-queue retention, durable pull consumer.
+/// The configuration of NATS server `i` of `n`: client port `ports[i].0`, JetStream store in
+/// `store`, and with `n > 1` a cluster listener on `ports[i].1` with routes to every server.
+pub fn nats_config(i: usize, ports: &[(u16, u16)], store: &Path) -> String {
+    let mut c = format!(
+        "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n",
+        ports[i].0,
+        store.display()
+    );
+    if ports.len() > 1 {
+        let routes: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, (_, r))| format!("nats-route://127.0.0.1:{r}"))
+            .collect();
+        c.push_str(&format!(
+            "cluster {{\n  name: bench\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+            ports[i].1,
+            routes.join(", ")
+        ));
+    }
+    c
+}
+
+/// `nats-server --version` as "2.9.10", or "?".
+async fn nats_version(exe: &str) -> String {
+    match Command::new(exe).arg("--version").output().await {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .last()
+            .unwrap_or("?")
+            .trim_start_matches('v')
+            .to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// NATS run: JetStream file stream with work-queue retention and `replicas` replicas on as
+/// many servers, durable pull consumer.
 async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
     use async_nats::jetstream::{self, consumer, stream};
+    let version = nats_version(&args.nats_server).await;
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let conf = dir.path().join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n",
-            dir.path().join("js").display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.path().join("nats.log"))?;
-    let mut child = Command::new(&args.nats_server)
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", args.nats_server))?;
-    let pid = child.id().unwrap_or(0);
-    let url = format!("nats://127.0.0.1:{port}");
+    let n_servers = args.replicas as usize;
+    let mut ports = Vec::new();
+    for _ in 0..n_servers {
+        ports.push((free_port()?, free_port()?));
+    }
+    let mut children: Vec<Child> = Vec::new();
+    for i in 0..n_servers {
+        let conf = dir.path().join(format!("nats-{i}.conf"));
+        std::fs::write(
+            &conf,
+            nats_config(i, &ports, &dir.path().join(format!("js-{i}"))),
+        )?;
+        let log = std::fs::File::create(dir.path().join(format!("nats-{i}.log")))?;
+        children.push(
+            Command::new(&args.nats_server)
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", args.nats_server))?,
+        );
+    }
+    let pids: Vec<u32> = children.iter().map(|c| c.id().unwrap_or(0)).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|(p, _)| format!("nats://127.0.0.1:{p}"))
+        .collect();
     let began = Instant::now();
     let client = loop {
-        match async_nats::connect(&url).await {
+        match async_nats::connect(urls.clone()).await {
             Ok(c) => break c,
             Err(e) if began.elapsed() > Duration::from_secs(20) => {
                 bail!("nats-server did not start: {e}")
@@ -234,16 +307,27 @@ async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
         }
     };
     let js = jetstream::new(client);
-    let st = js
-        .create_stream(stream::Config {
-            name: "BENCH".into(),
-            subjects: vec!["bench.>".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the NATS stream: {e}"))?;
+    // A cluster answers "JetStream system temporarily unavailable" until its meta leader is
+    // elected: retry until the stream exists.
+    let st = loop {
+        match js
+            .create_stream(stream::Config {
+                name: "BENCH".into(),
+                subjects: vec!["bench.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: n_servers,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(s) => break s,
+            Err(e) if began.elapsed() > Duration::from_secs(60) => {
+                bail!("creating the NATS stream: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     let cons = st
         .create_consumer(consumer::pull::Config {
             durable_name: Some("bench".into()),
@@ -297,10 +381,12 @@ async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
     }
     let acked = consumer_task.await??;
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu, rss) = server_usage(pid);
-    let _ = child.kill().await;
+    let (cpu, rss) = servers_usage(&pids);
+    for c in children.iter_mut() {
+        let _ = c.kill().await;
+    }
     Ok(BenchResult {
-        system: "nats-jetstream 2.9 (file, R1, work queue)".into(),
+        system: format!("nats-jetstream {version} (file, R{n_servers}, work queue)"),
         messages: acked,
         elapsed_s: elapsed,
         msgs_per_s: acked as f64 / elapsed,
@@ -311,6 +397,9 @@ async fn run_nats(args: &BrokerBenchArgs) -> Result<BenchResult> {
 
 /// Runs the broker benchmark and prints a table.
 pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<BenchResult>> {
+    if !matches!(args.replicas, 1 | 3) {
+        bail!("--replicas must be 1 or 3, got {}", args.replicas);
+    }
     let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     let exe = crate::local::service_binary(&bin_dir, "broker")?;
     let mut results = vec![run_txpipe(&args, &exe, true).await?];
@@ -322,8 +411,8 @@ pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<Ben
         Err(e) => eprintln!("txpipe bench: NATS run skipped: {e:#}"),
     }
     println!(
-        "broker benchmark: {} messages of {} bytes, window {}, publish window {}",
-        args.messages, args.size, args.window, args.publish_window
+        "broker benchmark: {} replica(s), {} messages of {} bytes, window {}, publish window {}",
+        args.replicas, args.messages, args.size, args.window, args.publish_window
     );
     println!(
         "{:<44} {:>12} {:>10} {:>12} {:>10}",
@@ -338,8 +427,9 @@ pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<Ben
     if let Some(nats) = results.iter().find(|r| r.system.starts_with("nats")) {
         for r in results.iter().filter(|r| r.system.starts_with("txpipe")) {
             println!(
-                "ratio {} / NATS: {:.2}x",
+                "ratio {} / NATS R{}: {:.2}x",
                 r.system,
+                args.replicas,
                 r.msgs_per_s / nats.msgs_per_s
             );
         }
@@ -348,4 +438,343 @@ pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<Ben
         std::fs::write(p, serde_json::to_vec_pretty(&results)?)?;
     }
     Ok(results)
+}
+
+/// Settings of `txpipe bench failover`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FailoverBenchArgs {
+    /// Leader kills to measure.
+    #[arg(long, default_value_t = 20)]
+    pub kills: u32,
+    /// Broker replicas: 3 or 5.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u32,
+    /// Records (200 bytes each) per produce batch; one batch is in flight at a time.
+    #[arg(long, default_value_t = 10)]
+    pub batch: usize,
+    /// Extra arguments passed to every broker replica (e.g. "--election-timeout-ms=500").
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    pub broker_args: Vec<String>,
+    /// Keep the brokers' data directory and logs (printed at the end).
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Write results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One leader kill of the failover benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverSample {
+    /// Replica killed (`broker-<i>`).
+    pub killed: String,
+    /// Kill to the acknowledgement of the first batch sent after the kill, milliseconds.
+    pub failover_ms: f64,
+    /// Kill to the first moment a replica said it leads `transactions` in a higher term
+    /// (polled every 20 ms), milliseconds; `None` if the acknowledgement came first.
+    pub elected_ms: Option<f64>,
+    /// Replica that acknowledged it (the new leader of `transactions`, as the replicas
+    /// report after the measurement).
+    pub new_leader: String,
+    /// Kill to the restarted replica having rejoined, milliseconds.
+    pub rejoin_ms: f64,
+}
+
+/// Summary of the failover benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverReport {
+    /// Replicas.
+    pub replicas: u32,
+    /// Every kill, in order.
+    pub samples: Vec<FailoverSample>,
+    /// Median of kill → new leader reported, milliseconds.
+    pub election_p50_ms: f64,
+    /// 99th percentile of kill → new leader reported, milliseconds.
+    pub election_p99_ms: f64,
+    /// Median failover time, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile (nearest rank), milliseconds.
+    pub p99_ms: f64,
+    /// Slowest failover, milliseconds.
+    pub max_ms: f64,
+}
+
+/// Nearest-rank percentile of `sorted` (ascending), `q` in 0..=1; 0 when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// Waits for the next acknowledged batch `(sent, acked)` from the producer task, up to
+/// `timeout`. Errors when the producer stopped (with its error) or nothing came in time.
+async fn next_ack(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, Instant)>,
+    task: &mut tokio::task::JoinHandle<Result<()>>,
+    timeout: Duration,
+) -> Result<(Instant, Instant)> {
+    tokio::select! {
+        ev = rx.recv() => match ev {
+            Some(ev) => Ok(ev),
+            None => match task.await {
+                Ok(Err(e)) => Err(e.context("producer stopped")),
+                _ => bail!("producer stopped"),
+            },
+        },
+        _ = tokio::time::sleep(timeout) => bail!("no produce acknowledged within {timeout:?}"),
+    }
+}
+
+/// Runs the failover benchmark and prints each kill and the percentiles.
+pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<FailoverReport> {
+    if !matches!(args.replicas, 3 | 5) {
+        bail!("--replicas must be 3 or 5, got {}", args.replicas);
+    }
+    if args.kills == 0 || args.batch == 0 {
+        bail!("--kills and --batch must be at least 1");
+    }
+    let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let exe = crate::local::service_binary(&bin_dir, "broker")?;
+    let dir = tempfile::Builder::new()
+        .prefix("txpipe-failover-")
+        .tempdir()?;
+    let mut cluster = start_txpipe(&exe, dir.path(), args.replicas, &args.broker_args).await?;
+
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<(Instant, Instant)>();
+    let mut cfg = ProducerConfig::new(
+        cluster
+            .client_addrs()
+            .into_iter()
+            .map(|a| format!("http://{a}"))
+            .collect(),
+        streams::TRANSACTIONS,
+    );
+    cfg.max_in_flight = 1;
+    cfg.reconnect_deadline = Duration::from_secs(60);
+    let batch = args.batch;
+    let mut task: tokio::task::JoinHandle<Result<()>> = tokio::spawn(async move {
+        let producer = Producer::connect(cfg).await?;
+        let payload = bytes::Bytes::from(vec![0x5Au8; 200]);
+        for n in 0u64.. {
+            let records: Vec<Record> = (0..batch)
+                .map(|i| Record {
+                    key: format!("f{n}-{i}").into_bytes().into(),
+                    value: payload.clone(),
+                    timestamp_us: 0,
+                })
+                .collect();
+            let sent = Instant::now();
+            let receipt = producer.send(records).await?;
+            receipt.await.context("producer task ended")??;
+            if ack_tx.send((sent, Instant::now())).is_err() {
+                break;
+            }
+        }
+        producer.close().await?;
+        Ok(())
+    });
+
+    println!(
+        "failover benchmark: {} replicas, {} leader kills of `transactions`, batches of {} x 200 B, one in flight",
+        args.replicas, args.kills, args.batch
+    );
+    let mut samples = Vec::new();
+    for k in 0..args.kills {
+        // Steady state first: a few acknowledged batches since the last rejoin.
+        while acks.try_recv().is_ok() {}
+        for _ in 0..5 {
+            next_ack(&mut acks, &mut task, Duration::from_secs(30)).await?;
+        }
+        let began = Instant::now();
+        let (victim, old_term) = loop {
+            if let Some(l) = cluster.leader_of(streams::TRANSACTIONS).await {
+                break l;
+            }
+            if began.elapsed() > Duration::from_secs(30) {
+                bail!("no leader of transactions for 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        cluster.nodes[victim].proc.kill9().await;
+        let killed = Instant::now();
+        // Wait for the first batch sent after the kill to be acknowledged; meanwhile poll the
+        // replicas every 20 ms for the moment one of them says it won the election.
+        let mut elected: Option<Duration> = None;
+        let failover = loop {
+            if killed.elapsed() > Duration::from_secs(30) {
+                bail!("kill {}: no produce acknowledged within 30 s", k + 1);
+            }
+            tokio::select! {
+                ev = acks.recv() => {
+                    let Some((sent, acked)) = ev else {
+                        return Err(match (&mut task).await {
+                            Ok(Err(e)) => e.context("producer stopped"),
+                            _ => anyhow::anyhow!("producer stopped"),
+                        });
+                    };
+                    if sent >= killed {
+                        break acked - killed;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)), if elected.is_none() => {
+                    if let Some((_, term)) = cluster.leader_of(streams::TRANSACTIONS).await
+                        && term > old_term
+                    {
+                        elected = Some(killed.elapsed());
+                    }
+                }
+            }
+        };
+        let new_leader = match cluster.leader_of(streams::TRANSACTIONS).await {
+            Some((l, _)) => cluster.nodes[l].proc.role.clone(),
+            None => "?".into(),
+        };
+        cluster.nodes[victim].proc.start()?;
+        cluster
+            .wait_node(victim, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("kill {}: replica did not rejoin", k + 1))?;
+        let all_led = Instant::now();
+        loop {
+            let views = cluster.views().await;
+            let led = [
+                streams::TRANSACTIONS,
+                streams::DECISIONS,
+                streams::LABELS,
+                streams::TRANSACTIONS_DLQ,
+            ]
+            .iter()
+            .all(|s| leader_in(&views, s).is_some());
+            if led && caught_up(&cluster, victim).await {
+                break;
+            }
+            if all_led.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "kill {}: not every stream has a leader with the restarted replica caught up after 30 s",
+                    k + 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = FailoverSample {
+            killed: cluster.nodes[victim].proc.role.clone(),
+            failover_ms: failover.as_secs_f64() * 1e3,
+            elected_ms: elected.map(|d| d.as_secs_f64() * 1e3),
+            new_leader,
+            rejoin_ms: killed.elapsed().as_secs_f64() * 1e3,
+        };
+        println!(
+            "  kill {:>2}: {} -> {}: new leader after {:>7}; first acknowledged produce after {:>7.1} ms; rejoined after {:>7.1} ms",
+            k + 1,
+            s.killed,
+            s.new_leader,
+            s.elected_ms
+                .map_or_else(|| "?".to_string(), |m| format!("{m:.0} ms")),
+            s.failover_ms,
+            s.rejoin_ms
+        );
+        samples.push(s);
+    }
+    drop(acks);
+    task.abort();
+    cluster.stop_all(Duration::from_secs(5)).await;
+    let mut times: Vec<f64> = samples.iter().map(|s| s.failover_ms).collect();
+    times.sort_by(f64::total_cmp);
+    let mut elections: Vec<f64> = samples.iter().filter_map(|s| s.elected_ms).collect();
+    elections.sort_by(f64::total_cmp);
+    let report = FailoverReport {
+        replicas: args.replicas,
+        election_p50_ms: percentile(&elections, 0.5),
+        election_p99_ms: percentile(&elections, 0.99),
+        p50_ms: percentile(&times, 0.5),
+        p99_ms: percentile(&times, 0.99),
+        max_ms: times.last().copied().unwrap_or(0.0),
+        samples,
+    };
+    println!(
+        "leader kill -> new leader reported:        p50 {:.0} ms  p99 {:.0} ms",
+        report.election_p50_ms, report.election_p99_ms
+    );
+    println!(
+        "leader kill -> first acknowledged produce: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} kills)",
+        report.p50_ms,
+        report.p99_ms,
+        report.max_ms,
+        report.samples.len()
+    );
+    if args.keep_data {
+        let kept = dir.keep();
+        println!("data and logs kept in {}", kept.display());
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(report)
+}
+
+/// Whether replica `victim` has applied, for every stream, at least the commit index its
+/// leader reports: the next kill then starts from a healthy cluster, as a kill in production
+/// would (a kill right after a restart measures catch-up, not failover).
+async fn caught_up(cluster: &crate::cluster::BrokerCluster, victim: usize) -> bool {
+    let t = Duration::from_millis(500);
+    let mut all = Vec::new();
+    for n in &cluster.nodes {
+        all.push(
+            match crate::cluster::http_get(&n.admin_addr, "/status.json", t).await {
+                Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).ok(),
+                _ => None,
+            },
+        );
+    }
+    let Some(me) = all[victim].as_ref() else {
+        return false;
+    };
+    let Some(groups) = me["raft"].as_object() else {
+        return true;
+    };
+    for (stream, g) in groups {
+        let applied = g["applied_index"].as_u64().unwrap_or(0);
+        let Some(leader) = g["leader_id"].as_u64() else {
+            return false;
+        };
+        let commit = all
+            .iter()
+            .flatten()
+            .find(|v| v["node_id"].as_u64() == Some(leader))
+            .and_then(|v| v["raft"][stream]["commit_index"].as_u64());
+        match commit {
+            Some(c) if applied >= c => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 10.0);
+        assert_eq!(percentile(&v, 0.99), 20.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn nats_cluster_configs_route_to_the_other_servers() {
+        let ports = [(4001, 6001), (4002, 6002), (4003, 6003)];
+        let c = nats_config(1, &ports, Path::new("/tmp/js-1"));
+        assert!(c.contains("server_name: n1"));
+        assert!(c.contains("listen: 127.0.0.1:4002"));
+        assert!(c.contains("store_dir: \"/tmp/js-1\""));
+        assert!(c.contains("listen: 127.0.0.1:6002"));
+        assert!(c.contains("nats-route://127.0.0.1:6001, nats-route://127.0.0.1:6003"));
+        let single = nats_config(0, &ports[..1], Path::new("/tmp/js"));
+        assert!(!single.contains("cluster"));
+    }
 }

@@ -1,13 +1,18 @@
 //! The `txpipe` command: local mode, audit and benchmarks.
 //!
-//! - [`local`]: runs broker, workers (CPU-limited with [`cgroup`]) and producer as processes on
-//!   one machine and prints a [`local::RunReport`].
+//! - [`local`]: runs broker replicas, workers (CPU-limited with [`cgroup`]) and producer as
+//!   processes on one machine, optionally with seeded kill -9 chaos, and prints a
+//!   [`local::RunReport`].
+//! - [`cluster`]: supervised child processes and a local cluster of broker replicas (ports,
+//!   readiness, leader lookup from the admin `/status.json`).
 //! - [`audit`]: reads the streams back and checks exactly-once decisions.
-//! - [`bench`]: broker benchmark against NATS JetStream in the same command.
+//! - [`bench`]: broker benchmark against NATS JetStream (1 or 3 replicas each) and the
+//!   leader-failover benchmark.
 //! - [`procstat`]: CPU and peak memory of child processes from `/proc`.
 
 pub mod audit;
 pub mod bench;
 pub mod cgroup;
+pub mod cluster;
 pub mod local;
 pub mod procstat;

@@ -1,26 +1,31 @@
 //! Local mode: the whole pipeline on one machine, as separate processes.
 //!
-//! [`run_local`] starts one broker, `workers` workers (each in its own cgroup with a
-//! `worker_cpus` CPU quota where the machine allows it) and the producer, all as child
-//! processes of this binary (`txpipe broker|worker|producer ...`), shows progress, waits until
-//! every produced transaction is resolved, runs the [audit](crate::audit), stops everything and
-//! returns the [`RunReport`]. With chaos enabled it kills (SIGKILL) the broker or a worker at
-//! seeded points of the run's progress and restarts it on the same data directory.
+//! [`run_local`] starts `brokers` broker replicas (a [`BrokerCluster`]: every stream is
+//! replicated to all of them), `workers` workers (each in its own cgroup with a `worker_cpus`
+//! CPU quota where the machine allows it) and the producer, all as child processes (the
+//! `txpipe-broker`, `txpipe-worker` and `txpipe-producer` binaries), shows progress, waits
+//! until every produced transaction is resolved, runs the [audit](crate::audit), stops
+//! everything and returns the [`RunReport`].
+//!
+//! With chaos enabled it kills (SIGKILL) brokers and workers and restarts each on its own data
+//! directory: at seeded points of the run's progress (`--chaos-events`) and, optionally, every
+//! few seconds (`--chaos-kill-interval-ms`). A broker kill always hits the current leader of
+//! the `transactions` stream (read from the replicas' `/status.json`), restarts it after a
+//! short seeded delay, and is not followed by another broker kill until the restarted replica
+//! has rejoined (ready, and it knows a leader of every stream), so a quorum always survives.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tokio::process::{Child, Command};
-use tonic::transport::Channel;
-use txpipe_client::broker::v1::broker_client::BrokerClient;
 use txpipe_client::streams;
 
 use crate::audit::{self, AuditReport};
 use crate::cgroup::CpuLimiter;
-use crate::procstat::{self, ProcSample};
+use crate::cluster::{BrokerCluster, Proc, free_port, leader_in};
+
+pub use crate::cluster::RoleUsage;
 
 /// Settings of a local run (see `txpipe run --help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -28,6 +33,10 @@ pub struct LocalArgs {
     /// Transactions to generate.
     #[arg(long, env = "TXPIPE_COUNT", default_value_t = 2_000_000)]
     pub count: u64,
+    /// Broker replicas: 1, 3 or 5. Every stream is replicated to all of them through Raft and
+    /// survives the loss of any minority.
+    #[arg(long, env = "TXPIPE_BROKER_REPLICAS", default_value_t = 3)]
+    pub brokers: u32,
     /// Worker processes.
     #[arg(long, env = "TXPIPE_WORKERS", default_value_t = 4)]
     pub workers: u32,
@@ -46,25 +55,40 @@ pub struct LocalArgs {
     /// Keep the data directory after the run (always kept when the audit fails).
     #[arg(long, env = "TXPIPE_KEEP_DATA")]
     pub keep_data: bool,
-    /// Kill the broker or a worker (SIGKILL) at seeded points of the run and restart it.
+    /// Kill -9 brokers or workers at seeded points of the run and restart each on its data
+    /// directory. A broker kill hits the current leader of the `transactions` stream.
     #[arg(long, env = "TXPIPE_CHAOS")]
     pub chaos: bool,
-    /// Number of chaos kills over the run.
+    /// Number of chaos kills spread over 5-90% of the run's progress.
     #[arg(long, env = "TXPIPE_CHAOS_EVENTS", default_value_t = 6)]
     pub chaos_events: u32,
-    /// Seed of the chaos schedule.
+    /// Seed of the chaos schedule (kill points, targets, restart delays, interval jitter).
     #[arg(long, env = "TXPIPE_CHAOS_SEED", default_value_t = 1)]
     pub chaos_seed: u64,
-    /// Only kill workers in chaos mode (never the broker).
+    /// Only kill workers at the --chaos-events points (never a broker).
     #[arg(long, env = "TXPIPE_CHAOS_WORKERS_ONLY")]
     pub chaos_workers_only: bool,
-    /// Only kill the broker in chaos mode (never a worker).
+    /// Only kill brokers (the leader) at the --chaos-events points (never a worker).
     #[arg(
         long,
         env = "TXPIPE_CHAOS_BROKER_ONLY",
         conflicts_with = "chaos_workers_only"
     )]
     pub chaos_broker_only: bool,
+    /// With --chaos: also kill -9 the leader of `transactions` every this many milliseconds
+    /// (seeded jitter, 0.5-1.5x), until 95% of the run is resolved; 0 = off. Minimum 500.
+    #[arg(
+        long,
+        env = "TXPIPE_CHAOS_KILL_INTERVAL_MS",
+        default_value_t = 0,
+        requires = "chaos"
+    )]
+    pub chaos_kill_interval_ms: u64,
+    /// A killed broker is restarted after a seeded delay of a quarter of this up to this,
+    /// milliseconds: counted from the kill with one broker, and from the election of a new
+    /// leader of `transactions` with several (so every leader kill causes a real failover).
+    #[arg(long, env = "TXPIPE_CHAOS_RESTART_DELAY_MS", default_value_t = 1000)]
+    pub chaos_restart_delay_ms: u64,
     /// Give up when no transaction is resolved for this many seconds.
     #[arg(long, env = "TXPIPE_STALL_TIMEOUT_S", default_value_t = 120)]
     pub stall_timeout_s: u64,
@@ -77,7 +101,7 @@ pub struct LocalArgs {
     /// Extra arguments passed to every worker (e.g. "--crypto-rounds=100").
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     pub worker_args: Vec<String>,
-    /// Extra arguments passed to the broker.
+    /// Extra arguments passed to every broker replica.
     #[arg(long = "broker-arg", allow_hyphen_values = true)]
     pub broker_args: Vec<String>,
     /// Directory holding txpipe-broker, txpipe-worker and txpipe-producer (default: the
@@ -95,6 +119,9 @@ impl LocalArgs {
         if self.count == 0 {
             bail!("--count must be at least 1");
         }
+        if !matches!(self.brokers, 1 | 3 | 5) {
+            bail!("--brokers must be 1, 3 or 5, got {}", self.brokers);
+        }
         if self.workers == 0 {
             bail!("--workers must be at least 1");
         }
@@ -102,6 +129,18 @@ impl LocalArgs {
             bail!(
                 "--worker-cpus must be between 0 and 64, got {}",
                 self.worker_cpus
+            );
+        }
+        if self.chaos_kill_interval_ms != 0 && self.chaos_kill_interval_ms < 500 {
+            bail!(
+                "--chaos-kill-interval-ms must be 0 (off) or at least 500, got {}",
+                self.chaos_kill_interval_ms
+            );
+        }
+        if self.chaos_restart_delay_ms > 60_000 {
+            bail!(
+                "--chaos-restart-delay-ms must be at most 60000, got {}",
+                self.chaos_restart_delay_ms
             );
         }
         if !matches!(self.progress.as_str(), "auto" | "always" | "never") {
@@ -114,17 +153,61 @@ impl LocalArgs {
     }
 }
 
-/// CPU and memory of one role over the run.
+/// One chaos kill and what followed it.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct RoleUsage {
-    /// Role name ("broker", "worker-0", "producer").
-    pub name: String,
-    /// CPU seconds (user + system), summed over restarts.
-    pub cpu_s: f64,
-    /// Peak RSS of any incarnation, MiB.
-    pub peak_rss_mib: f64,
-    /// Times the process was (re)started.
-    pub starts: u32,
+pub struct ChaosKill {
+    /// The process killed: `broker-<i>` or `worker-<i>`.
+    pub target: String,
+    /// What scheduled it: `progress` (a --chaos-events point) or `interval`.
+    pub trigger: String,
+    /// Seconds since the producer started.
+    pub at_s: f64,
+    /// Transactions resolved when it happened.
+    pub at_resolved: u64,
+    /// Streams the killed broker led (empty for a worker).
+    pub leader_of: Vec<String>,
+    /// The broker that led `transactions` next (a broker kill; `None` if never seen).
+    pub new_leader: Option<String>,
+    /// Kill to the first moment a replica said it leads `transactions`, seconds.
+    pub leader_gap_s: Option<f64>,
+    /// Kill to restart of a broker, seconds (with several replicas: the election plus the
+    /// seeded restart delay; rounded up to the supervision tick). A worker is restarted at
+    /// once.
+    pub restart_after_s: Option<f64>,
+    /// Kill to the restarted broker being ready and knowing a leader of every stream,
+    /// seconds.
+    pub downtime_s: Option<f64>,
+}
+
+impl ChaosKill {
+    /// One line for the report.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{:>7.1} s  {} at {} resolved [{}]",
+            self.at_s, self.target, self.at_resolved, self.trigger
+        );
+        if !self.leader_of.is_empty() {
+            s = format!(
+                "{:>7.1} s  {} (leader of {}) at {} resolved [{}]",
+                self.at_s,
+                self.target,
+                self.leader_of.join(", "),
+                self.at_resolved,
+                self.trigger
+            );
+        }
+        if let (Some(l), Some(g)) = (&self.new_leader, self.leader_gap_s) {
+            let again = if *l == self.target { " again" } else { "" };
+            s.push_str(&format!(": transactions led{again} by {l} after {g:.2} s"));
+        }
+        if let Some(r) = self.restart_after_s {
+            s.push_str(&format!("; restarted after {r:.2} s"));
+        }
+        if let Some(d) = self.downtime_s {
+            s.push_str(&format!("; rejoined after {d:.2} s"));
+        }
+        s
+    }
 }
 
 /// Everything a local run measured.
@@ -132,6 +215,8 @@ pub struct RoleUsage {
 pub struct RunReport {
     /// Transactions requested.
     pub count: u64,
+    /// Broker replicas.
+    pub brokers: u32,
     /// Worker processes.
     pub workers: u32,
     /// CPU quota per worker, or `None` when it could not be applied.
@@ -150,184 +235,47 @@ pub struct RunReport {
     pub cores: usize,
     /// Measured rate / (cores / CPU per transaction).
     pub efficiency: f64,
-    /// Per-process CPU and memory.
+    /// Per-process CPU and memory (each broker replica, producer, each worker).
     pub roles: Vec<RoleUsage>,
     /// Chaos kills performed.
-    pub chaos_kills: Vec<String>,
+    pub chaos_kills: Vec<ChaosKill>,
     /// The audit.
     pub audit: AuditReport,
     /// Where data and logs are.
     pub data_dir: String,
 }
 
-/// A supervised child process.
-struct Proc {
-    role: String,
-    exe: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    pid: u32,
-    usage: RoleUsage,
-    last: ProcSample,
-    cpu_done: Duration,
+/// A broker kill waiting for its replica to come back.
+struct Outage {
+    node: usize,
+    killed_at: Instant,
+    old_term: u64,
+    /// Seeded delay before the restart: counted from the kill with one broker, from the
+    /// election of a new leader of `transactions` with several (every leader kill causes a
+    /// real failover, not the old leader's return within its election timeout).
+    delay: Duration,
+    wait_for_election: bool,
+    restarted: bool,
+    record: ChaosKill,
 }
 
-impl Proc {
-    fn new(role: &str, exe: PathBuf, args: Vec<String>, dir: &Path) -> Self {
-        Self {
-            role: role.to_string(),
-            exe,
-            args,
-            log: dir.join(format!("{role}.log")),
-            child: None,
-            pid: 0,
-            usage: RoleUsage {
-                name: role.to_string(),
-                ..Default::default()
-            },
-            last: ProcSample::default(),
-            cpu_done: Duration::ZERO,
-        }
+/// Seeded source of chaos decisions other than the progress schedule.
+struct ChaosRng(u64);
+
+impl ChaosRng {
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (splitmix(&mut self.0) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn start(&mut self) -> Result<u32> {
-        let exe = self.exe.clone();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new(&exe)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} ({})", self.role, exe.display()))?;
-        self.pid = child.id().unwrap_or(0);
-        self.child = Some(child);
-        self.usage.starts += 1;
-        self.last = ProcSample::default();
-        Ok(self.pid)
+    /// `max / 4 ..= max`.
+    fn restart_delay(&mut self, max: Duration) -> Duration {
+        max.mul_f64(0.25 + 0.75 * self.unit())
     }
 
-    fn sample(&mut self) {
-        if self.child.is_some()
-            && let Some(s) = procstat::sample(self.pid)
-        {
-            self.last = s;
-            self.usage.peak_rss_mib = self
-                .usage
-                .peak_rss_mib
-                .max(s.peak_rss_bytes as f64 / (1 << 20) as f64);
-        }
-    }
-
-    /// Exit status if the process has exited.
-    fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
-        let st = self.child.as_mut()?.try_wait().ok().flatten()?;
-        self.retire();
-        Some(st)
-    }
-
-    fn retire(&mut self) {
-        self.cpu_done += self.last.cpu;
-        self.last = ProcSample::default();
-        self.child = None;
-    }
-
-    async fn kill9(&mut self) {
-        self.sample();
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill().await;
-        }
-        self.retire();
-    }
-
-    /// SIGTERM, then wait up to `grace` before SIGKILL.
-    async fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
-        self.sample();
-        let pid = self.pid;
-        let c = self.child.as_mut()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let st = match tokio::time::timeout(grace, c.wait()).await {
-            Ok(Ok(st)) => Some(st),
-            _ => {
-                let _ = c.kill().await;
-                None
-            }
-        };
-        self.retire();
-        st
-    }
-
-    fn finish_usage(&mut self) -> RoleUsage {
-        let mut u = self.usage.clone();
-        u.cpu_s = (self.cpu_done + self.last.cpu).as_secs_f64();
-        u
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let v: Vec<&str> = text.lines().collect();
-        v[v.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-/// A loopback port that was free a moment ago (bind to port 0, read it, release it).
-pub(crate) fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// A channel to `addr` if the broker there answers GetStream for `transactions` (it has
-/// recovered and serves), else `None`.
-pub(crate) async fn broker_answers(addr: &str) -> Option<Channel> {
-    let ch = txpipe_client::connect::endpoint(addr)
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let mut c = BrokerClient::new(ch.clone());
-    audit::stream_info(&mut c, streams::TRANSACTIONS)
-        .await
-        .ok()?;
-    Some(ch)
-}
-
-/// Waits until the broker answers GetStream for `transactions`, or `deadline` passes.
-async fn wait_ready(addr: &str, broker: &mut Proc, deadline: Duration) -> Result<Channel> {
-    let began = Instant::now();
-    loop {
-        if let Some(st) = broker.try_exited() {
-            bail!(
-                "broker exited during start-up ({st}); last log lines:\n{}",
-                broker.log_tail(30)
-            );
-        }
-        if let Ok(ep) = txpipe_client::connect::endpoint(addr)
-            && let Ok(ch) = ep.connect().await
-        {
-            let mut c = BrokerClient::new(ch.clone());
-            if audit::stream_info(&mut c, streams::TRANSACTIONS)
-                .await
-                .is_ok()
-            {
-                return Ok(ch);
-            }
-        }
-        if began.elapsed() > deadline {
-            bail!(
-                "broker not ready after {deadline:?}; last log lines:\n{}",
-                broker.log_tail(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    /// `interval × 0.5..1.5`.
+    fn interval(&mut self, interval: Duration) -> Duration {
+        interval.mul_f64(0.5 + self.unit())
     }
 }
 
@@ -345,7 +293,7 @@ fn splitmix(state: &mut u64) -> u64 {
 pub struct ChaosEvent {
     /// Fraction of `count` resolved when the kill happens, 0.05-0.9.
     pub at_fraction: f64,
-    /// `None` = the broker, `Some(i)` = worker i.
+    /// `None` = a broker (the current leader of `transactions`), `Some(i)` = worker i.
     pub worker: Option<u32>,
 }
 
@@ -389,6 +337,100 @@ pub fn service_binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Prints a line above the progress bar, or to stderr without one.
+fn say(bar: &Option<indicatif::ProgressBar>, line: String) {
+    match bar {
+        Some(b) => b.println(line),
+        None => eprintln!("txpipe: {line}"),
+    }
+}
+
+/// Kills the current leader of `transactions` (SIGKILL). `None` when no replica claims the
+/// leadership right now (an election is under way): the caller retries later.
+async fn kill_leader(
+    cluster: &mut BrokerCluster,
+    rng: &mut ChaosRng,
+    max_delay: Duration,
+    trigger: &str,
+    at_s: f64,
+    at_resolved: u64,
+) -> Option<Outage> {
+    let views = cluster.views().await;
+    let (node, term) = leader_in(&views, streams::TRANSACTIONS)?;
+    let leader_of = views[node].as_ref().map(|v| v.leads()).unwrap_or_default();
+    cluster.nodes[node].proc.kill9().await;
+    let killed_at = Instant::now();
+    Some(Outage {
+        node,
+        killed_at,
+        old_term: term,
+        delay: rng.restart_delay(max_delay),
+        wait_for_election: cluster.nodes.len() > 1,
+        restarted: false,
+        record: ChaosKill {
+            target: cluster.nodes[node].proc.role.clone(),
+            trigger: trigger.to_string(),
+            at_s,
+            at_resolved,
+            leader_of,
+            ..ChaosKill::default()
+        },
+    })
+}
+
+/// Advances a broker outage: notes the first new leader of `transactions`, restarts the
+/// killed replica when its delay has passed, and returns the finished record once the replica
+/// has rejoined. Errors when the replica cannot be restarted or does not rejoin in 90 s.
+async fn advance_outage(cluster: &mut BrokerCluster, o: &mut Outage) -> Result<Option<ChaosKill>> {
+    let views = cluster.views().await;
+    if o.record.new_leader.is_none()
+        && let Some((l, term)) = leader_in(&views, streams::TRANSACTIONS)
+        && (term > o.old_term || l == o.node)
+    {
+        // A higher term: another replica won an election. A single broker simply comes back
+        // (and a killed replica restarted before any election would resume its leadership in
+        // the same term, as it still holds the term's vote).
+        o.record.new_leader = Some(cluster.nodes[l].proc.role.clone());
+        o.record.leader_gap_s = Some(o.killed_at.elapsed().as_secs_f64());
+    }
+    if !o.restarted {
+        let from = match (o.wait_for_election, o.record.leader_gap_s) {
+            (false, _) => Some(Duration::ZERO),
+            (true, Some(gap)) => Some(Duration::from_secs_f64(gap)),
+            // No election after 30 s: restart anyway (the rejoin deadline reports it).
+            (true, None) if o.killed_at.elapsed() > Duration::from_secs(30) => {
+                Some(Duration::from_secs(30))
+            }
+            (true, None) => None,
+        };
+        if let Some(from) = from
+            && o.killed_at.elapsed() >= from + o.delay
+        {
+            cluster.nodes[o.node].proc.start()?;
+            o.restarted = true;
+            o.record.restart_after_s = Some(o.killed_at.elapsed().as_secs_f64());
+        }
+    }
+    if o.restarted
+        && o.record.new_leader.is_some()
+        && views[o.node]
+            .as_ref()
+            .is_some_and(|v| v.knows_all_leaders())
+    {
+        o.record.downtime_s = Some(o.killed_at.elapsed().as_secs_f64());
+        return Ok(Some(o.record.clone()));
+    }
+    if o.killed_at.elapsed() > Duration::from_secs(90) {
+        let p = &cluster.nodes[o.node].proc;
+        bail!(
+            "{} did not rejoin within 90 s of its kill; last log lines:\n{}",
+            p.role,
+            p.log_tail(30)
+        );
+    }
+    Ok(None)
+}
+
 /// Runs the pipeline locally. `exe` is this binary; the services are the `txpipe-broker`,
 /// `txpipe-worker` and `txpipe-producer` binaries beside it (or in `--bin-dir`).
 pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
@@ -413,21 +455,17 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         ),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let grpc_port = free_port()?;
-    let addr = format!("http://127.0.0.1:{grpc_port}");
-    let brokers = format!("127.0.0.1:{grpc_port}");
 
-    let mut broker_args = vec![
-        format!("--listen=127.0.0.1:{grpc_port}"),
-        format!("--admin-listen=127.0.0.1:{}", free_port()?),
-        format!("--data-dir={}", dir.join("broker-0").display()),
-    ];
-    broker_args.extend(args.broker_args.iter().cloned());
-    let mut broker = Proc::new("broker", broker_exe, broker_args, &dir);
-    broker.start()?;
-    eprintln!("txpipe: data and logs in {}", dir.display());
-    let channel = wait_ready(&addr, &mut broker, Duration::from_secs(60)).await?;
-    let mut client = BrokerClient::new(channel.clone());
+    let mut cluster =
+        BrokerCluster::new(&broker_exe, args.brokers as usize, &dir, &args.broker_args)?;
+    let brokers = cluster.client_list();
+    cluster.start_all()?;
+    eprintln!(
+        "txpipe: {} broker replica(s) at {brokers}; data and logs in {}",
+        args.brokers,
+        dir.display()
+    );
+    cluster.wait_ready(Duration::from_secs(90)).await?;
 
     let mut limiter = None;
     let mut cpu_limit_note = None;
@@ -501,16 +539,23 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         Vec::new()
     };
     schedule.reverse();
+    let mut rng = ChaosRng(args.chaos_seed ^ 0x5EED_C4A0_5000_0000);
+    let interval = Duration::from_millis(args.chaos_kill_interval_ms);
+    let mut next_interval_kill =
+        (args.chaos && !interval.is_zero()).then(|| started + rng.interval(interval));
+    let max_delay = Duration::from_millis(args.chaos_restart_delay_ms);
+    let mut outage: Option<Outage> = None;
+    let mut rejoined_at = (started, 0u64);
     let mut chaos_kills = Vec::new();
     let mut producer_done = false;
     let mut last_progress = (0u64, Instant::now());
     let mut last_log = Instant::now();
-    let mut resolved;
+    let mut resolved = 0u64;
     let mut target = args.count;
     let finished_at;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        broker.sample();
+        cluster.sample();
         producer.sample();
         for w in workers.iter_mut() {
             w.sample();
@@ -530,7 +575,8 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
                 target = n;
             }
         }
-        // Unexpected exits: restart (a supervisor's job, like a Deployment's).
+        // Unexpected exits: restart (a supervisor's job, like a Deployment's or a
+        // StatefulSet's).
         for w in workers.iter_mut() {
             if let Some(st) = w.try_exited() {
                 eprintln!("txpipe: {} exited ({st}); restarting", w.role);
@@ -538,14 +584,38 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
                 limit(&mut limiter, &mut cpu_limit_note, w, pid);
             }
         }
-        if let Some(st) = broker.try_exited() {
-            eprintln!("txpipe: broker exited ({st}); restarting on the same data directory");
-            broker.start()?;
-            wait_ready(&addr, &mut broker, Duration::from_secs(60)).await?;
+        for (i, n) in cluster.nodes.iter_mut().enumerate() {
+            if outage.as_ref().is_some_and(|o| o.node == i) {
+                continue;
+            }
+            if let Some(st) = n.proc.try_exited() {
+                eprintln!(
+                    "txpipe: {} exited ({st}); restarting on its data directory",
+                    n.proc.role
+                );
+                n.proc.start()?;
+            }
         }
-        let info = match audit::stream_info(&mut client, streams::TRANSACTIONS).await {
+        if let Some(o) = outage.as_mut()
+            && let Some(rec) = advance_outage(&mut cluster, o).await?
+        {
+            say(&bar, format!("chaos: {}", rec.describe()));
+            chaos_kills.push(rec);
+            outage = None;
+            // The next timed kill comes an interval after the replica rejoined, and only
+            // once the pipeline has made progress since: the run always moves forward.
+            rejoined_at = (Instant::now(), resolved);
+            if next_interval_kill.is_some() {
+                next_interval_kill = Some(Instant::now() + rng.interval(interval));
+            }
+        }
+
+        let info = match cluster
+            .stream_info(streams::TRANSACTIONS, Duration::from_millis(500))
+            .await
+        {
             Ok(i) => i,
-            Err(_) => continue, // broker restarting
+            Err(_) => continue, // failover under way
         };
         resolved = info.acked_total + info.dead_lettered_total;
         if let Some(b) = &bar {
@@ -577,38 +647,87 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
                 dir.display()
             );
         }
+        let at_s = started.elapsed().as_secs_f64();
         if let Some(ev) = schedule.last().cloned()
             && resolved as f64 >= ev.at_fraction * args.count as f64
         {
-            schedule.pop();
             match ev.worker {
-                None => {
-                    chaos_kills.push(format!("broker at {resolved} resolved"));
-                    broker.kill9().await;
-                    broker.start()?;
-                    wait_ready(&addr, &mut broker, Duration::from_secs(60)).await?;
+                // A broker kill waits until the previous killed broker has rejoined.
+                None if outage.is_none() => {
+                    outage = kill_leader(
+                        &mut cluster,
+                        &mut rng,
+                        max_delay,
+                        "progress",
+                        at_s,
+                        resolved,
+                    )
+                    .await;
+                    if let Some(o) = &outage {
+                        schedule.pop();
+                        say(
+                            &bar,
+                            format!(
+                                "chaos: killed {} (leader of {})",
+                                o.record.target,
+                                o.record.leader_of.join(", ")
+                            ),
+                        );
+                    }
                 }
+                None => {}
                 Some(i) => {
+                    schedule.pop();
                     let w = &mut workers[i as usize];
-                    chaos_kills.push(format!("{} at {resolved} resolved", w.role));
                     w.kill9().await;
                     let pid = w.start()?;
                     limit(&mut limiter, &mut cpu_limit_note, w, pid);
+                    let rec = ChaosKill {
+                        target: w.role.clone(),
+                        trigger: "progress".into(),
+                        at_s,
+                        at_resolved: resolved,
+                        ..ChaosKill::default()
+                    };
+                    say(&bar, format!("chaos: {}", rec.describe()));
+                    chaos_kills.push(rec);
                 }
             }
-            if let Some(b) = &bar {
-                b.println(format!(
-                    "chaos: killed {}",
-                    chaos_kills.last().map(String::as_str).unwrap_or("")
-                ));
-            } else {
-                eprintln!(
-                    "txpipe: chaos: killed {}",
-                    chaos_kills.last().map(String::as_str).unwrap_or("")
+        }
+        if let Some(at) = next_interval_kill
+            && Instant::now() >= at
+            && outage.is_none()
+            && resolved > rejoined_at.1
+        {
+            if (resolved as f64) >= 0.95 * args.count as f64 {
+                next_interval_kill = None;
+            } else if let Some(o) = kill_leader(
+                &mut cluster,
+                &mut rng,
+                max_delay,
+                "interval",
+                at_s,
+                resolved,
+            )
+            .await
+            {
+                say(
+                    &bar,
+                    format!(
+                        "chaos: killed {} (leader of {})",
+                        o.record.target,
+                        o.record.leader_of.join(", ")
+                    ),
                 );
+                outage = Some(o);
             }
         }
-        if producer_done && info.end_offset >= target && info.pending == 0 && resolved >= target {
+        if outage.is_none()
+            && producer_done
+            && info.end_offset >= target
+            && info.pending == 0
+            && resolved >= target
+        {
             finished_at = started.elapsed();
             break;
         }
@@ -623,11 +742,13 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         roles.push(w.finish_usage());
     }
     roles.insert(0, producer.finish_usage());
-    let audit = audit::run_audit(channel)
+    let audit = run_cluster_audit(&cluster)
         .await
         .context("running the audit")?;
-    broker.stop(Duration::from_secs(30)).await;
-    roles.insert(0, broker.finish_usage());
+    cluster.stop_all(Duration::from_secs(30)).await;
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        roles.insert(i, n.proc.finish_usage());
+    }
     drop(limiter);
 
     let total_cpu = children_cpu();
@@ -640,6 +761,7 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
     let cpu_per_tx = total_cpu.as_secs_f64() / n;
     let report = RunReport {
         count: args.count,
+        brokers: args.brokers,
         workers: args.workers,
         worker_cpus: if cpu_limit_note.is_none() && args.worker_cpus > 0.0 {
             Some(args.worker_cpus)
@@ -670,6 +792,11 @@ pub async fn run_local(args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(report)
+}
+
+/// The audit over every replica's client address (each read goes to its stream's leader).
+async fn run_cluster_audit(cluster: &BrokerCluster) -> Result<AuditReport> {
+    audit::run_audit_cluster(&cluster.client_addrs(), Duration::from_secs(30)).await
 }
 
 fn children_cpu() -> Duration {
@@ -712,8 +839,11 @@ pub fn render(r: &RunReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "== txpipe local run: {} transactions, {} workers ==",
-        r.count, r.workers
+        "== txpipe local run: {} transactions, {} broker replica{}, {} workers ==",
+        r.count,
+        r.brokers,
+        if r.brokers == 1 { "" } else { "s" },
+        r.workers
     );
     let quota = match (&r.worker_cpus, &r.cpu_limit_note) {
         (Some(c), _) => format!("{c} CPU each (cgroup quota)"),
@@ -747,12 +877,21 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     if !r.chaos_kills.is_empty() {
+        let brokers = r
+            .chaos_kills
+            .iter()
+            .filter(|k| k.target.starts_with("broker"))
+            .count();
         let _ = writeln!(
             s,
-            "chaos: {} kills: {}",
+            "chaos: {} kills ({} broker, {} worker):",
             r.chaos_kills.len(),
-            r.chaos_kills.join(", ")
+            brokers,
+            r.chaos_kills.len() - brokers
         );
+        for k in &r.chaos_kills {
+            let _ = writeln!(s, "  {}", k.describe());
+        }
     }
     s.push_str(&audit::render(&r.audit));
     s
@@ -788,6 +927,21 @@ mod tests {
     }
 
     #[test]
+    fn chaos_delays_are_seeded_and_bounded() {
+        let mut a = ChaosRng(5);
+        let mut b = ChaosRng(5);
+        let max = Duration::from_millis(1000);
+        for _ in 0..100 {
+            let d = a.restart_delay(max);
+            assert_eq!(d, b.restart_delay(max));
+            assert!(d >= max / 4 && d <= max);
+            let i = a.interval(Duration::from_secs(2));
+            assert_eq!(i, b.interval(Duration::from_secs(2)));
+            assert!(i >= Duration::from_secs(1) && i < Duration::from_secs(3));
+        }
+    }
+
+    #[test]
     fn invalid_local_arguments_are_rejected_before_anything_starts() {
         use clap::Parser;
         #[derive(Parser)]
@@ -797,12 +951,56 @@ mod tests {
         }
         assert!(T::parse_from(["t", "--count", "0"]).a.validate().is_err());
         assert!(T::parse_from(["t", "--workers", "0"]).a.validate().is_err());
+        assert!(T::parse_from(["t", "--brokers", "2"]).a.validate().is_err());
+        assert!(
+            T::parse_from(["t", "--chaos", "--chaos-kill-interval-ms", "100"])
+                .a
+                .validate()
+                .is_err()
+        );
+        assert!(T::try_parse_from(["t", "--chaos-kill-interval-ms", "3000"]).is_err());
         assert!(
             T::parse_from(["t", "--progress", "sometimes"])
                 .a
                 .validate()
                 .is_err()
         );
-        assert!(T::parse_from(["t"]).a.validate().is_ok());
+        let ok = T::parse_from(["t"]).a;
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.brokers, 3);
+        assert!(
+            T::parse_from([
+                "t",
+                "--brokers",
+                "5",
+                "--chaos",
+                "--chaos-kill-interval-ms",
+                "3000"
+            ])
+            .a
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_broker_kill_is_described_with_leadership_and_downtime() {
+        let k = ChaosKill {
+            target: "broker-1".into(),
+            trigger: "interval".into(),
+            at_s: 4.2,
+            at_resolved: 1000,
+            leader_of: vec!["transactions".into(), "labels".into()],
+            new_leader: Some("broker-2".into()),
+            leader_gap_s: Some(1.9),
+            restart_after_s: Some(0.5),
+            downtime_s: Some(3.25),
+        };
+        let d = k.describe();
+        assert!(
+            d.contains("broker-1 (leader of transactions, labels) at 1000 resolved [interval]")
+        );
+        assert!(d.contains("transactions led by broker-2 after 1.90 s"));
+        assert!(d.contains("rejoined after 3.25 s"));
     }
 }

@@ -26,7 +26,8 @@ enum Cmd {
     Run(txpipe::local::LocalArgs),
     /// Audit a running broker: every produced transaction has exactly one decision.
     Audit {
-        /// Broker addresses, comma-separated host:port.
+        /// Broker addresses, comma-separated host:port: every replica (each read goes to its
+        /// stream's leader).
         #[arg(long, env = "TXPIPE_BROKERS", default_value = "127.0.0.1:9100")]
         brokers: String,
         /// Print the report as JSON.
@@ -39,6 +40,8 @@ enum Cmd {
 enum BenchCmd {
     /// Produce + consume + ack through the broker, next to NATS JetStream.
     Broker(txpipe::bench::BrokerBenchArgs),
+    /// Time from a leader kill to the first acknowledged produce on the new leader.
+    Failover(txpipe::bench::FailoverBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,7 +70,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Run(args) => {
             let exe = std::env::current_exe().context("locating the txpipe binary")?;
-            let report = txpipe::local::run_local(args, exe).await?;
+            // On SIGTERM/SIGINT the run is dropped, which kills every child process.
+            let report = tokio::select! {
+                r = txpipe::local::run_local(args, exe) => r?,
+                sig = shutdown_signal() => anyhow::bail!("{sig} received; stopped every process of the run"),
+            };
             print!("{}", txpipe::local::render(&report));
             Ok(if report.audit.passed() {
                 ExitCode::SUCCESS
@@ -80,12 +87,16 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             txpipe::bench::broker_bench(args, exe).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Bench(BenchCmd::Failover(args)) => {
+            let exe = std::env::current_exe().context("locating the txpipe binary")?;
+            txpipe::bench::failover_bench(args, exe).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Audit { brokers, json } => {
             let addrs = txpipe_client::connect::parse_addrs(&brokers)?;
-            let (ch, _) =
-                txpipe_client::connect::connect_any(&addrs, 0, std::time::Duration::from_secs(10))
+            let report =
+                txpipe::audit::run_audit_cluster(&addrs, std::time::Duration::from_secs(30))
                     .await?;
-            let report = txpipe::audit::run_audit(ch).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -96,6 +107,21 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+    }
+}
+
+/// Resolves with the name of the first SIGTERM or SIGINT received.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
         }
     }
 }

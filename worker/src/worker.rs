@@ -12,13 +12,35 @@
 //!    `--decision-linger-us`, through the idempotent [`Producer`];
 //! 5. when a batch's receipt resolves (the decisions are durable), its transactions are acked.
 //!
-//! So a transaction is acked only after its decision is stored. If the consume stream breaks,
-//! the worker reconnects with backoff; deliveries of the old stream are redelivered by the
-//! broker and re-scored, and the broker drops the second decision by key. On shutdown the
-//! worker sets its window to 0, finishes everything in flight, and returns; what is not done
-//! within `--drain-grace-ms` stays unacked and is redelivered.
+//! So a transaction is acked only after its decision is stored.
+//!
+//! # Failover
+//!
+//! The Consume call follows the Raft leader of `transactions` through a [`LeaderRouter`]: when
+//! the call is refused or ends with `UNAVAILABLE` (the node is not, or no longer, the leader)
+//! or a transport error (the leader died), the worker follows the `txpipe-leader` hint or
+//! tries the next broker, with backoff (50 ms doubling to 1 s) for at most
+//! `--reconnect-deadline-ms`, and subscribes again with the same window. Deliveries received
+//! on the old call are **kept**: they are still scored, their decisions still produced, and
+//! their acks are sent on the new call (the leader accepts an ack for any offset still pending,
+//! whoever delivered it). Acks that become due while no call is open are held and sent as soon
+//! as the new call is subscribed. A delivery of an offset the worker already holds (the new
+//! leader redelivering it) is ignored: the ack of the first copy resolves both; a redelivery of
+//! an offset acked lately (the last `4 × window`, at least 4096) is acked again at once without
+//! scoring a second decision. The decision
+//! [`Producer`] follows the leader of `decisions` on its own (leaders of different streams may
+//! be on different nodes). What can still happen twice is bounded by the at-least-once window:
+//! an ack lost with a dying leader makes the offset come back, it is re-scored, and the broker
+//! drops the second decision by key.
+//!
+//! # Drain
+//!
+//! On shutdown the worker sets its window to 0, finishes everything in flight, and returns;
+//! what is not done within `--drain-grace-ms` stays unacked and is redelivered. A drain does not
+//! reconnect: acks held because the call broke during the drain are not sent
+//! ([`WorkerStats::orphaned`]) and those transactions are redelivered.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,10 +53,11 @@ use tokio::sync::mpsc;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 use txpipe_client::broker::v1::{
-    Ack, ConsumeRequest, ConsumeResponse, Delivery, Nack, Record, SetWindow, Subscribe,
-    broker_client::BrokerClient, consume_request, consume_response,
+    Ack, ConsumeRequest, ConsumeResponse, Delivery, Nack, Record, SetWindow, Subscribe, Subscribed,
+    consume_request, consume_response,
 };
-use txpipe_client::connect::connect_any;
+use txpipe_client::connect::ConnectError;
+use txpipe_client::leader::{LeaderError, LeaderRouter, Target};
 use txpipe_client::pipeline::v1::{Outcome, Transaction};
 use txpipe_client::produce::Receipt;
 use txpipe_client::produce::{ProduceError, Producer, ProducerConfig};
@@ -61,24 +84,55 @@ pub struct WorkerStats {
     pub reviewed: u64,
     /// Acked decisions by outcome.
     pub declined: u64,
-    /// Decisions written whose ack was not sent because their consume stream had broken
-    /// (the broker redelivers them; the duplicate decision is dropped by key).
+    /// Decisions made durable whose ack could not be sent before the worker stopped (no
+    /// consume call was open; the broker redelivers them and drops the second decision by
+    /// key).
     pub orphaned: u64,
-    /// Consume-stream reconnections.
+    /// Consume calls that broke and were re-opened (failovers included).
     pub reconnects: u64,
+    /// Redeliveries not scored again: of an offset the worker still held (the ack of the
+    /// first copy resolves both), or of one it had just acked (its ack crossed the redelivery
+    /// or was lost with a failed leader; it is acked again at once, no second decision).
+    pub duplicate_deliveries: u64,
     /// Deliveries left unfinished when the drain grace period ran out.
     pub unfinished: u64,
 }
 
-/// One delivery waiting to be scored.
-struct Queued {
-    session: u64,
-    delivery: Delivery,
+/// The last `cap` offsets acked, with set lookup.
+struct RecentAcks {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+    cap: usize,
+}
+
+impl RecentAcks {
+    fn new(cap: usize) -> Self {
+        Self {
+            order: VecDeque::with_capacity(cap),
+            set: HashSet::with_capacity(cap),
+            cap,
+        }
+    }
+
+    fn contains(&self, offset: u64) -> bool {
+        self.set.contains(&offset)
+    }
+
+    fn insert(&mut self, offset: u64) {
+        if !self.set.insert(offset) {
+            return;
+        }
+        self.order.push_back(offset);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+    }
 }
 
 /// One scored transaction waiting for its issuer call.
 struct ScoredTx {
-    session: u64,
     tx_id: String,
     meta: DeliveryMeta,
     assessment: Assessment,
@@ -87,76 +141,104 @@ struct ScoredTx {
 
 /// A decision inside a produce batch.
 struct Written {
-    session: u64,
     offset: u64,
     outcome: Outcome,
 }
 
 type CallFuture = Pin<Box<dyn Future<Output = (Vec<ScoredTx>, Duration)> + Send>>;
 type ReceiptFuture = Pin<Box<dyn Future<Output = (Vec<Written>, Result<(), ProduceError>)> + Send>>;
-type Session = (
-    mpsc::Sender<ConsumeRequest>,
-    Streaming<ConsumeResponse>,
-    usize,
-);
+/// An open, subscribed Consume call.
+struct Session {
+    /// Requests (acks, nacks, window changes) of the call.
+    tx: mpsc::Sender<ConsumeRequest>,
+    /// Deliveries of the call.
+    stream: Streaming<ConsumeResponse>,
+    /// The node serving it (the leader of `transactions`).
+    target: Target,
+    /// The broker's answer to the subscription.
+    subscribed: Subscribed,
+}
 type SessionFuture = Pin<Box<dyn Future<Output = Result<Session>> + Send>>;
 
-fn retryable(code: tonic::Code) -> bool {
-    use tonic::Code::*;
-    matches!(
-        code,
-        Unavailable
-            | Unknown
-            | Internal
-            | Aborted
-            | Cancelled
-            | DeadlineExceeded
-            | ResourceExhausted
-    )
+/// The worker error for a failover of the Consume call that ended with `e`.
+fn consume_error(e: LeaderError) -> Error {
+    match e {
+        LeaderError::Rejected(status) => Error::Consume {
+            code: status.code(),
+            message: status.message().to_string(),
+        },
+        e @ LeaderError::Unavailable { .. } => Error::Connect(ConnectError::from(e)),
+    }
 }
 
-/// Opens a Consume stream: connects to a broker (starting at `start`), subscribes to
-/// `transactions`, retrying retryable failures with backoff until `deadline` passes.
+/// Opens a subscribed Consume call on the leader of `transactions`. `broke` is the failure of
+/// the previous call, if any: it starts the failover (leader hint or next broker, backoff).
+/// Each attempt sends the subscription and waits for `Subscribed`; a refusal moves on to the
+/// next candidate until `deadline` has passed.
+///
+/// Errors: [`Error::Consume`] for a status that is not about leadership or availability
+/// (NOT_FOUND for an unknown stream or group, ...); [`Error::Connect`] when no leader answered
+/// within `deadline`.
 async fn open_session(
-    addrs: Vec<String>,
-    start: usize,
+    router: LeaderRouter,
     subscribe: Subscribe,
-    first_delay: Duration,
     deadline: Duration,
+    broke: Option<(Target, tonic::Status)>,
 ) -> Result<Session> {
-    tokio::time::sleep(first_delay).await;
-    let began = Instant::now();
-    let mut backoff = Duration::from_millis(50);
-    let mut start = start;
+    let mut failover = router.failover(streams::TRANSACTIONS, deadline);
+    if let Some((target, status)) = broke {
+        failover
+            .failed(&target, status)
+            .await
+            .map_err(consume_error)?;
+    }
     loop {
-        let left = deadline.saturating_sub(began.elapsed());
-        let (channel, idx) = connect_any(&addrs, start, left).await?;
+        let target = failover.target().await.map_err(consume_error)?;
         let (tx, rx) = mpsc::channel(4096);
         let sub = ConsumeRequest {
             kind: Some(consume_request::Kind::Subscribe(subscribe.clone())),
         };
         tx.send(sub).await.expect("receiver alive");
-        let mut client = BrokerClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        match client
-            .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-        {
-            Ok(resp) => return Ok((tx, resp.into_inner(), idx)),
-            Err(status) if retryable(status.code()) && began.elapsed() < deadline => {
-                warn!(code = ?status.code(), error = %status.message(), "consume stream refused; retrying");
-                start = idx + 1;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+        let attempt = async {
+            let mut stream = target
+                .client()
+                .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            match stream.message().await? {
+                Some(ConsumeResponse {
+                    kind: Some(consume_response::Kind::Subscribed(s)),
+                }) => Ok((stream, s)),
+                Some(_) => Err(tonic::Status::internal(
+                    "broker sent a delivery before confirming the subscription",
+                )),
+                None => Err(tonic::Status::unavailable(
+                    "consume call ended before the subscription was confirmed",
+                )),
             }
-            Err(status) => {
-                return Err(Error::Consume {
-                    code: status.code(),
-                    message: status.message().to_string(),
+        };
+        let limit = failover.time_left().max(Duration::from_secs(1));
+        let status = match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok((stream, subscribed))) => {
+                failover.succeeded(&target);
+                return Ok(Session {
+                    tx,
+                    stream,
+                    target,
+                    subscribed,
                 });
             }
-        }
+            Ok(Err(status)) => status,
+            Err(_) => tonic::Status::deadline_exceeded(format!(
+                "{} did not confirm the subscription within {} ms",
+                target.addr,
+                limit.as_millis()
+            )),
+        };
+        failover
+            .failed(&target, status)
+            .await
+            .map_err(consume_error)?;
     }
 }
 
@@ -239,10 +321,13 @@ where
             .await
     });
 
+    // The decision producer follows the leader of `decisions` with its own router (and so its
+    // own connections, as before); the consume loop follows the leader of `transactions`.
+    let router = LeaderRouter::new(addrs.clone())?;
     let producer = Producer::connect(ProducerConfig {
         max_in_flight: config.produce_in_flight,
         reconnect_deadline: Duration::from_millis(config.reconnect_deadline_ms),
-        ..ProducerConfig::new(addrs.clone(), streams::DECISIONS)
+        ..ProducerConfig::new(addrs, streams::DECISIONS)
     })
     .await?;
 
@@ -259,6 +344,9 @@ where
         req_tx: None,
         in_flight: 0,
         queue: VecDeque::new(),
+        held: HashSet::new(),
+        held_acks: Vec::new(),
+        recent_acks: RecentAcks::new((4 * config.window as usize).max(4096)),
         calls: FuturesUnordered::new(),
         buffer: Vec::new(),
         buffer_meta: Vec::new(),
@@ -266,13 +354,15 @@ where
         receipts: FuturesUnordered::new(),
         draining: false,
     };
-    let result = ev.run(addrs, shutdown).await;
+    let result = ev.run(router, shutdown).await;
     let EventLoop {
         producer,
-        stats,
+        mut stats,
         ready,
+        held_acks,
         ..
     } = ev;
+    stats.orphaned += held_acks.len() as u64;
     ready.store(false, Ordering::Relaxed);
     // Decisions already sent are either durable (receipts resolved) or abandoned; closing
     // waits for the rest, bounded so a dead broker cannot hold the exit.
@@ -304,13 +394,20 @@ struct EventLoop<'a> {
     ready: Arc<std::sync::atomic::AtomicBool>,
     producer: Producer,
     stats: WorkerStats,
-    /// Current consume-stream session number (starts at 1).
+    /// Consume calls opened so far (the current one's number).
     session: u64,
     req_tx: Option<mpsc::Sender<ConsumeRequest>>,
     /// Deliveries received and not resolved yet (queued, scoring, in a call, buffered, or
     /// waiting for their produce receipt).
     in_flight: u64,
-    queue: VecDeque<Queued>,
+    queue: VecDeque<Delivery>,
+    /// Offsets received and not yet acked or nacked (in flight or in `held_acks`): a
+    /// redelivery of one of them is ignored.
+    held: HashSet<u64>,
+    /// Acks due while no consume call was open; sent once the next call is subscribed.
+    held_acks: Vec<u64>,
+    /// Offsets acked lately, for redeliveries that cross their ack.
+    recent_acks: RecentAcks,
     calls: FuturesUnordered<CallFuture>,
     buffer: Vec<Record>,
     buffer_meta: Vec<Written>,
@@ -320,7 +417,7 @@ struct EventLoop<'a> {
 }
 
 impl EventLoop<'_> {
-    async fn run<F>(&mut self, addrs: Vec<String>, shutdown: F) -> Result<()>
+    async fn run<F>(&mut self, router: LeaderRouter, shutdown: F) -> Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -329,8 +426,9 @@ impl EventLoop<'_> {
         let mut drain_deadline = far_future();
         let mut connecting: Option<SessionFuture> = None;
         let mut inbound: Option<Streaming<ConsumeResponse>> = None;
-        let mut addr_idx = 0usize;
-        let mut reconnect_delay = Duration::ZERO;
+        // The node serving the open call, and the failure the next opening starts from.
+        let mut current: Option<Target> = None;
+        let mut broke: Option<(Target, tonic::Status)> = None;
         let subscribe = Subscribe {
             stream: streams::TRANSACTIONS.to_string(),
             group: self.config.group.clone(),
@@ -344,11 +442,10 @@ impl EventLoop<'_> {
             }
             if inbound.is_none() && connecting.is_none() && !self.draining {
                 connecting = Some(Box::pin(open_session(
-                    addrs.clone(),
-                    addr_idx,
+                    router.clone(),
                     subscribe.clone(),
-                    reconnect_delay,
                     reconnect_deadline,
+                    broke.take(),
                 )));
             }
             tokio::select! {
@@ -366,19 +463,30 @@ impl EventLoop<'_> {
                 }
                 res = poll_opt(&mut connecting) => {
                     connecting = None;
-                    let (tx, stream, idx) = res?;
-                    addr_idx = idx;
+                    let s = res?;
                     self.session += 1;
-                    self.req_tx = Some(tx);
-                    inbound = Some(stream);
-                    debug!(session = self.session, broker = %addrs[idx], "consume stream open");
+                    self.req_tx = Some(s.tx);
+                    inbound = Some(s.stream);
+                    let sub = &s.subscribed;
+                    info!(broker = %s.target.addr, session = self.session, stream = %sub.stream, group = %sub.group, window = sub.window, ack_deadline_ms = sub.ack_deadline_ms, max_deliveries = sub.max_deliveries, in_flight = self.in_flight, held_acks = self.held_acks.len(), "subscribed");
+                    current = Some(s.target);
+                    if !self.draining {
+                        self.ready.store(true, Ordering::Relaxed);
+                    }
+                    // Acks that came due while no call was open: the leader accepts them for
+                    // any offset still pending, whichever call delivered it.
+                    let held = std::mem::take(&mut self.held_acks);
+                    self.ack(held).await;
+                    if self.max_reached() {
+                        info!(acked = self.stats.acked, "--max-transactions reached; draining");
+                        drain_deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.drain_grace_ms);
+                        self.start_drain(&mut connecting).await;
+                    }
                 }
                 Some((written, res)) = self.receipts.next(), if !self.receipts.is_empty() => {
                     res?;
                     self.on_durable(written).await;
-                    if let Some(max) = self.config.max_transactions
-                        && self.stats.acked >= max && !self.draining
-                    {
+                    if self.max_reached() {
                         info!(acked = self.stats.acked, "--max-transactions reached; draining");
                         drain_deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.drain_grace_ms);
                         self.start_drain(&mut connecting).await;
@@ -390,18 +498,29 @@ impl EventLoop<'_> {
                 msg = next_message(&mut inbound) => match msg {
                     Ok(Some(resp)) => match resp.kind {
                         Some(consume_response::Kind::Subscribed(s)) => {
-                            info!(stream = %s.stream, group = %s.group, window = s.window, ack_deadline_ms = s.ack_deadline_ms, max_deliveries = s.max_deliveries, "subscribed");
-                            reconnect_delay = Duration::ZERO;
-                            if !self.draining {
-                                self.ready.store(true, Ordering::Relaxed);
-                            }
+                            debug!(stream = %s.stream, window = s.window, "subscription confirmed again");
                         }
                         Some(consume_response::Kind::Deliveries(d)) => {
-                            let n = d.deliveries.len() as u64;
-                            self.in_flight += n;
+                            let mut reacks = Vec::new();
+                            for delivery in d.deliveries {
+                                if self.recent_acks.contains(delivery.offset) {
+                                    // Decided and acked already; the ack crossed this
+                                    // redelivery or was lost. Ack again, do not re-score.
+                                    self.stats.duplicate_deliveries += 1;
+                                    reacks.push(delivery.offset);
+                                } else if self.held.insert(delivery.offset) {
+                                    self.in_flight += 1;
+                                    self.queue.push_back(delivery);
+                                } else {
+                                    // Still held (delivered by the previous leader): the ack
+                                    // of that copy resolves this one too.
+                                    self.stats.duplicate_deliveries += 1;
+                                }
+                            }
                             self.metrics.in_flight.set(self.in_flight as i64);
-                            let session = self.session;
-                            self.queue.extend(d.deliveries.into_iter().map(|delivery| Queued { session, delivery }));
+                            if !reacks.is_empty() {
+                                self.send(consume_request::Kind::Ack(Ack { offsets: reacks })).await;
+                            }
                         }
                         None => {}
                     },
@@ -413,20 +532,14 @@ impl EventLoop<'_> {
                         inbound = None;
                         self.req_tx = None;
                         self.ready.store(false, Ordering::Relaxed);
-                        if !retryable(status.code()) && !self.draining {
-                            return Err(Error::Consume { code: status.code(), message: status.message().to_string() });
+                        // Deliveries of the broken call are kept and finished; their acks go
+                        // on the next call. The failure starts the failover (open_session).
+                        broke = current.take().map(|t| (t, status.clone()));
+                        if !self.draining {
+                            self.stats.reconnects += 1;
+                            self.metrics.reconnects.inc();
                         }
-                        // Queued deliveries of the broken stream will be redelivered: drop them.
-                        let before = self.queue.len();
-                        let session = self.session;
-                        self.queue.retain(|q| q.session != session);
-                        self.in_flight -= (before - self.queue.len()) as u64;
-                        self.metrics.in_flight.set(self.in_flight as i64);
-                        self.stats.reconnects += 1;
-                        self.metrics.reconnects.inc();
-                        reconnect_delay = (reconnect_delay * 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
-                        addr_idx += 1;
-                        warn!(code = ?status.code(), error = %status.message(), in_flight = self.in_flight, "consume stream broken; reconnecting");
+                        warn!(code = ?status.code(), error = %status.message(), in_flight = self.in_flight, draining = self.draining, "consume call broken; failing over");
                     }
                 },
                 _ = tokio::time::sleep_until(self.buffer_deadline.unwrap_or_else(far_future)), if !self.buffer.is_empty() => {
@@ -451,6 +564,15 @@ impl EventLoop<'_> {
             }
         }
         Ok(())
+    }
+
+    /// True when `--max-transactions` acks were sent and no drain has started yet.
+    fn max_reached(&self) -> bool {
+        !self.draining
+            && self
+                .config
+                .max_transactions
+                .is_some_and(|max| self.stats.acked >= max)
     }
 
     async fn start_drain(&mut self, connecting: &mut Option<SessionFuture>) {
@@ -482,9 +604,8 @@ impl EventLoop<'_> {
         let n = self.config.score_chunk.min(self.queue.len());
         let mut scored = Vec::with_capacity(n);
         let mut nacks: Vec<(u64, String)> = Vec::new();
-        for q in self.queue.drain(..n) {
+        for d in self.queue.drain(..n) {
             let started = Instant::now();
-            let d = q.delivery;
             let Some(record) = d.record else {
                 nacks.push((d.offset, "delivery without a record".into()));
                 continue;
@@ -508,7 +629,6 @@ impl EventLoop<'_> {
                     .observe(assessment.stage_ns[i] as f64 * 1e-9);
             }
             scored.push(ScoredTx {
-                session: q.session,
                 tx_id: tx.id,
                 meta: DeliveryMeta {
                     offset: d.offset,
@@ -528,7 +648,9 @@ impl EventLoop<'_> {
             self.metrics.in_flight.set(self.in_flight as i64);
             for (offset, reason) in nacks {
                 warn!(offset, reason = %reason, "nacking transaction");
-                // Nacks of a broken stream are moot: the broker redelivers anyway.
+                self.held.remove(&offset);
+                // Without an open call the nack is dropped: the broker redelivers after the
+                // ack deadline anyway (and counts the attempt towards dead-lettering).
                 self.send(consume_request::Kind::Nack(Nack {
                     offsets: vec![offset],
                     delay_ms: self.config.nack_delay_ms,
@@ -585,7 +707,6 @@ impl EventLoop<'_> {
                 timestamp_us: decided_at_us,
             });
             self.buffer_meta.push(Written {
-                session: s.session,
                 offset: s.meta.offset,
                 outcome,
             });
@@ -621,41 +742,54 @@ impl EventLoop<'_> {
         Ok(())
     }
 
-    /// A decision batch is durable: ack its transactions (those of the current stream).
+    /// A decision batch is durable: ack its transactions, on the current call or, when none is
+    /// open, as soon as the next one is subscribed.
     async fn on_durable(&mut self, written: Vec<Written>) {
         let mut offsets = Vec::with_capacity(written.len());
         for w in &written {
-            if w.session == self.session && self.req_tx.is_some() {
-                offsets.push(w.offset);
-                let label = match w.outcome {
-                    Outcome::Decline => {
-                        self.stats.declined += 1;
-                        "decline"
-                    }
-                    Outcome::Review => {
-                        self.stats.reviewed += 1;
-                        "review"
-                    }
-                    _ => {
-                        self.stats.approved += 1;
-                        "approve"
-                    }
-                };
-                self.metrics.decisions.with_label_values(&[label]).inc();
-            } else {
-                self.stats.orphaned += 1;
-            }
+            offsets.push(w.offset);
+            let label = match w.outcome {
+                Outcome::Decline => {
+                    self.stats.declined += 1;
+                    "decline"
+                }
+                Outcome::Review => {
+                    self.stats.reviewed += 1;
+                    "review"
+                }
+                _ => {
+                    self.stats.approved += 1;
+                    "approve"
+                }
+            };
+            self.metrics.decisions.with_label_values(&[label]).inc();
         }
         self.in_flight -= written.len() as u64;
         self.metrics.in_flight.set(self.in_flight as i64);
-        if !offsets.is_empty() {
-            let n = offsets.len() as u64;
-            if self.send(consume_request::Kind::Ack(Ack { offsets })).await {
-                self.stats.acked += n;
-                self.metrics.acked.inc_by(n);
-            } else {
-                self.stats.orphaned += n;
+        self.ack(offsets).await;
+    }
+
+    /// Sends acks for `offsets` on the open call, or holds them for the next one.
+    async fn ack(&mut self, offsets: Vec<u64>) {
+        if offsets.is_empty() {
+            return;
+        }
+        let n = offsets.len() as u64;
+        if self.req_tx.is_some()
+            && self
+                .send(consume_request::Kind::Ack(Ack {
+                    offsets: offsets.clone(),
+                }))
+                .await
+        {
+            for &o in &offsets {
+                self.held.remove(&o);
+                self.recent_acks.insert(o);
             }
+            self.stats.acked += n;
+            self.metrics.acked.inc_by(n);
+        } else {
+            self.held_acks.extend(offsets);
         }
     }
 }

@@ -1,17 +1,22 @@
-//! The worker loop against a small in-process fake broker (tonic server on port 0).
+//! The worker loop against small in-process fake brokers (tonic servers on port 0).
 //!
 //! The fake delivers a fixed list of transaction records with credit flow (at most `window`
 //! unacked), records every decision produce, ack, nack and window change in one ordered event
-//! log, and can break the consume stream once to exercise reconnection.
+//! log, and can break the consume stream once to exercise reconnection. Several fake nodes can
+//! share one state (standing for the replicated state machine) and play leader or follower per
+//! stream; each node runs behind a TCP proxy so that a test can kill it like a crash.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -23,26 +28,62 @@ use txpipe_worker::config::Config;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Event {
-    Subscribed { window: u32 },
-    Delivered { offset: u64 },
-    Produced { tx_id: String, source_offset: u64 },
-    Acked { offset: u64 },
-    Nacked { offset: u64, reason: String },
-    Window { window: u32 },
+    Subscribed {
+        node: String,
+        window: u32,
+    },
+    Delivered {
+        node: String,
+        offset: u64,
+    },
+    Produced {
+        node: String,
+        tx_id: String,
+        source_offset: u64,
+    },
+    Acked {
+        node: String,
+        offset: u64,
+    },
+    Nacked {
+        offset: u64,
+        reason: String,
+    },
+    Window {
+        window: u32,
+    },
+    /// A node answered "not the leader" for a stream.
+    Refused {
+        node: String,
+        stream: String,
+    },
 }
 
 #[derive(Default)]
 struct FakeState {
     events: Vec<Event>,
-    /// Offsets not yet acked (redelivered after a broken stream).
+    /// Offsets waiting for (re)delivery, highest first (popped from the end).
     pending: Vec<u64>,
+    /// Offsets delivered by any node and not acked yet (replicated state).
+    in_flight: HashSet<u64>,
     break_after_deliveries: Option<usize>,
+}
+
+/// Per-node part of a fake: name, leader/follower role per stream, and whether it was killed.
+struct NodeInfo {
+    name: String,
+    /// Streams this node does not lead, with the hint it answers (`host:port`).
+    not_leader: Mutex<HashMap<String, Option<String>>>,
+    dead: AtomicBool,
 }
 
 #[derive(Clone)]
 struct FakeBroker {
     records: Arc<Vec<Record>>,
     state: Arc<Mutex<FakeState>>,
+    /// While true, decision batches are received but not acknowledged.
+    hold_decisions: Arc<watch::Sender<bool>>,
+    node: Arc<NodeInfo>,
 }
 
 impl FakeBroker {
@@ -54,7 +95,55 @@ impl FakeBroker {
                 pending,
                 ..Default::default()
             })),
+            hold_decisions: Arc::new(watch::channel(false).0),
+            node: Arc::new(NodeInfo {
+                name: "a".into(),
+                not_leader: Mutex::default(),
+                dead: AtomicBool::new(false),
+            }),
         }
+    }
+
+    /// Another node sharing this one's records and (replicated) state.
+    fn peer(&self, name: &str) -> Self {
+        Self {
+            node: Arc::new(NodeInfo {
+                name: name.into(),
+                not_leader: Mutex::default(),
+                dead: AtomicBool::new(false),
+            }),
+            ..self.clone()
+        }
+    }
+
+    fn name(&self) -> String {
+        self.node.name.clone()
+    }
+
+    /// Makes this node lead `stream` (`None`) or follow with the given leader hint.
+    fn set_follower(&self, stream: &str, hint: Option<Option<String>>) {
+        let mut m = self.node.not_leader.lock().unwrap();
+        match hint {
+            None => m.remove(stream),
+            Some(h) => m.insert(stream.to_string(), h),
+        };
+    }
+
+    /// UNAVAILABLE "not the leader" (with the hint) when this node does not lead `stream`.
+    fn refuse(&self, stream: &str) -> Option<Status> {
+        let hint = self.node.not_leader.lock().unwrap().get(stream).cloned()?;
+        self.log(Event::Refused {
+            node: self.name(),
+            stream: stream.into(),
+        });
+        let mut s = Status::unavailable(format!(
+            "not the leader of stream {stream:?}; node {}",
+            self.name()
+        ));
+        if let Some(h) = hint {
+            s.metadata_mut().insert("txpipe-leader", h.parse().unwrap());
+        }
+        Some(s)
     }
 
     fn events(&self) -> Vec<Event> {
@@ -78,18 +167,37 @@ impl Broker for FakeBroker {
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStream>, Status> {
         let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Err(Status::invalid_argument("empty stream"));
+        };
+        assert_eq!(first.stream, "decisions");
+        if let Some(s) = self.refuse(&first.stream) {
+            return Err(s);
+        }
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
         tokio::spawn(async move {
-            while let Ok(Some(req)) = inbound.message().await {
-                assert_eq!(req.stream, "decisions");
+            let mut next = Some(first);
+            let mut hold = me.hold_decisions.subscribe();
+            loop {
+                let req = match next.take() {
+                    Some(r) => r,
+                    None => match inbound.message().await {
+                        Ok(Some(r)) => r,
+                        _ => return,
+                    },
+                };
                 for r in &req.records {
                     let d = Decision::decode(r.value.as_ref()).expect("decision decodes");
                     assert_eq!(r.key.as_ref(), d.transaction_id.as_bytes());
                     me.log(Event::Produced {
+                        node: me.name(),
                         tx_id: d.transaction_id,
                         source_offset: d.source_offset,
                     });
+                }
+                if hold.wait_for(|held| !held).await.is_err() {
+                    return;
                 }
                 let resp = ProduceResponse {
                     stream: req.stream,
@@ -120,9 +228,15 @@ impl Broker for FakeBroker {
             return Err(Status::invalid_argument("first request must be subscribe"));
         };
         assert_eq!(sub.stream, "transactions");
+        if let Some(s) = self.refuse(&sub.stream) {
+            return Err(s);
+        }
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
-        me.log(Event::Subscribed { window: sub.window });
+        me.log(Event::Subscribed {
+            node: me.name(),
+            window: sub.window,
+        });
         tokio::spawn(async move {
             let _ = tx
                 .send(Ok(ConsumeResponse {
@@ -136,8 +250,24 @@ impl Broker for FakeBroker {
                 }))
                 .await;
             let mut window = sub.window as usize;
+            // Deliveries of this call not acked yet (its credit).
             let mut unacked: HashSet<u64> = HashSet::new();
             let mut delivered_here = 0usize;
+            // Puts this call's unacked deliveries back for redelivery (a consumer that left a
+            // live broker); a killed node leaves them in flight, as the replicated state does
+            // until their ack deadline.
+            let give_back = |me: &FakeBroker, unacked: &mut HashSet<u64>| {
+                if me.node.dead.load(Ordering::SeqCst) {
+                    return;
+                }
+                let mut st = me.state.lock().unwrap();
+                for o in unacked.drain() {
+                    if st.in_flight.remove(&o) {
+                        st.pending.push(o);
+                    }
+                }
+                st.pending.sort_by(|a, b| b.cmp(a));
+            };
             loop {
                 // Deliver while there is credit.
                 let batch: Vec<Delivery> = {
@@ -145,12 +275,16 @@ impl Broker for FakeBroker {
                     let mut out = Vec::new();
                     while unacked.len() + out.len() < window && out.len() < 100 {
                         let Some(off) = st.pending.pop() else { break };
+                        st.in_flight.insert(off);
                         out.push(Delivery {
                             offset: off,
                             attempt: 1,
                             record: Some(me.records[off as usize].clone()),
                         });
-                        st.events.push(Event::Delivered { offset: off });
+                        st.events.push(Event::Delivered {
+                            node: me.name(),
+                            offset: off,
+                        });
                     }
                     out
                 };
@@ -166,6 +300,7 @@ impl Broker for FakeBroker {
                         .await
                         .is_err()
                     {
+                        give_back(&me, &mut unacked);
                         break;
                     }
                 }
@@ -174,35 +309,44 @@ impl Broker for FakeBroker {
                     && delivered_here >= n
                 {
                     // Break the stream once: unacked deliveries go back to pending.
-                    {
-                        let mut st = me.state.lock().unwrap();
-                        st.break_after_deliveries = None;
-                        st.pending.extend(unacked.drain());
-                        st.pending.sort_by(|a, b| b.cmp(a));
-                    }
+                    me.state.lock().unwrap().break_after_deliveries = None;
+                    give_back(&me, &mut unacked);
                     let _ = tx
                         .send(Err(Status::unavailable("fake broker restarting")))
                         .await;
                     return;
                 }
                 let Ok(Some(req)) = inbound.message().await else {
-                    // Client gone: unacked deliveries are redelivered.
-                    let mut st = me.state.lock().unwrap();
-                    st.pending.extend(unacked.drain());
-                    st.pending.sort_by(|a, b| b.cmp(a));
+                    // Client gone.
+                    give_back(&me, &mut unacked);
                     return;
                 };
                 match req.kind {
                     Some(consume_request::Kind::Ack(a)) => {
+                        let mut st = me.state.lock().unwrap();
                         for o in a.offsets {
-                            assert!(unacked.remove(&o), "ack of offset {o} not in flight");
-                            me.log(Event::Acked { offset: o });
+                            unacked.remove(&o);
+                            // Like the broker: any offset still pending is accepted, whoever
+                            // delivered it; others are ignored.
+                            let was_pending = st.in_flight.remove(&o) || {
+                                let before = st.pending.len();
+                                st.pending.retain(|p| *p != o);
+                                st.pending.len() != before
+                            };
+                            if was_pending {
+                                st.events.push(Event::Acked {
+                                    node: me.name(),
+                                    offset: o,
+                                });
+                            }
                         }
                     }
                     Some(consume_request::Kind::Nack(n)) => {
+                        let mut st = me.state.lock().unwrap();
                         for o in n.offsets {
                             assert!(unacked.remove(&o), "nack of offset {o} not in flight");
-                            me.log(Event::Nacked {
+                            st.in_flight.remove(&o);
+                            st.events.push(Event::Nacked {
                                 offset: o,
                                 reason: n.reason.clone(),
                             });
@@ -245,6 +389,58 @@ async fn start_fake(broker: FakeBroker) -> String {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     format!("{addr}")
+}
+
+/// A fake node behind a TCP proxy on port 0 that can be killed like a crashed process.
+struct Killable {
+    fake: FakeBroker,
+    addr: String,
+    accept: JoinHandle<()>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Killable {
+    async fn start(fake: FakeBroker) -> Self {
+        let backend = start_fake(fake.clone()).await;
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap().to_string();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let c2 = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = front.accept().await {
+                let Ok(mut server) = TcpStream::connect(&backend).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                c2.lock().unwrap().push(tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }));
+            }
+        });
+        Self {
+            fake,
+            addr,
+            accept,
+            conns,
+        }
+    }
+
+    /// Stops listening and closes every open connection; returns once they are closed.
+    async fn kill(&self) {
+        self.fake.node.dead.store(true, Ordering::SeqCst);
+        self.accept.abort();
+        let conns: Vec<JoinHandle<()>> = std::mem::take(&mut *self.conns.lock().unwrap());
+        for h in &conns {
+            h.abort();
+        }
+        for h in conns {
+            let _ = h.await;
+        }
+        while !self.accept.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 fn records(valid: usize, malformed_at: &[usize]) -> Vec<Record> {
@@ -314,7 +510,7 @@ fn check_decided_then_acked(events: &[Event]) -> (HashSet<u64>, HashMap<u64, usi
             Event::Produced { source_offset, .. } => {
                 produced_at.entry(*source_offset).or_insert(i);
             }
-            Event::Acked { offset } => {
+            Event::Acked { offset, .. } => {
                 let p = produced_at
                     .get(offset)
                     .unwrap_or_else(|| panic!("offset {offset} acked before any decision"));
@@ -332,11 +528,15 @@ async fn each_transaction_gets_one_decision_then_an_ack_and_malformed_ones_are_n
     let recs = records(500, &[7, 300]);
     let fake = FakeBroker::new(recs);
     let addr = start_fake(fake.clone()).await;
-    let mut cfg = config(&addr, 64);
-    cfg.max_transactions = Some(500);
+    let cfg = config(&addr, 64);
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
-    let worker = tokio::spawn(txpipe_worker::run(cfg, admin, std::future::pending()));
+    // Stopped by the test once the admin endpoints are checked (with --max-transactions the
+    // worker could finish, and close its admin port, before the checks).
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(txpipe_worker::run(cfg, admin, async move {
+        let _ = stop_rx.await;
+    }));
 
     wait_for("readiness", || {
         fake.events()
@@ -359,7 +559,7 @@ async fn each_transaction_gets_one_decision_then_an_ack_and_malformed_ones_are_n
             .iter()
             .filter(|e| matches!(e, Event::Acked { .. }))
             .count()
-            >= 400
+            == 500
     })
     .await;
     let (_, metrics) = http_get(admin_addr, "/metrics").await;
@@ -370,9 +570,10 @@ async fn each_transaction_gets_one_decision_then_an_ack_and_malformed_ones_are_n
     assert!(metrics.contains("txpipe_worker_stage_duration_seconds_bucket{stage=\"crypto\""));
     assert!(metrics.contains("txpipe_worker_e2e_latency_seconds_count"));
 
+    stop_tx.send(()).unwrap();
     let stats = tokio::time::timeout(Duration::from_secs(30), worker)
         .await
-        .expect("worker exits after --max-transactions")
+        .expect("worker drains and exits")
         .unwrap()
         .unwrap();
     assert_eq!(stats.acked, 500);
@@ -397,6 +598,7 @@ async fn each_transaction_gets_one_decision_then_an_ack_and_malformed_ones_are_n
         if let Event::Produced {
             tx_id,
             source_offset,
+            ..
         } = e
         {
             let tx = txpipe_client::pipeline::v1::Transaction::decode(
@@ -443,7 +645,7 @@ async fn shutdown_stops_new_deliveries_and_drains_everything_in_flight() {
     let delivered: HashSet<u64> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Delivered { offset } => Some(*offset),
+            Event::Delivered { offset, .. } => Some(*offset),
             _ => None,
         })
         .collect();
@@ -491,4 +693,121 @@ async fn a_broken_consume_stream_is_reconnected_and_every_transaction_is_acked_o
     assert!(subscribes >= 2);
     let (acked, _) = check_decided_then_acked(&events);
     assert_eq!(acked.len(), 1_000);
+    // Deliveries of the broken call were finished, not dropped; their redeliveries on the new
+    // call were recognised (still held, or just acked) and not scored again.
+    let decisions = events
+        .iter()
+        .filter(|e| matches!(e, Event::Produced { .. }))
+        .count();
+    assert_eq!(decisions, 1_000, "one decision per transaction");
+    assert!(stats.duplicate_deliveries > 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn after_a_failover_in_flight_transactions_are_finished_and_acked_on_the_new_leader() {
+    const N: u64 = 300;
+    const WINDOW: u32 = 100;
+    // Two nodes sharing the replicated state. a leads `transactions`, b leads `decisions`;
+    // each answers "not the leader" with a hint for the other stream.
+    let a = FakeBroker::new(records(N as usize, &[]));
+    let b = a.peer("b");
+    let a = Killable::start(a).await;
+    let b = Killable::start(b).await;
+    a.fake.set_follower("decisions", Some(Some(b.addr.clone())));
+    b.fake
+        .set_follower("transactions", Some(Some(a.addr.clone())));
+    // Decisions are not acknowledged yet: whatever a delivers stays in flight in the worker.
+    a.fake.hold_decisions.send_replace(true);
+
+    let mut cfg = config(&format!("{},{}", a.addr, b.addr), WINDOW);
+    cfg.max_transactions = Some(N);
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker = tokio::spawn(txpipe_worker::run(cfg, admin, std::future::pending()));
+
+    let delivered_by = |node: &str| -> HashSet<u64> {
+        a.fake
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delivered { node: n, offset } if n == node => Some(*offset),
+                _ => None,
+            })
+            .collect()
+    };
+    wait_for("a to fill the window", || {
+        delivered_by("a").len() == WINDOW as usize
+    })
+    .await;
+    wait_for("a first decision on b", || {
+        a.fake
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Produced { node, .. } if node == "b"))
+    })
+    .await;
+    assert!(
+        !a.fake
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Acked { .. })),
+        "nothing can be acked while decisions are held"
+    );
+
+    // a dies with its window in flight; b wins the election for `transactions`.
+    b.fake.set_follower("transactions", None);
+    a.kill().await;
+    wait_for("the worker to subscribe on b", || {
+        a.fake
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Subscribed { node, .. } if node == "b"))
+    })
+    .await;
+    a.fake.hold_decisions.send_replace(false);
+
+    let stats = tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("worker finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.acked, N);
+    assert!(stats.reconnects >= 1);
+    assert_eq!(stats.orphaned, 0);
+
+    let events = a.fake.events();
+    let (acked, _) = check_decided_then_acked(&events);
+    assert_eq!(acked.len(), N as usize);
+    // a's deliveries were finished, not dropped: their acks arrived at b, on the new call.
+    let from_a = delivered_by("a");
+    assert_eq!(from_a.len(), WINDOW as usize);
+    for o in &from_a {
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Acked { node, offset } if node == "b" && offset == o)),
+            "offset {o} delivered by a was not acked at b"
+        );
+    }
+    // One decision per transaction, all on b, the leader of `decisions` throughout.
+    let mut per_tx: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        if let Event::Produced { node, tx_id, .. } = e {
+            assert_eq!(node, "b");
+            *per_tx.entry(tx_id.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_tx.len(), N as usize);
+    assert!(
+        per_tx.values().all(|&n| n == 1),
+        "a decision was produced twice"
+    );
+    // The decision producer was told by a where the leader of `decisions` is.
+    assert!(events.contains(&Event::Refused {
+        node: "a".into(),
+        stream: "decisions".into()
+    }));
+    // Nothing was delivered twice: b delivered only what a had not.
+    let from_b = delivered_by("b");
+    assert!(from_a.is_disjoint(&from_b));
+    assert_eq!(from_a.len() + from_b.len(), N as usize);
 }

@@ -16,6 +16,16 @@ use txpipe_broker::Config;
 use txpipe_client::broker::v1::broker_client::BrokerClient;
 use txpipe_client::broker::v1::*;
 
+/// Three loopback listeners on port 0.
+pub async fn listeners() -> txpipe_broker::Listeners {
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    txpipe_broker::Listeners {
+        grpc: bind().await.unwrap(),
+        peer: bind().await.unwrap(),
+        admin: bind().await.unwrap(),
+    }
+}
+
 pub struct TestBroker {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
@@ -28,17 +38,75 @@ pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::new(dir);
     c.snapshot_interval_ms = 200;
     c.ack_flush_ms = 1;
+    c.raft_keep_entries = 0;
     c
+}
+
+/// Pre-bound std listeners `(grpc, peer, admin)` on loopback port 0.
+pub fn bind3() -> (
+    std::net::TcpListener,
+    std::net::TcpListener,
+    std::net::TcpListener,
+) {
+    let b = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (b(), b(), b())
+}
+
+/// Configs and listeners of an `n`-node cluster in `dir/node-<i>` (short Raft timers).
+pub fn cluster_configs(
+    dir: &Path,
+    n: usize,
+) -> Vec<(
+    Config,
+    (
+        std::net::TcpListener,
+        std::net::TcpListener,
+        std::net::TcpListener,
+    ),
+)> {
+    let ls: Vec<_> = (0..n).map(|_| bind3()).collect();
+    let peers: Vec<String> = ls
+        .iter()
+        .map(|l| l.1.local_addr().unwrap().to_string())
+        .collect();
+    let clients: Vec<String> = ls
+        .iter()
+        .map(|l| l.0.local_addr().unwrap().to_string())
+        .collect();
+    ls.into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut c = test_config(&dir.join(format!("node-{i}")));
+            c.node_id = Some(i as u64);
+            c.peers = peers.clone();
+            c.client_addrs = clients.clone();
+            c.heartbeat_ms = 50;
+            c.election_timeout_ms = 300;
+            c.raft_rpc_timeout_ms = 500;
+            (c, l)
+        })
+        .collect()
 }
 
 impl TestBroker {
     pub fn start(config: Config) -> Self {
+        Self::start_on(config, bind3())
+    }
+
+    /// Starts on pre-bound listeners `(grpc, peer, admin)`.
+    pub fn start_on(
+        config: Config,
+        (grpc, peer, admin): (
+            std::net::TcpListener,
+            std::net::TcpListener,
+            std::net::TcpListener,
+        ),
+    ) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        peer.set_nonblocking(true).unwrap();
         grpc.set_nonblocking(true).unwrap();
         admin.set_nonblocking(true).unwrap();
         let (ga, aa) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -52,8 +120,10 @@ impl TestBroker {
             let r = rt.block_on(async move {
                 let grpc = tokio::net::TcpListener::from_std(grpc).unwrap();
                 let admin = tokio::net::TcpListener::from_std(admin).unwrap();
+                let peer = tokio::net::TcpListener::from_std(peer).unwrap();
                 let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
-                let run = txpipe_broker::run(config, grpc, admin, async move {
+                let listeners = txpipe_broker::Listeners { grpc, peer, admin };
+                let run = txpipe_broker::run(config, listeners, async move {
                     let _ = graceful_rx.await;
                 });
                 tokio::pin!(run);
@@ -69,7 +139,10 @@ impl TestBroker {
                     }
                 }
             });
-            rt.shutdown_background();
+            // Wait for the tasks to be dropped (sockets closed, no more log reads) and for
+            // in-progress blocking writes to finish, so that a test can touch the node's files
+            // or rebind its ports as soon as `crash` returns.
+            rt.shutdown_timeout(Duration::from_secs(10));
             r
         });
         Self {
@@ -91,7 +164,8 @@ impl TestBroker {
             .unwrap();
     }
 
-    /// Abrupt stop: the runtime is dropped mid-flight.
+    /// Abrupt stop: the runtime is dropped mid-flight (no final snapshot, no flush of pending
+    /// acks); returns once the node's tasks are gone.
     pub fn crash(mut self) {
         let _ = self.stop.take().unwrap().send(true);
         let _ = self.thread.take().unwrap().join().unwrap();

@@ -1,0 +1,195 @@
+//! The peer gRPC service `txpipe.raft.v1.RaftPeer`: Raft traffic between broker nodes, on its
+//! own port (`--peer-listen`), separate from client traffic.
+//!
+//! One service carries every Raft group of the node: each [`RaftRequest`] names its group (the
+//! stream) and the node it is addressed to, and carries openraft's own request, postcard-encoded
+//! (see `proto/txpipe/raft/v1/raft.proto`). [`PeerService`] checks the envelope, finds the group
+//! through a [`PeerHandler`] (implemented by the cluster code) and hands the request to that
+//! group's [`Raft`](crate::raft::Raft); openraft's answer (or its error) goes back encoded the
+//! same way. The client side is [`super::network`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::error::RaftError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status};
+
+use crate::raft::{NodeId, Raft};
+
+/// Generated protobuf and gRPC code of `txpipe.raft.v1` (from `proto/txpipe/raft/v1/raft.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("txpipe.raft.v1");
+}
+
+pub use proto::raft_peer_client::RaftPeerClient;
+pub use proto::raft_peer_server::RaftPeerServer;
+pub use proto::{
+    GroupStatus, JoinReply, JoinRequest, RaftReply, RaftRequest, StatusReply, StatusRequest,
+};
+
+/// Encoded `FileDescriptorSet` of `txpipe.raft.v1`, for gRPC server reflection on the peer port.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("txpipe_raft_descriptor");
+
+/// Largest peer message, in bytes, accepted and sent by both the peer server and the peer
+/// client: 64 MiB, room for a snapshot chunk (openraft's `snapshot_max_chunk_size`, 3 MiB by
+/// default) or an append batch of up to `max_payload_entries` entries of coalesced produce
+/// batches.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// What the peer service needs from the node: its identity and its Raft groups. Implemented by
+/// the cluster code; every method is called once per request, so they must be cheap.
+pub trait PeerHandler: Send + Sync + 'static {
+    /// This node's Raft node id. Requests addressed to another id are refused with
+    /// FAILED_PRECONDITION.
+    fn node_id(&self) -> NodeId;
+
+    /// This node's cluster id, `""` while it is not known (not bootstrapped or joined yet).
+    fn cluster_id(&self) -> String;
+
+    /// The Raft group of stream `name`, if this node hosts it.
+    fn group(&self, name: &str) -> Option<Raft>;
+
+    /// This node's identity and its view of every group (answers `Status`).
+    fn status(&self) -> impl Future<Output = StatusReply> + Send;
+
+    /// Handles a `Join` from another node (add it to every group).
+    ///
+    /// Errors: the gRPC status to answer with (UNAVAILABLE with a leader hint when this node is
+    /// not the leader, for example).
+    fn join(&self, req: JoinRequest) -> impl Future<Output = Result<JoinReply, Status>> + Send;
+}
+
+/// The `txpipe.raft.v1.RaftPeer` service over a [`PeerHandler`]. Build the tonic server with
+/// [`server`].
+pub struct PeerService<H> {
+    handler: Arc<H>,
+}
+
+impl<H: PeerHandler> PeerService<H> {
+    /// A service answering for `handler`'s node.
+    pub fn new(handler: Arc<H>) -> Self {
+        Self { handler }
+    }
+
+    /// Checks the envelope and finds the group.
+    ///
+    /// Errors: FAILED_PRECONDITION (wrong node id or cluster id), NOT_FOUND (unknown group).
+    fn route(&self, req: &RaftRequest) -> Result<Raft, Status> {
+        let me = self.handler.node_id();
+        if req.to != me {
+            return Err(Status::failed_precondition(format!(
+                "addressed to node {} but this is node {me} (its volume was replaced?)",
+                req.to
+            )));
+        }
+        if !req.cluster_id.is_empty() {
+            let local = self.handler.cluster_id();
+            if !local.is_empty() && local != req.cluster_id {
+                return Err(Status::failed_precondition(format!(
+                    "node {} belongs to cluster '{}' but node {me} belongs to cluster '{local}'",
+                    req.from, req.cluster_id
+                )));
+            }
+        }
+        self.handler.group(&req.group).ok_or_else(|| {
+            Status::not_found(format!("node {me} has no Raft group '{}'", req.group))
+        })
+    }
+
+    /// Decodes the payload as `Req`, calls `f` on the group and encodes its result.
+    ///
+    /// Errors: those of [`Self::route`], INVALID_ARGUMENT (undecodable payload), INTERNAL (the
+    /// answer does not encode, which would be a bug).
+    async fn serve<Req, Resp, E, F, Fut>(
+        &self,
+        rpc: &'static str,
+        request: Request<RaftRequest>,
+        f: F,
+    ) -> Result<Response<RaftReply>, Status>
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        E: Serialize + std::fmt::Debug,
+        F: FnOnce(Raft, Req) -> Fut,
+        Fut: Future<Output = Result<Resp, RaftError<NodeId, E>>>,
+    {
+        let req = request.into_inner();
+        let raft = self.route(&req).inspect_err(|status| {
+            tracing::debug!(rpc, group = %req.group, from = req.from, to = req.to, %status, "peer RPC refused");
+        })?;
+        let msg: Req = postcard::from_bytes(&req.payload).map_err(|e| {
+            tracing::debug!(rpc, group = %req.group, from = req.from, error = %e, "undecodable peer RPC");
+            Status::invalid_argument(format!(
+                "{rpc} payload for group '{}' does not decode: {e}",
+                req.group
+            ))
+        })?;
+        let result = f(raft, msg).await;
+        if let Err(e) = &result {
+            tracing::debug!(rpc, group = %req.group, from = req.from, error = ?e, "Raft refused a peer RPC");
+        }
+        let payload = postcard::to_allocvec(&result)
+            .map_err(|e| Status::internal(format!("{rpc} reply does not encode: {e}")))?;
+        Ok(Response::new(RaftReply {
+            payload: Bytes::from(payload),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl<H: PeerHandler> proto::raft_peer_server::RaftPeer for PeerService<H> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        self.serve("AppendEntries", request, |raft, rpc| async move {
+            raft.append_entries(rpc).await
+        })
+        .await
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.serve(
+            "Vote",
+            request,
+            |raft, rpc| async move { raft.vote(rpc).await },
+        )
+        .await
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        self.serve("InstallSnapshot", request, |raft, rpc| async move {
+            raft.install_snapshot(rpc).await
+        })
+        .await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(self.handler.status().await))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let req = request.into_inner();
+        tracing::debug!(node_id = req.node_id, addr = %req.addr, peer_addr = %req.peer_addr, ordinal = req.ordinal, "join request");
+        self.handler.join(req).await.map(Response::new)
+    }
+}
+
+/// The tonic service of the peer port for `handler`'s node, with message limits of
+/// [`MAX_MESSAGE_BYTES`] both ways. Add it to a `tonic::transport::Server` on the peer listener.
+pub fn server<H: PeerHandler>(handler: Arc<H>) -> RaftPeerServer<PeerService<H>> {
+    RaftPeerServer::new(PeerService::new(handler))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}

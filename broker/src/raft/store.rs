@@ -1,0 +1,991 @@
+//! openraft storage of one stream: [`LogStore`] (`RaftLogStorage` over the segmented log) and
+//! [`StateMachine`] (`RaftStateMachine` over [`StreamState`]), sharing one [`Shared`].
+//!
+//! Log: entry `i` of the Raft log is frame `i` of the stream's [`SegmentedLog`], encoded by
+//! [`super::encode_entry`]. `append` queues the frames on the group-commit writer and calls
+//! openraft's flush callback only when the writer reports them fdatasynced (never before:
+//! the callback is what lets the leader count this node in a quorum). The vote is a small
+//! file written atomically with fsync before `save_vote` returns.
+//!
+//! Purge: openraft's purge is logical (`raft/purged.json` records the last purged log id;
+//! openraft never reads at or below it again). Segment files are deleted by the broker's
+//! retention pass ([`crate::replica::Replica::retention`]), only below both that purge point
+//! and the records the state still references, because those records are the stream's data.
+//!
+//! State machine: `apply` runs [`StreamState::apply`] for every command of every committed
+//! entry, in log order, with the record locator `index × 65536 + slot` (slot = the command's
+//! position in the entry), updates the record cache, metrics and the end-offset watch, and
+//! returns one [`EntryResponse`] per entry to the proposer.
+//!
+//! Snapshots: `snapshot.bin` holds the state and [`SnapMeta`] (written by the snapshot
+//! builder). The transfer form sent to a follower (see [`write_transfer`]) is that file plus
+//! every log entry from [`SnapMeta::records_from`] to the snapshot's last index; installing it
+//! replaces the follower's log with those entries, so the follower can serve every record the
+//! state references.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use tokio::sync::watch;
+use txpipe_client::broker::v1::Record;
+
+use super::{EntryResponse, Node, NodeId, RaftEntry, TypeConfig, decode_entry, encode_entry};
+use crate::command::Command;
+use crate::log::SegmentedLog;
+use crate::log::group_commit::GroupCommit;
+use crate::metrics::StreamMetrics;
+use crate::snapshot::{self, SnapMeta};
+use crate::state::{ApplyOutcome, Retention, StreamSpec, StreamState};
+
+/// Commands per entry are limited so that `slot` fits the locator's low 16 bits.
+pub const MAX_COMMANDS_PER_ENTRY: usize = 1 << 16;
+const VOTE_FILE: &str = "vote.json";
+const PURGED_FILE: &str = "purged.json";
+const COMMITTED_FILE: &str = "committed.json";
+const XFER_MAGIC: &[u8; 8] = b"TXPXFER1";
+
+/// Record locator of command `slot` of entry `index` (see the module docs).
+pub fn locator(index: u64, slot: usize) -> u64 {
+    (index << 16) | slot as u64
+}
+
+/// Splits a locator into `(entry index, slot)`.
+pub fn split_locator(loc: u64) -> (u64, usize) {
+    (loc >> 16, (loc & 0xffff) as usize)
+}
+
+/// Recently appended records with contiguous offsets, bounded by bytes.
+#[derive(Debug, Default)]
+pub struct RecordCache {
+    base: u64,
+    records: VecDeque<Record>,
+    bytes: usize,
+    /// Budget, bytes (0 disables the cache).
+    pub max_bytes: usize,
+}
+
+impl RecordCache {
+    fn push(&mut self, offset: u64, r: &Record) {
+        if self.max_bytes == 0 {
+            return;
+        }
+        if offset != self.base + self.records.len() as u64 {
+            self.records.clear();
+            self.bytes = 0;
+            self.base = offset;
+        }
+        self.bytes += r.key.len() + r.value.len() + 64;
+        self.records.push_back(r.clone());
+        while self.bytes > self.max_bytes {
+            match self.records.pop_front() {
+                Some(old) => {
+                    self.bytes -= old.key.len() + old.value.len() + 64;
+                    self.base += 1;
+                }
+                None => break,
+            }
+        }
+    }
+    /// The cached record at `offset`.
+    pub fn get(&self, offset: u64) -> Option<&Record> {
+        offset
+            .checked_sub(self.base)
+            .and_then(|i| self.records.get(i as usize))
+    }
+    /// Cached bytes (estimate: key + value + 64 per record).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Mutable state-machine side of a replica, behind one mutex.
+pub struct Core {
+    /// The state machine.
+    pub state: StreamState,
+    /// Last applied log id.
+    pub applied: Option<LogId<NodeId>>,
+    /// Last applied membership.
+    pub membership: StoredMembership<NodeId, Node>,
+    /// Metadata of the snapshot file on disk.
+    pub snapshot: Option<SnapMeta>,
+    /// Recent records.
+    pub cache: RecordCache,
+}
+
+impl Core {
+    /// First log index not applied.
+    pub fn applied_next(&self) -> u64 {
+        self.applied.map_or(0, |l| l.index + 1)
+    }
+    /// First log index not in the snapshot file.
+    pub fn snapshot_next(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, SnapMeta::next_index)
+    }
+}
+
+#[derive(Debug, Default)]
+struct LogMeta {
+    last: Option<LogId<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    purged: Option<LogId<NodeId>>,
+    committed_written: Option<Instant>,
+}
+
+/// Everything one stream's log store, state machine and replica share.
+pub struct Shared {
+    /// The stream.
+    pub spec: StreamSpec,
+    /// The stream's directory (`log/`, `raft/`, `snapshot.bin`).
+    pub dir: PathBuf,
+    /// Group-commit writer of the segmented log.
+    pub gc: GroupCommit,
+    /// State machine side.
+    pub core: Mutex<Core>,
+    /// End offset (next offset to assign), updated after apply.
+    pub end: watch::Sender<u64>,
+    /// Metrics of the stream.
+    pub metrics: StreamMetrics,
+    raft_dir: PathBuf,
+    meta: Mutex<LogMeta>,
+    snapshots_built: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_err(e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+impl Shared {
+    /// Opens the stream's storage in `dir`: the snapshot (if any), the log with its crash
+    /// recovery, and the Raft metadata files. Nothing is replayed here: openraft applies the
+    /// committed entries after the snapshot when the Raft node starts.
+    ///
+    /// A log that starts after the snapshot's next index (an install-snapshot interrupted by
+    /// a crash) is discarded with the snapshot and the replica starts empty, keeping its vote:
+    /// it catches up from the leader.
+    ///
+    /// Errors: [`crate::Error::Snapshot`] for unreadable files, [`crate::Error::Log`] for log
+    /// corruption before the tail or I/O.
+    pub fn open(
+        spec: StreamSpec,
+        dir: &Path,
+        log: SegmentedLog,
+        cache_bytes: usize,
+        metrics: StreamMetrics,
+    ) -> crate::Result<Arc<Self>> {
+        let raft_dir = dir.join("raft");
+        std::fs::create_dir_all(&raft_dir)?;
+        let mut snap = snapshot::read(dir)?;
+        let mut log = log;
+        let purged: Option<LogId<NodeId>> = snapshot::read_json(&raft_dir, PURGED_FILE)?;
+        if let Some((m, _)) = &snap
+            && log.first_index() > m.records_from
+            && log.next_index() > log.first_index()
+        {
+            tracing::warn!(stream = %spec.name, log_first = log.first_index(), records_from = m.records_from,
+                "log does not hold the snapshot's records (interrupted snapshot install?): discarding both; the replica will catch up from the leader");
+            std::fs::remove_file(dir.join(snapshot::FILE_NAME))?;
+            log.reset_to(0)?;
+            snap = None;
+        }
+        let last = if log.next_index() > log.first_index() {
+            let b = log.read(log.next_index() - 1)?;
+            Some(
+                super::decode_log_id(&b).map_err(|reason| crate::Error::Decode {
+                    index: log.next_index() - 1,
+                    reason,
+                })?,
+            )
+        } else {
+            None
+        };
+        let (state, applied, membership, snapmeta) = match snap {
+            Some((m, st)) => (
+                st,
+                m.meta.last_log_id,
+                m.meta.last_membership.clone(),
+                Some(m),
+            ),
+            None => (
+                StreamState::new(&spec),
+                None,
+                StoredMembership::default(),
+                None,
+            ),
+        };
+        let next = state.next_offset();
+        let shared_log = Arc::new(std::sync::RwLock::new(log));
+        let (gc, _writer) = GroupCommit::spawn(shared_log, 4 << 20);
+        let (end, _) = watch::channel(next);
+        let purged = match (purged, snapmeta.as_ref().and_then(|m| m.meta.last_log_id)) {
+            (Some(p), _) => Some(p),
+            (None, s) => s.filter(|_| last.is_none()),
+        };
+        Ok(Arc::new(Self {
+            spec: spec.clone(),
+            dir: dir.to_path_buf(),
+            gc,
+            core: Mutex::new(Core {
+                state,
+                applied,
+                membership,
+                snapshot: snapmeta,
+                cache: RecordCache {
+                    max_bytes: if spec.retention == Retention::WorkQueue {
+                        cache_bytes
+                    } else {
+                        0
+                    },
+                    ..Default::default()
+                },
+            }),
+            end,
+            metrics,
+            raft_dir,
+            meta: Mutex::new(LogMeta {
+                last,
+                committed: None,
+                purged,
+                committed_written: None,
+            }),
+            snapshots_built: AtomicU64::new(0),
+        }))
+    }
+
+    /// Runs `f` on the core under its lock (keep it short).
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        f(&mut lock(&self.core))
+    }
+
+    /// openraft's purge point (entries at or below it are only kept for their records).
+    pub fn purged(&self) -> Option<LogId<NodeId>> {
+        lock(&self.meta).purged
+    }
+
+    /// The commit index openraft last reported to this node's storage.
+    pub fn committed(&self) -> Option<LogId<NodeId>> {
+        lock(&self.meta).committed
+    }
+
+    /// Snapshots built since start.
+    pub fn snapshots_built(&self) -> u64 {
+        self.snapshots_built.load(Ordering::Relaxed)
+    }
+
+    #[allow(clippy::result_large_err)] // openraft's own error type, returned as is.
+    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<RaftEntry>, StorageError<NodeId>> {
+        let log = self.gc.log().read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let mut i = start.max(log.first_index());
+        let end = end.min(log.next_index());
+        while i < end {
+            let batch = log
+                .read_range(i, (end - i).min(4096) as usize, 16 << 20)
+                .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+            if batch.is_empty() {
+                break;
+            }
+            for (index, b) in batch {
+                let e = decode_entry(b).map_err(|e| {
+                    StorageIOError::read_log_at_index(index, io_err(format!("entry {index}: {e}")))
+                })?;
+                out.push(e);
+                i = index + 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the records at `locs` (record locators with positions) from the log.
+    pub fn read_located(&self, locs: &[(u64, u32)]) -> Vec<Option<Record>> {
+        let log = self.gc.log().read().unwrap_or_else(|e| e.into_inner());
+        let mut last: Option<(u64, Vec<Command>)> = None;
+        let mut out = Vec::with_capacity(locs.len());
+        for &(loc, pos) in locs {
+            let (index, slot) = split_locator(loc);
+            if last.as_ref().map(|(l, _)| *l) != Some(index) {
+                let cmds = match log
+                    .read(index)
+                    .map_err(|e| e.to_string())
+                    .and_then(decode_entry)
+                {
+                    Ok(e) => match e.payload {
+                        EntryPayload::Normal(d) => d.cmds,
+                        _ => Vec::new(),
+                    },
+                    Err(e) => {
+                        tracing::warn!(stream = %self.spec.name, index, error = %e, "record read failed");
+                        Vec::new()
+                    }
+                };
+                last = Some((index, cmds));
+            }
+            let rec = last.as_ref().and_then(|(_, cmds)| match cmds.get(slot) {
+                Some(Command::Append { records, .. }) => records.get(pos as usize).cloned(),
+                _ => None,
+            });
+            out.push(rec);
+        }
+        out
+    }
+}
+
+/// `RaftLogStorage` of a stream. See the module docs.
+#[derive(Clone)]
+pub struct LogStore {
+    /// Shared storage.
+    pub shared: Arc<Shared>,
+}
+
+fn range_to(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<RaftEntry>, StorageError<NodeId>> {
+        let (start, end) = range_to(&range);
+        self.shared.read_entries(start, end)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let m = lock(&self.shared.meta);
+        let last = match (m.last, m.purged) {
+            (Some(l), Some(p)) if p.index > l.index => Some(p),
+            (None, p) => p,
+            (l, _) => l,
+        };
+        Ok(LogState {
+            last_purged_log_id: m.purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let dir = self.shared.raft_dir.clone();
+        let v = *vote;
+        tokio::task::spawn_blocking(move || snapshot::write_json(&dir, VOTE_FILE, &v))
+            .await
+            .map_err(|e| StorageIOError::write_vote(io_err(e)))?
+            .map_err(|e| StorageIOError::write_vote(io_err(e)))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        snapshot::read_json(&self.shared.raft_dir, VOTE_FILE)
+            .map_err(|e| StorageIOError::read_vote(io_err(e)).into())
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        // An optimisation only (a restart re-applies up to it without waiting for a leader),
+        // so it is written at most every 200 ms and without fsync.
+        let due = {
+            let mut m = lock(&self.shared.meta);
+            m.committed = committed;
+            let due = m
+                .committed_written
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
+            if due {
+                m.committed_written = Some(Instant::now());
+            }
+            due
+        };
+        if due && let Some(c) = committed {
+            let path = self.shared.raft_dir.join(COMMITTED_FILE);
+            let tmp = self.shared.raft_dir.join("committed.json.tmp");
+            let b = serde_json::to_vec(&c).expect("log id serialises");
+            let r = std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = r {
+                tracing::warn!(stream = %self.shared.spec.name, error = %e, "cannot record the commit index");
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let c: Option<LogId<NodeId>> = snapshot::read_json(&self.shared.raft_dir, COMMITTED_FILE)
+            .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+        // Never claim more than the log holds.
+        let last = lock(&self.shared.meta).last;
+        Ok(match (c, last) {
+            (Some(c), Some(l)) if c.index <= l.index => Some(c),
+            _ => None,
+        })
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = RaftEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut frames = Vec::new();
+        let mut first = None;
+        let mut last = None;
+        for e in entries {
+            first.get_or_insert(e.log_id.index);
+            last = Some(e.log_id);
+            frames.push(encode_entry(&e));
+        }
+        let (Some(first), Some(last)) = (first, last) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        {
+            let mut log = self
+                .shared
+                .gc
+                .log()
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if log.next_index() != first {
+                if log.first_index() == log.next_index() || first < log.first_index() {
+                    // Empty log (fresh, or reset by a snapshot install): start at `first`.
+                    log.reset_to(first)
+                        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                } else if first > log.next_index() {
+                    // Entries below `first` are purged logically (after a snapshot install
+                    // or purge) but the log ends before them: restart the log at `first`.
+                    log.reset_to(first)
+                        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                } else {
+                    log.truncate_from(first)
+                        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                }
+            }
+        }
+        let ticket = self.shared.gc.submit(frames);
+        lock(&self.shared.meta).last = Some(last);
+        let shared = Arc::clone(&self.shared);
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let r = ticket.await;
+            shared
+                .metrics
+                .append_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match r {
+                Ok(range) if range.start == first => callback.log_io_completed(Ok(())),
+                Ok(range) => callback.log_io_completed(Err(std::io::Error::other(format!(
+                    "log placed entries at {range:?}, expected to start at {first}"
+                )))),
+                Err(e) => {
+                    tracing::error!(stream = %shared.spec.name, error = %e, "log append failed; this replica stops");
+                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())))
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let idx = log_id.index;
+        let new_last = {
+            let mut log = self
+                .shared
+                .gc
+                .log()
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let from = idx.max(log.first_index());
+            log.truncate_from(from)
+                .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+            if log.next_index() > log.first_index() {
+                let b = log
+                    .read(log.next_index() - 1)
+                    .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+                Some(super::decode_log_id(&b).map_err(|e| StorageIOError::read_logs(io_err(e)))?)
+            } else {
+                None
+            }
+        };
+        lock(&self.shared.meta).last = new_last;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let dir = self.shared.raft_dir.clone();
+        tokio::task::spawn_blocking(move || snapshot::write_json(&dir, PURGED_FILE, &log_id))
+            .await
+            .map_err(|e| StorageIOError::write_logs(io_err(e)))?
+            .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        let mut m = lock(&self.shared.meta);
+        m.purged = Some(log_id);
+        Ok(())
+    }
+}
+
+/// `RaftStateMachine` of a stream. See the module docs.
+#[derive(Clone)]
+pub struct StateMachine {
+    /// Shared storage.
+    pub shared: Arc<Shared>,
+}
+
+fn fill_cache(cache: &mut RecordCache, state: &StreamState, cmd: &Command, out: &ApplyOutcome) {
+    if cache.max_bytes == 0 {
+        return;
+    }
+    if let (
+        Command::Append { records, .. },
+        ApplyOutcome::Appended {
+            base_offset,
+            stored,
+            duplicate: false,
+            kept,
+            ..
+        },
+    ) = (cmd, out)
+    {
+        if *stored == 0 {
+            return;
+        }
+        let skip_below = state.ack_floor();
+        let mut push = |i: u64, r: &Record| {
+            let o = base_offset + i;
+            if o >= skip_below {
+                cache.push(o, r);
+            }
+        };
+        match kept {
+            None => records
+                .iter()
+                .enumerate()
+                .for_each(|(i, r)| push(i as u64, r)),
+            Some(k) => k
+                .iter()
+                .enumerate()
+                .for_each(|(i, &p)| push(i as u64, &records[p as usize])),
+        }
+    }
+}
+
+fn record_metrics(m: &StreamMetrics, cmd: &Command, out: &ApplyOutcome) {
+    match (cmd, out) {
+        (
+            Command::Append { .. },
+            ApplyOutcome::Appended {
+                stored,
+                deduplicated,
+                duplicate: false,
+                ..
+            },
+        ) => {
+            m.produced.inc_by(u64::from(*stored));
+            m.dedup_key.inc_by(u64::from(*deduplicated));
+        }
+        (Command::Ack { .. }, ApplyOutcome::Resolved { count }) => m.acked.inc_by(*count),
+        (Command::DeadLettered { .. }, ApplyOutcome::Resolved { count }) => {
+            m.dead_lettered.inc_by(*count)
+        }
+        _ => {}
+    }
+}
+
+/// First log index whose records `state` still references: the oldest chunk with an
+/// unresolved offset (work queue) or the oldest stored chunk (limits); `next` when none.
+pub fn records_from(state: &StreamState, next: u64) -> u64 {
+    let start = match state.chunks().front() {
+        None => return next,
+        Some(_) if state_is_wq(state) => state.ack_floor(),
+        Some(_) => state.start_offset(),
+    };
+    state
+        .chunks()
+        .iter()
+        .find(|ch| ch.base_offset + u64::from(ch.count) > start)
+        .map_or(next, |ch| split_locator(ch.log_index).0)
+}
+
+fn state_is_wq(state: &StreamState) -> bool {
+    state.retention() == Retention::WorkQueue
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        let c = lock(&self.shared.core);
+        Ok((c.applied, c.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryResponse>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = RaftEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let sh = &self.shared;
+        let mut resps = Vec::new();
+        let end = {
+            let mut core = lock(&sh.core);
+            let core = &mut *core;
+            for e in entries {
+                let mut outcomes = Vec::new();
+                match &e.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Membership(m) => {
+                        core.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                    }
+                    EntryPayload::Normal(d) => {
+                        outcomes.reserve(d.cmds.len());
+                        for (slot, cmd) in d.cmds.iter().enumerate() {
+                            let out = core.state.apply(locator(e.log_id.index, slot), cmd);
+                            fill_cache(&mut core.cache, &core.state, cmd, &out);
+                            record_metrics(&sh.metrics, cmd, &out);
+                            outcomes.push(out);
+                        }
+                    }
+                }
+                core.applied = Some(e.log_id);
+                resps.push(EntryResponse { outcomes });
+            }
+            core.state.next_offset()
+        };
+        sh.end.send_if_modified(|v| {
+            let changed = *v != end;
+            *v = end;
+            changed
+        });
+        Ok(resps)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let path = self.shared.dir.join("snapshot.recv");
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+        Ok(Box::new(f))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let f = snapshot.into_std().await;
+        let sh = Arc::clone(&self.shared);
+        let meta = meta.clone();
+        let name = sh.spec.name.clone();
+        let r = tokio::task::spawn_blocking(move || install_transfer(&sh, &meta, f))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+        match r {
+            Ok(()) => {
+                tracing::info!(stream = %name, "snapshot installed from the leader");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(stream = %name, error = %e, "snapshot install failed");
+                Err(StorageIOError::write_snapshot(None, io_err(e)).into())
+            }
+        }
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let sh = Arc::clone(&self.shared);
+        let r = tokio::task::spawn_blocking(move || write_transfer(&sh))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?
+            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
+        match r {
+            None => Ok(None),
+            Some((meta, file)) => Ok(Some(Snapshot {
+                meta: meta.meta,
+                snapshot: Box::new(tokio::fs::File::from_std(file)),
+            })),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let sh = Arc::clone(&self.shared);
+        let meta = build_snapshot_file(&sh)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+        sh.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        // openraft keeps only the meta of a built snapshot; the data is read again through
+        // `get_current_snapshot` when a follower needs it.
+        let empty =
+            tempfile_in(&sh.dir).map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+        Ok(Snapshot {
+            meta: meta.meta,
+            snapshot: Box::new(tokio::fs::File::from_std(empty)),
+        })
+    }
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<std::fs::File> {
+    let path = dir.join("snapshot.empty");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    Ok(f)
+}
+
+/// Writes `snapshot.bin` from the current applied state (when it changed since the last one).
+/// Returns the snapshot's metadata.
+///
+/// Errors: [`crate::Error::Snapshot`] on I/O failure.
+pub async fn build_snapshot_file(sh: &Arc<Shared>) -> crate::Result<SnapMeta> {
+    let (meta, body) = {
+        let c = lock(&sh.core);
+        if let Some(s) = &c.snapshot
+            && s.meta.last_log_id == c.applied
+        {
+            return Ok(s.clone());
+        }
+        let next = c.applied_next();
+        let last = c.applied;
+        let meta = SnapMeta {
+            meta: SnapshotMeta {
+                last_log_id: last,
+                last_membership: c.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}-{}",
+                    last.map_or(0, |l| l.leader_id.term),
+                    last.map_or(0, |l| l.index),
+                    crate::broker::unix_ms()
+                ),
+            },
+            records_from: records_from(&c.state, next),
+        };
+        (meta, c.state.encode())
+    };
+    let dir = sh.dir.clone();
+    let bytes = snapshot::encode(&meta, &body);
+    drop(body);
+    let size = bytes.len();
+    tokio::task::spawn_blocking(move || snapshot::write_atomic(&dir, &bytes))
+        .await
+        .map_err(|e| crate::Error::Unavailable(format!("snapshot task failed: {e}")))??;
+    sh.metrics.snapshot_bytes.set(size as i64);
+    lock(&sh.core).snapshot = Some(meta.clone());
+    tracing::debug!(stream = %sh.spec.name, last = ?meta.meta.last_log_id, bytes = size, "snapshot written");
+    Ok(meta)
+}
+
+/// Writes the transfer form of the current snapshot file to `snapshot.send` and returns it
+/// opened at offset 0: `"TXPXFER1"`, `snapshot file length u64 LE`, the snapshot file, the
+/// first entry index `u64 LE`, then `[len u32 LE][crc32c u32 LE][encoded entry]` for every log
+/// entry from [`SnapMeta::records_from`] (or the log's first index, if retention removed
+/// entries since) to the snapshot's last index. `None` without a snapshot.
+///
+/// Errors: I/O and log read errors, as text.
+pub fn write_transfer(sh: &Shared) -> Result<Option<(SnapMeta, std::fs::File)>, String> {
+    let path = sh.dir.join(snapshot::FILE_NAME);
+    let file = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let (meta, _) = snapshot::decode(&file)?;
+    let out_path = sh.dir.join("snapshot.send");
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&out_path)
+        .map_err(|e| format!("{}: {e}", out_path.display()))?;
+    let mut w = BufWriter::new(out);
+    let werr = |e: std::io::Error| format!("{}: {e}", out_path.display());
+    w.write_all(XFER_MAGIC).map_err(werr)?;
+    w.write_all(&(file.len() as u64).to_le_bytes())
+        .map_err(werr)?;
+    w.write_all(&file).map_err(werr)?;
+    let end = meta.next_index();
+    let log = sh.gc.log().read().unwrap_or_else(|e| e.into_inner());
+    // Records below the log's first index were deleted by retention after later entries
+    // (acks, trims) made them unneeded; the follower applies those entries after the
+    // snapshot, so it never reads them.
+    let mut i = meta.records_from.max(log.first_index()).min(end);
+    w.write_all(&i.to_le_bytes()).map_err(werr)?;
+    while i < end {
+        let batch = log
+            .read_range(i, 4096, 16 << 20)
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            return Err(format!("log ends at {i}, before the snapshot's end {end}"));
+        }
+        for (index, b) in batch {
+            if index >= end {
+                break;
+            }
+            w.write_all(&(b.len() as u32).to_le_bytes()).map_err(werr)?;
+            w.write_all(&crc32c::crc32c(&b).to_le_bytes())
+                .map_err(werr)?;
+            w.write_all(&b).map_err(werr)?;
+            i = index + 1;
+        }
+    }
+    drop(log);
+    let mut f = w.into_inner().map_err(|e| e.to_string())?;
+    f.flush().map_err(werr)?;
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(0)).map_err(werr)?;
+    Ok(Some((meta, f)))
+}
+
+/// Installs a received transfer file (see [`write_transfer`]): checks it, replaces the log
+/// with its entries (synced), writes `snapshot.bin` and the purge point, then swaps the
+/// in-memory state.
+///
+/// Errors: a description of the malformed part or the I/O failure.
+pub fn install_transfer(
+    sh: &Shared,
+    meta: &SnapshotMeta<NodeId, Node>,
+    mut f: std::fs::File,
+) -> Result<(), String> {
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(f);
+    let mut head = [0u8; 16];
+    r.read_exact(&mut head)
+        .map_err(|e| format!("header: {e}"))?;
+    if &head[..8] != XFER_MAGIC {
+        return Err("not a TXPXFER1 snapshot transfer".into());
+    }
+    let flen = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")) as usize;
+    let mut file = vec![0u8; flen];
+    r.read_exact(&mut file)
+        .map_err(|e| format!("snapshot file: {e}"))?;
+    let (smeta, state) = snapshot::decode(&file)?;
+    if smeta.meta.last_log_id != meta.last_log_id {
+        return Err(format!(
+            "transfer holds a snapshot at {:?}, openraft announced {:?}",
+            smeta.meta.last_log_id, meta.last_log_id
+        ));
+    }
+    let end = smeta.next_index();
+    let mut from = [0u8; 8];
+    r.read_exact(&mut from)
+        .map_err(|e| format!("first entry index: {e}"))?;
+    let from = u64::from_le_bytes(from);
+    let mut entries: Vec<Bytes> = Vec::new();
+    let mut expect = from;
+    let mut log = sh.gc.log().write().unwrap_or_else(|e| e.into_inner());
+    log.reset_to(from).map_err(|e| e.to_string())?;
+    loop {
+        let mut h = [0u8; 8];
+        match r.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.to_string()),
+        }
+        let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
+        let mut b = vec![0u8; len];
+        r.read_exact(&mut b)
+            .map_err(|e| format!("entry {expect}: {e}"))?;
+        if crc32c::crc32c(&b) != crc {
+            return Err(format!("entry {expect}: CRC mismatch"));
+        }
+        let id = super::decode_log_id(&b).map_err(|e| format!("entry {expect}: {e}"))?;
+        if id.index != expect {
+            return Err(format!("entry {expect}: holds index {}", id.index));
+        }
+        entries.push(Bytes::from(b));
+        expect += 1;
+        if entries.len() >= 1024 {
+            let refs: Vec<&[u8]> = entries.iter().map(|b| b.as_ref()).collect();
+            log.append(&refs).map_err(|e| e.to_string())?;
+            entries.clear();
+        }
+    }
+    if !entries.is_empty() {
+        let refs: Vec<&[u8]> = entries.iter().map(|b| b.as_ref()).collect();
+        log.append(&refs).map_err(|e| e.to_string())?;
+    }
+    if expect != end {
+        return Err(format!("transfer ends at entry {expect}, expected {end}"));
+    }
+    if log.next_index() == log.first_index() {
+        log.reset_to(end).map_err(|e| e.to_string())?;
+    }
+    log.sync().map_err(|e| e.to_string())?;
+    drop(log);
+    snapshot::write_atomic(&sh.dir, &file).map_err(|e| e.to_string())?;
+    snapshot::write_json(&sh.raft_dir, PURGED_FILE, &smeta.meta.last_log_id)
+        .map_err(|e| e.to_string())?;
+    {
+        let mut m = lock(&sh.meta);
+        m.purged = smeta.meta.last_log_id;
+        m.last = smeta.meta.last_log_id;
+    }
+    let next = state.next_offset();
+    {
+        let mut c = lock(&sh.core);
+        c.state = state;
+        c.applied = smeta.meta.last_log_id;
+        c.membership = smeta.meta.last_membership.clone();
+        c.snapshot = Some(smeta);
+        c.cache.clear();
+    }
+    sh.end.send_replace(next);
+    Ok(())
+}
