@@ -1,1 +1,312 @@
-//! (being written)
+//! Client of the brokers' admin HTTP API (port 9180): `GET /status.json` (readiness, node id,
+//! per-stream Raft view) and `POST /cluster/voters` (make exactly these peers the voters of
+//! every Raft group the called broker leads).
+//!
+//! The controller talks to the brokers through the [`BrokerAdmin`] trait so that the
+//! reconcile tests can substitute a fake; [`HttpBrokerAdmin`] is the real implementation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Boxed future returned by [`BrokerAdmin`] methods (boxed so the trait is object safe and
+/// usable as `Arc<dyn BrokerAdmin>`).
+pub type AdminFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// Per-stream outcome of `POST /cluster/voters` as answered by one broker: `"changed"`,
+/// `"unchanged"`, `"not leader"` or `"error: ..."`, keyed by stream name.
+pub type VotersOutcome = BTreeMap<String, String>;
+
+/// The brokers' admin API, as the controller uses it.
+pub trait BrokerAdmin: Send + Sync {
+    /// `GET http://<addr>/status.json`; `addr` is `host:port` of the admin listener.
+    ///
+    /// Errors: [`Error::BrokerAdmin`] when the broker cannot be reached, answers non-2xx, or
+    /// the body is not the expected JSON.
+    fn status<'a>(&'a self, addr: &'a str) -> AdminFuture<'a, BrokerNodeStatus>;
+
+    /// `POST http://<addr>/cluster/voters` with body `{"voters": [...]}` (peer addresses
+    /// `host:9200`). The called broker changes only the groups it leads (answering
+    /// `"not leader"` for the others), so the controller sends it to every broker.
+    ///
+    /// Errors: [`Error::BrokerAdmin`] when the broker cannot be reached or answers non-2xx
+    /// (e.g. 400 when a wanted voter has not joined yet, 503 while it recovers): retryable.
+    fn set_voters<'a>(
+        &'a self,
+        addr: &'a str,
+        voters: &'a [String],
+    ) -> AdminFuture<'a, VotersOutcome>;
+}
+
+/// The fields of a broker's `/status.json` the operator uses (unknown fields are ignored).
+///
+/// A recovering broker answers `{"ready": false, "streams": []}`: no node id and no Raft view.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BrokerNodeStatus {
+    /// Recovery finished and gRPC is serving.
+    #[serde(default)]
+    pub ready: bool,
+    /// This node's Raft id (absent while recovering).
+    #[serde(default)]
+    pub node_id: Option<u64>,
+    /// Raft view of every stream's group on this node, by stream name (empty while
+    /// recovering or before the first status sample).
+    #[serde(default)]
+    pub raft: BTreeMap<String, StreamRaftStatus>,
+}
+
+impl BrokerNodeStatus {
+    /// The node id, when the broker is ready and has reported its Raft view (before its first
+    /// status sample a ready broker reports `node_id: 0` and an empty `raft` map).
+    pub fn known_node_id(&self) -> Option<u64> {
+        if self.ready && !self.raft.is_empty() {
+            self.node_id
+        } else {
+            None
+        }
+    }
+}
+
+/// One stream's Raft group as seen by one broker.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamRaftStatus {
+    /// Whether this node leads the group.
+    #[serde(default)]
+    pub is_leader: bool,
+    /// The leader's node id, when known.
+    #[serde(default)]
+    pub leader_id: Option<u64>,
+    /// Current term.
+    #[serde(default)]
+    pub term: u64,
+    /// Voter node ids.
+    #[serde(default)]
+    pub voters: BTreeSet<u64>,
+    /// Learner node ids.
+    #[serde(default)]
+    pub learners: BTreeSet<u64>,
+    /// Highest committed log index known to this node.
+    #[serde(default)]
+    pub commit_index: u64,
+    /// Highest log index applied by this node.
+    #[serde(default)]
+    pub applied_index: u64,
+}
+
+/// [`BrokerAdmin`] over plain HTTP (reqwest, no TLS: the admin port is cluster-internal).
+#[derive(Clone, Debug)]
+pub struct HttpBrokerAdmin {
+    http: reqwest::Client,
+    status_timeout: Duration,
+    voters_timeout: Duration,
+}
+
+impl HttpBrokerAdmin {
+    /// Timeout of one `GET /status.json`: 2 s.
+    pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Timeout of one `POST /cluster/voters`: 10 s (the leader adds a learner and waits for
+    /// it to catch up before promoting it; the call is idempotent, so a timeout is retried).
+    pub const VOTERS_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A client with the default timeouts ([`Self::STATUS_TIMEOUT`], [`Self::VOTERS_TIMEOUT`]).
+    pub fn new() -> Self {
+        Self::with_timeouts(Self::STATUS_TIMEOUT, Self::VOTERS_TIMEOUT)
+    }
+
+    /// A client with explicit per-call timeouts.
+    pub fn with_timeouts(status_timeout: Duration, voters_timeout: Duration) -> Self {
+        Self {
+            // Connect timeout bounds DNS + TCP for pods that do not exist yet.
+            http: reqwest::Client::builder()
+                .connect_timeout(status_timeout)
+                .build()
+                .unwrap_or_default(),
+            status_timeout,
+            voters_timeout,
+        }
+    }
+}
+
+impl Default for HttpBrokerAdmin {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn admin_err(addr: &str, message: impl std::fmt::Display) -> Error {
+    Error::BrokerAdmin {
+        addr: addr.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads a response, mapping non-2xx to an error that carries the status and body.
+async fn success_body(addr: &str, resp: reqwest::Response) -> Result<Vec<u8>> {
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| admin_err(addr, e))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(admin_err(addr, format!("HTTP {status}: {}", text.trim())));
+    }
+    Ok(body.to_vec())
+}
+
+impl BrokerAdmin for HttpBrokerAdmin {
+    fn status<'a>(&'a self, addr: &'a str) -> AdminFuture<'a, BrokerNodeStatus> {
+        Box::pin(async move {
+            let resp = self
+                .http
+                .get(format!("http://{addr}/status.json"))
+                .timeout(self.status_timeout)
+                .send()
+                .await
+                .map_err(|e| admin_err(addr, e))?;
+            let body = success_body(addr, resp).await?;
+            serde_json::from_slice(&body).map_err(|e| admin_err(addr, format!("status.json: {e}")))
+        })
+    }
+
+    fn set_voters<'a>(
+        &'a self,
+        addr: &'a str,
+        voters: &'a [String],
+    ) -> AdminFuture<'a, VotersOutcome> {
+        Box::pin(async move {
+            let resp = self
+                .http
+                .post(format!("http://{addr}/cluster/voters"))
+                .timeout(self.voters_timeout)
+                .json(&serde_json::json!({ "voters": voters }))
+                .send()
+                .await
+                .map_err(|e| admin_err(addr, e))?;
+            let body = success_body(addr, resp).await?;
+            serde_json::from_slice(&body)
+                .map_err(|e| admin_err(addr, format!("/cluster/voters answer: {e}")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape `broker::BrokerStatus` serializes to (see broker/src/broker.rs).
+    const READY: &str = r#"{
+        "node_id": 2, "ready": true, "uptime_s": 12, "fsyncs_total": 5, "streams": [],
+        "raft": {
+            "transactions": {"term": 3, "leader_id": 2, "leader_addr": "b-2:9100", "is_leader": true,
+                "commit_index": 40, "applied_index": 39, "last_log_index": 41,
+                "voters": [0, 1, 2], "learners": []},
+            "decisions": {"term": 3, "leader_id": null, "leader_addr": null, "is_leader": false,
+                "commit_index": 7, "applied_index": 7, "last_log_index": 7,
+                "voters": [0, 1], "learners": [2]}
+        }
+    }"#;
+
+    #[test]
+    fn a_ready_status_parses_with_its_raft_view() {
+        let s: BrokerNodeStatus = serde_json::from_str(READY).unwrap();
+        assert!(s.ready);
+        assert_eq!(s.known_node_id(), Some(2));
+        let t = &s.raft["transactions"];
+        assert!(t.is_leader);
+        assert_eq!(t.leader_id, Some(2));
+        assert_eq!((t.term, t.commit_index, t.applied_index), (3, 40, 39));
+        assert_eq!(t.voters, BTreeSet::from([0, 1, 2]));
+        let d = &s.raft["decisions"];
+        assert_eq!(d.leader_id, None);
+        assert_eq!(d.learners, BTreeSet::from([2]));
+    }
+
+    #[test]
+    fn a_recovering_status_parses_without_node_id() {
+        let s: BrokerNodeStatus =
+            serde_json::from_str(r#"{"ready": false, "waiting_for_peers": true, "streams": []}"#)
+                .unwrap();
+        assert!(!s.ready);
+        assert_eq!(s.node_id, None);
+        assert_eq!(s.known_node_id(), None);
+        assert!(s.raft.is_empty());
+    }
+
+    #[test]
+    fn a_ready_status_before_its_first_sample_has_no_known_node_id() {
+        let s: BrokerNodeStatus =
+            serde_json::from_str(r#"{"ready": true, "node_id": 0, "raft": {}}"#).unwrap();
+        assert_eq!(s.known_node_id(), None);
+    }
+
+    /// Serves the two admin routes on 127.0.0.1 (port chosen by the OS).
+    async fn serve(voters_status: u16) -> (String, tokio::task::JoinHandle<()>) {
+        use axum::routing::{get, post};
+        let app = axum::Router::new()
+            .route("/status.json", get(|| async { READY }))
+            .route(
+                "/cluster/voters",
+                post(move |body: axum::Json<serde_json::Value>| async move {
+                    let code = axum::http::StatusCode::from_u16(voters_status).unwrap();
+                    if code.is_success() {
+                        let n = body["voters"].as_array().map_or(0, |v| v.len());
+                        (code, format!(r#"{{"transactions":"changed","n":"{n}"}}"#))
+                    } else {
+                        (code, "decisions is not a member\n".to_string())
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn http_admin_reads_status_and_posts_voters() {
+        let (addr, task) = serve(200).await;
+        let admin = HttpBrokerAdmin::new();
+        let s = admin.status(&addr).await.unwrap();
+        assert_eq!(s.node_id, Some(2));
+        let out = admin
+            .set_voters(&addr, &["a:9200".into(), "b:9200".into()])
+            .await
+            .unwrap();
+        assert_eq!(out["transactions"], "changed");
+        assert_eq!(out["n"], "2");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn http_admin_maps_a_non_2xx_answer_to_a_broker_admin_error() {
+        let (addr, task) = serve(400).await;
+        let err = HttpBrokerAdmin::new()
+            .set_voters(&addr, &["a:9200".into()])
+            .await
+            .unwrap_err();
+        match err {
+            Error::BrokerAdmin { addr: a, message } => {
+                assert_eq!(a, addr);
+                assert!(message.contains("400"), "{message}");
+                assert!(message.contains("not a member"), "{message}");
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn http_admin_maps_an_unreachable_broker_to_a_broker_admin_error() {
+        // Bind then drop a listener: the port is (very likely) closed afterwards.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let err = HttpBrokerAdmin::new().status(&addr).await.unwrap_err();
+        assert!(matches!(err, Error::BrokerAdmin { .. }), "{err:?}");
+    }
+}

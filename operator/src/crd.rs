@@ -22,6 +22,8 @@ pub fn default_image() -> String {
 }
 
 /// Desired state of a pipeline.
+// The printer columns repeat `type_ = "string"`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "txpipe.io",
@@ -59,7 +61,11 @@ pub fn default_image() -> String {
         priority = 1,
         json_path = ".status.broker.leader"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TransactionPipelineSpec {
@@ -213,7 +219,8 @@ pub struct StorageSpec {
     /// grow (the operator patches the PVCs; the storage class must allow expansion) but never
     /// shrink: a smaller size is refused with `Ready=False`, reason `VolumeShrinkRefused`.
     #[serde(default = "default_storage_size")]
-    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]*(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("broker.storage.size must be a positive quantity such as 10Gi"))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([1-9][0-9]*([.][0-9]+)?|0[.][0-9]*[1-9][0-9]*)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("broker.storage.size must be a positive quantity such as 10Gi"))]
     pub size: String,
     /// StorageClass of the volumes. Default: the cluster's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -342,7 +349,7 @@ fn default_cpu_target() -> i32 {
 }
 
 /// Decision thresholds of the worker's model stage.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.reviewThreshold) || !has(self.declineThreshold) || self.reviewThreshold <= self.declineThreshold").message("workers.scoring.reviewThreshold must not exceed declineThreshold"))]
 pub struct ScoringSpec {
@@ -364,6 +371,16 @@ pub struct ScoringSpec {
 
 fn default_issuer_latency_us() -> i64 {
     100
+}
+
+impl Default for ScoringSpec {
+    fn default() -> Self {
+        Self {
+            review_threshold: None,
+            decline_threshold: None,
+            issuer_latency_us: default_issuer_latency_us(),
+        }
+    }
 }
 
 /// Producer Job: publishes `count` generated transactions, then completes.

@@ -1,10 +1,24 @@
-//! Operator metrics (Prometheus), the `/metrics` and `/healthz` HTTP server, and logging.
+//! Operator metrics (Prometheus), the `/metrics`, `/healthz` and `/readyz` HTTP server, and
+//! logging.
 //!
 //! Metric names follow `txpipe_operator_<what>_<unit>`.
+//!
+//! HTTP endpoints served by [`serve`] (default listen address `0.0.0.0:8080`):
+//! - `GET /metrics`: every metric of [`Metrics::registry`], Prometheus text format 0.0.4.
+//! - `GET /healthz`: liveness, always `200 ok` while the process serves HTTP.
+//! - `GET /readyz`: `200 ok` while the readiness flag is `true`, else `503 not ready`.
 
+use std::future::Future;
 use std::time::Instant;
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Reconcile metrics shared by the controller and the HTTP server.
 #[derive(Clone)]
@@ -101,7 +115,11 @@ impl ReconcileTimer<'_> {
             .duration
             .observe(self.started.elapsed().as_secs_f64());
         match result {
-            Ok(_) => self.metrics.reconciliations.with_label_values(&["ok"]).inc(),
+            Ok(_) => self
+                .metrics
+                .reconciliations
+                .with_label_values(&["ok"])
+                .inc(),
             Err(e) => {
                 self.metrics
                     .reconciliations
@@ -114,4 +132,92 @@ impl ReconcileTimer<'_> {
             }
         }
     }
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+struct ServerState {
+    metrics: Metrics,
+    ready: watch::Receiver<bool>,
+}
+
+/// The HTTP routes (`/metrics`, `/healthz`, `/readyz`) without a listener, for embedding or
+/// tests. `ready` is the readiness flag read by `/readyz` on every request.
+pub fn router(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz_handler))
+        .route("/readyz", get(readyz_handler))
+        .with_state(ServerState { metrics, ready })
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting
+/// connections and waits for in-flight requests to finish.
+///
+/// `ready` drives `/readyz`: `true` answers `200 ok`, `false` (or a dropped sender that last
+/// sent `false`) answers `503 not ready`.
+///
+/// # Errors
+/// Returns the I/O error that stopped the server (accept failures are retried by axum, so in
+/// practice this only fails on a broken listener).
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics, ready))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics_handler(State(state): State<ServerState>) -> Response {
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(&state.metrics.registry.gather(), &mut body) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz_handler() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz_handler(State(state): State<ServerState>) -> Response {
+    if *state.ready.borrow() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Log line format of [`init_logging`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (the default; for terminals).
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors; use this in the cluster).
+    Json,
+}
+
+/// Installs the global `tracing` subscriber: logs go to stderr (stdout stays clean for the
+/// `crd` and `render` commands), filtered by `RUST_LOG` (default `info`).
+///
+/// Does nothing if a global subscriber is already installed (e.g. called twice in tests).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _already_set = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Kubernetes checks of the txpipe operator without a cluster (`make k8s`).
+
+1. The generated CRD (`txpipe-operator crd`) passes kubernetes-validate (strict).
+2. Every example pipeline (manifests/examples/*.yaml) validates against the CRD's
+   openAPIV3Schema with jsonschema (Draft 2020-12). The schema is translated: `nullable`
+   becomes a `null` type, `x-kubernetes-int-or-string` an integer|string `anyOf`, and objects
+   get `additionalProperties: false` unless `x-kubernetes-preserve-unknown-fields` (the API
+   server's strict field validation, kubectl's default); other `x-kubernetes-*` keys and
+   `format` are ignored.
+3. The bad examples (manifests/examples/bad/*.yaml) marked `"layer": "schema"` in
+   bad/expected.json are rejected by that schema with the expected message; those marked
+   `"layer": "cel"` must pass the schema (their CEL rules are evaluated by
+   `cargo test -p txpipe-operator --test crd`).
+4. Every object `txpipe-operator render -f FILE --service-monitor-available` prints for each example passes
+   kubernetes-validate in strict mode for Kubernetes 1.30 and for the newest version
+   kubernetes-validate knows. ServiceMonitors (a CRD of the Prometheus Operator, not in the
+   Kubernetes schemas) get a minimal shape check instead.
+
+Prints one PASS/FAIL row per check and exits 1 on any failure (2 on usage errors).
+
+Usage: scripts/validate_k8s.py [OPERATOR_BINARY] [--repo DIR]
+Requires: kubernetes-validate, jsonschema, PyYAML (scripts/requirements.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+MIN_K8S_VERSION = "1.30"
+CRD_GROUP_VERSION = "txpipe.io/v1alpha1"
+CRD_KIND = "TransactionPipeline"
+
+
+@dataclass
+class Row:
+    check: str
+    subject: str
+    version: str
+    ok: bool
+    detail: str = ""
+
+
+ROWS: list[Row] = []
+
+
+def record(check: str, subject: str, ok: bool, detail: str = "", version: str = "-") -> None:
+    detail = " | ".join(line.strip() for line in detail.splitlines() if line.strip())
+    if len(detail) > 400:
+        detail = detail[:397] + "..."
+    ROWS.append(Row(check, subject, version, ok, detail))
+
+
+def run(binary: Path, *args: str) -> str:
+    """Runs the operator binary and returns stdout; raises with stderr on failure."""
+    proc = subprocess.run(
+        [str(binary), *args], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"`{binary} {' '.join(args)}` exited {proc.returncode}: {proc.stderr.strip()}"
+        )
+    return proc.stdout
+
+
+def render(binary: Path, path: Path) -> str:
+    """`render -f PATH`, as if the ServiceMonitor CRD were installed (so its shape is checked
+    too); falls back to plain `render -f` for a binary without that flag."""
+    try:
+        return run(binary, "render", "-f", str(path), "--service-monitor-available")
+    except RuntimeError as e:
+        if "--service-monitor-available" not in str(e):
+            raise
+        return run(binary, "render", "-f", str(path))
+
+
+def load_docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# CRD schema -> JSON schema
+# --------------------------------------------------------------------------------------------
+
+
+def translate(node: Any) -> Any:
+    """Translates one OpenAPI v3 (Kubernetes structural) schema node to JSON Schema 2020-12."""
+    if isinstance(node, list):
+        return [translate(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key.startswith("x-kubernetes-") or key in ("nullable", "format"):
+            continue
+        if key in ("properties",):
+            out[key] = {k: translate(v) for k, v in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = translate(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = translate(value)
+        else:
+            out[key] = value
+    if node.get("x-kubernetes-int-or-string"):
+        branches = [{"type": "integer"}, {"type": "string"}]
+        if node.get("nullable"):
+            branches.append({"type": "null"})
+        out.pop("type", None)
+        out["anyOf"] = branches
+    elif node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    preserve = node.get("x-kubernetes-preserve-unknown-fields") is True
+    if node.get("type") == "object" and "additionalProperties" not in node and not preserve:
+        # Strict field validation: a field the schema does not declare is an error.
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_json_schema(crd: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of the CRD's storage version, with apiVersion/kind/metadata added (the
+    API server validates those itself)."""
+    versions = crd["spec"]["versions"]
+    version = next((v for v in versions if v.get("storage")), versions[0])
+    schema = translate(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+    group_version = f"{crd['spec']['group']}/{version['name']}"
+    schema.setdefault("properties", {})
+    schema["properties"]["apiVersion"] = {"const": group_version}
+    schema["properties"]["kind"] = {"const": crd["spec"]["names"]["kind"]}
+    schema["properties"]["metadata"] = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 63}},
+        "required": ["name"],
+    }
+    schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind"})
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def schema_errors(validator: jsonschema.Validator, doc: dict[str, Any]) -> list[str]:
+    errors = []
+    for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+        path = ".".join(str(p) for p in e.absolute_path) or "<root>"
+        errors.append(f"{path}: {e.message}")
+    return errors
+
+
+# --------------------------------------------------------------------------------------------
+# Rendered objects
+# --------------------------------------------------------------------------------------------
+
+
+def check_service_monitor(obj: dict[str, Any]) -> list[str]:
+    """Minimal shape of a monitoring.coreos.com/v1 ServiceMonitor."""
+    problems = []
+    if obj.get("apiVersion") != "monitoring.coreos.com/v1":
+        problems.append(f"apiVersion {obj.get('apiVersion')!r}")
+    meta = obj.get("metadata") or {}
+    if not meta.get("name") or not meta.get("namespace"):
+        problems.append("metadata.name and metadata.namespace are required")
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return problems + ["spec must be an object"]
+    labels = (spec.get("selector") or {}).get("matchLabels")
+    if not isinstance(labels, dict) or not labels:
+        problems.append("spec.selector.matchLabels must be a non-empty map")
+    elif not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        problems.append("spec.selector.matchLabels must map strings to strings")
+    endpoints = spec.get("endpoints")
+    if not isinstance(endpoints, list) or not endpoints:
+        problems.append("spec.endpoints must be a non-empty list")
+    else:
+        for i, ep in enumerate(endpoints):
+            if not isinstance(ep, dict) or not isinstance(ep.get("port"), str):
+                problems.append(f"spec.endpoints[{i}].port must be a port name")
+            elif "path" in ep and not str(ep["path"]).startswith("/"):
+                problems.append(f"spec.endpoints[{i}].path must start with /")
+    known = {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
+             "podTargetLabels", "sampleLimit", "scrapeProtocols", "attachMetadata"}
+    unknown = set(spec) - known
+    if unknown:
+        problems.append(f"unknown spec fields {sorted(unknown)}")
+    return problems
+
+
+def validate_object(obj: dict[str, Any], versions: list[str]) -> list[tuple[str, bool, str]]:
+    """[(version, ok, detail)] for one rendered object."""
+    if obj.get("kind") == "ServiceMonitor":
+        problems = check_service_monitor(obj)
+        return [("shape", not problems, "; ".join(problems))]
+    results = []
+    for version in versions:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+            results.append((version, True, ""))
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.absolute_path) or "<root>"
+            results.append((version, False, f"{path}: {e.message}"))
+        except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError,
+                kubernetes_validate.utils.VersionNotSupportedError) as e:
+            results.append((version, False, getattr(e, "message", str(e))))
+    return results
+
+
+def object_name(obj: dict[str, Any]) -> str:
+    return f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "binary", nargs="?", default="target/debug/txpipe-operator",
+        help="the txpipe-operator binary (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repo", default=str(Path(__file__).resolve().parent.parent),
+        help="repository root holding manifests/examples (default: %(default)s)",
+    )
+    args = parser.parse_args()
+    binary = Path(args.binary)
+    repo = Path(args.repo)
+    examples_dir = repo / "manifests" / "examples"
+    bad_dir = examples_dir / "bad"
+    if not binary.exists():
+        print(f"error: {binary} not found (cargo build -p txpipe-operator)", file=sys.stderr)
+        return 2
+
+    latest = kubernetes_validate.latest_version()
+    versions = [MIN_K8S_VERSION, ".".join(latest.split(".")[:2])]
+    print(f"kubernetes-validate {kubernetes_validate.version.__version__}: "
+          f"Kubernetes {versions[0]} and {versions[1]} (newest known), strict")
+
+    # 1. The CRD itself.
+    crd_docs = load_docs(run(binary, "crd"))
+    crd = next((d for d in crd_docs if d.get("kind") == "CustomResourceDefinition"), None)
+    if crd is None:
+        print("error: `crd` printed no CustomResourceDefinition", file=sys.stderr)
+        return 1
+    for version, ok, detail in validate_object(crd, versions):
+        record("crd", object_name(crd), ok, detail, version)
+    schema = crd_json_schema(crd)
+    validator = jsonschema.Draft202012Validator(schema)
+
+    # 2. Good examples against the CRD schema, 4. their rendered objects.
+    examples = sorted(examples_dir.glob("*.yaml"))
+    if not examples:
+        record("examples", str(examples_dir), False, "no example manifests found")
+    for path in examples:
+        rel = path.relative_to(repo)
+        docs = load_docs(path.read_text())
+        for doc in docs:
+            errors = schema_errors(validator, doc)
+            subject = f"{rel} ({(doc.get('metadata') or {}).get('name')})"
+            record("crd-schema", subject, not errors, "; ".join(errors))
+        try:
+            rendered = load_docs(render(binary, path))
+        except RuntimeError as e:
+            record("render", str(rel), False, str(e))
+            continue
+        if not rendered:
+            record("render", str(rel), False, "rendered no objects")
+        wants_monitor = any(
+            ((d.get("spec") or {}).get("monitoring") or {}).get("serviceMonitor") for d in docs
+        )
+        if wants_monitor and not any(o.get("kind") == "ServiceMonitor" for o in rendered):
+            print(f"note: {rel} asks for a ServiceMonitor but `render -f` printed none "
+                  "(ServiceMonitor CRD assumed absent); its shape check is skipped")
+        for obj in rendered:
+            for version, ok, detail in validate_object(obj, versions):
+                record("k8s-schema", f"{rel}: {object_name(obj)}", ok, detail, version)
+
+    # 5. The operator's own install manifests (RBAC, Deployment), also strict.
+    for path in sorted((repo / "manifests" / "rbac").glob("*.yaml")) + sorted(
+            (repo / "manifests" / "operator").glob("*.yaml")):
+        rel = path.relative_to(repo)
+        for obj in load_docs(path.read_text()):
+            for version, ok, detail in validate_object(obj, versions):
+                record("install", f"{rel}: {object_name(obj)}", ok, detail, version)
+
+    # 3. Bad examples.
+    expected_path = bad_dir / "expected.json"
+    expected = json.loads(expected_path.read_text())
+    expected = {k: v for k, v in expected.items() if not k.startswith("_")}
+    bad_files = sorted(bad_dir.glob("*.yaml"))
+    listed, present = set(expected), {p.name for p in bad_files}
+    if listed != present:
+        record("bad-list", str(expected_path.relative_to(repo)), False,
+               f"not listed: {sorted(present - listed)}; no file: {sorted(listed - present)}")
+    for path in bad_files:
+        rel = path.relative_to(repo)
+        entry = expected.get(path.name)
+        if entry is None:
+            continue
+        docs = load_docs(path.read_text())
+        errors = [e for doc in docs for e in schema_errors(validator, doc)]
+        layer = entry.get("layer")
+        if layer == "schema":
+            needle = entry.get("schemaMessage", "")
+            ok = bool(errors) and any(needle in e for e in errors)
+            detail = "; ".join(errors) if errors else "accepted by the schema"
+            record("bad-schema", str(rel), ok,
+                   detail if not ok else f"rejected: {errors[0]}")
+        elif layer == "cel":
+            record("bad-cel", str(rel), not errors,
+                   "schema accepts it; CEL rule checked by cargo test --test crd"
+                   if not errors else f"schema already rejects a CEL-layer file: {errors}")
+        else:
+            record("bad-list", str(rel), False, f"unknown layer {layer!r} in expected.json")
+
+    # Report.
+    w_check = max(len(r.check) for r in ROWS)
+    w_subject = min(max(len(r.subject) for r in ROWS), 70)
+    w_version = max(len(r.version) for r in ROWS)
+    print(f"{'RESULT':6}  {'CHECK':{w_check}}  {'VERSION':{w_version}}  {'OBJECT':{w_subject}}  DETAIL")
+    for r in ROWS:
+        result = "PASS" if r.ok else "FAIL"
+        print(f"{result:6}  {r.check:{w_check}}  {r.version:{w_version}}  "
+              f"{r.subject:{w_subject}}  {r.detail}")
+    failed = [r for r in ROWS if not r.ok]
+    print(f"\n{len(ROWS) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
