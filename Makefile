@@ -17,7 +17,7 @@ release:
 	$(CARGO) build --release --workspace
 
 ## Everything CI checks except system packages: lint, unit + integration tests, end-to-end runs.
-test: lint unit k8s e2e
+test: lint unit k8s chart e2e compose-test
 
 lint:
 	$(CARGO) fmt --all --check
@@ -67,3 +67,33 @@ bench-stages: release
 	target/release/txpipe-worker bench-stages --count 50000
 
 bench: bench-stages bench-broker bench-failover bench-pipeline
+
+## Helm chart checks without a cluster (Helm's Go SDK in-process through PyPI helm-python-sdk):
+## helm lint --strict and helm template with each charts/txpipe/ci/*.yaml, kubernetes-validate
+## (strict, 1.30 + newest) of every rendered object, the bad values in charts/txpipe/ci-bad/
+## rejected by values.schema.json, charts/txpipe/crds/ == crds/, manifests/install.yaml current.
+.PHONY: chart install-yaml
+chart: pydeps
+	$(PY) -m pip install -q -r scripts/requirements-chart.txt
+	$(PY) scripts/validate_chart.py
+
+## Regenerate manifests/install.yaml (the chart rendered for clusters without Helm).
+install-yaml: pydeps
+	$(PY) -m pip install -q -r scripts/requirements-chart.txt
+	$(PY) scripts/validate_chart.py --write-install-yaml
+
+## Container image txpipe:local with every binary, without a registry: the base image from the
+## host's glibc (scripts/docker-base.sh, docker import), then the Dockerfile's `prebuilt` target
+## on the staged context target/docker/context. With a registry: `docker build -t txpipe:local .`
+.PHONY: image compose-test compose-chaos
+image: release
+	bash scripts/docker-base.sh
+	docker build -f Dockerfile --target prebuilt --build-arg BASE_IMAGE=txpipe-base:local -t $${TXPIPE_IMAGE:-txpipe:local} target/docker/context
+
+## docker-compose.yml end to end: 20,000 transactions through 3 brokers + 4 workers, audit PASSED.
+compose-test: release
+	bash scripts/compose-test.sh
+
+## Same with docker kill/start of brokers (the leader) and workers during the run.
+compose-chaos: release
+	bash scripts/compose-chaos.sh

@@ -161,8 +161,9 @@ def schema_errors(validator: jsonschema.Validator, doc: dict[str, Any]) -> list[
 # --------------------------------------------------------------------------------------------
 
 
-def check_service_monitor(obj: dict[str, Any]) -> list[str]:
-    """Minimal shape of a monitoring.coreos.com/v1 ServiceMonitor."""
+def monitor_header(obj: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
+    """Problems in the apiVersion/metadata of a monitoring.coreos.com/v1 object, and its spec
+    (None when it is not an object)."""
     problems = []
     if obj.get("apiVersion") != "monitoring.coreos.com/v1":
         problems.append(f"apiVersion {obj.get('apiVersion')!r}")
@@ -171,7 +172,15 @@ def check_service_monitor(obj: dict[str, Any]) -> list[str]:
         problems.append("metadata.name and metadata.namespace are required")
     spec = obj.get("spec")
     if not isinstance(spec, dict):
-        return problems + ["spec must be an object"]
+        return problems + ["spec must be an object"], None
+    return problems, spec
+
+
+def check_service_monitor(obj: dict[str, Any]) -> list[str]:
+    """Minimal shape of a monitoring.coreos.com/v1 ServiceMonitor."""
+    problems, spec = monitor_header(obj)
+    if spec is None:
+        return problems
     labels = (spec.get("selector") or {}).get("matchLabels")
     if not isinstance(labels, dict) or not labels:
         problems.append("spec.selector.matchLabels must be a non-empty map")

@@ -969,6 +969,18 @@ fn render_service_monitor(p: &TransactionPipeline, ctx: &RenderContext) -> Optio
                     "port": "admin",
                     "path": "/metrics",
                     "interval": "30s",
+                    // `pipeline` and `component` target labels, which the HPA's External
+                    // metric selects on (`pipeline="<n>"`) and the dashboards group by.
+                    "relabelings": [
+                        {
+                            "sourceLabels": ["__meta_kubernetes_pod_label_txpipe_io_pipeline"],
+                            "targetLabel": "pipeline",
+                        },
+                        {
+                            "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+                            "targetLabel": "component",
+                        },
+                    ],
                 }],
             }
         }));
