@@ -82,6 +82,13 @@ install-yaml: pydeps
 	$(PY) -m pip install -q -r scripts/requirements-chart.txt
 	$(PY) scripts/validate_chart.py --write-install-yaml
 
+## Grafana dashboards (charts/txpipe/dashboards) against live metrics: a small local run scraped
+## by a temporary Prometheus (Debian package `prometheus`), promtool check metrics on every
+## /metrics, every panel query must return data (the Kubernetes-only ones are listed).
+.PHONY: dashboards
+dashboards: release
+	$(PY) scripts/check_dashboards.py
+
 ## Container image txpipe:local with every binary, without a registry: the base image from the
 ## host's glibc (scripts/docker-base.sh, docker import), then the Dockerfile's `prebuilt` target
 ## on the staged context target/docker/context. With a registry: `docker build -t txpipe:local .`
