@@ -17,7 +17,7 @@ release:
 	$(CARGO) build --release --workspace
 
 ## Everything CI checks except system packages: lint, unit + integration tests, end-to-end runs.
-test: lint unit k8s chart e2e compose-test
+test: lint unit k8s chart e2e compose-test dashboards
 
 lint:
 	$(CARGO) fmt --all --check
