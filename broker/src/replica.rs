@@ -336,13 +336,7 @@ impl Replica {
     ///
     /// Errors: [`Error::Log`] on I/O failure.
     pub async fn retention(&self) -> Result<usize> {
-        let segments = self
-            .shared
-            .gc
-            .log()
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .segments();
+        let segments = self.shared.gc.read_log().segments();
         if segments.len() <= 1 {
             return Ok(0);
         }
@@ -421,12 +415,7 @@ impl Replica {
         // openraft re-applies it after the snapshot before this node serves reads.
         let before = segments.len();
         let after = {
-            let mut log = self
-                .shared
-                .gc
-                .log()
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut log = self.shared.gc.write_log();
             log.purge_before(purge_to).map_err(Error::from)?;
             log.segments().len()
         };
@@ -439,12 +428,7 @@ impl Replica {
 
     /// Segment count and total bytes of the log.
     pub fn log_size(&self) -> (usize, u64) {
-        let log = self
-            .shared
-            .gc
-            .log()
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let log = self.shared.gc.read_log();
         (log.segments().len(), log.size_bytes())
     }
 

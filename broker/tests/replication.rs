@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use txpipe_broker::Config;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -24,6 +25,19 @@ async fn status(admin: std::net::SocketAddr) -> Option<serde_json::Value> {
     .ok()??;
     let json = body.split("\r\n\r\n").nth(1)?;
     serde_json::from_str(json).ok()
+}
+
+/// Restarts replica `i` of `configs` on its data directory and its old client and peer
+/// addresses (the membership names them), with its ordinal as node id.
+fn restart(configs: &[Config], i: usize) -> TestBroker {
+    let mut cfg = configs[i].clone();
+    cfg.node_id = Some(i as u64);
+    let listeners = (
+        std::net::TcpListener::bind(cfg.client_addr(i)).unwrap(),
+        std::net::TcpListener::bind(&cfg.peers[i]).unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    TestBroker::start_on(cfg, listeners)
 }
 
 /// Index of the node leading `stream`, once every live node agrees on one.
@@ -149,14 +163,7 @@ async fn acknowledged_writes_survive_a_leader_crash_and_the_node_catches_up_on_r
 
     // The crashed node restarts on its data directory (and its old ports, which the
     // membership names) and catches up.
-    let mut cfg = configs[l].clone();
-    let old = (
-        std::net::TcpListener::bind(cfg.client_addr(l)).unwrap(),
-        std::net::TcpListener::bind(&cfg.peers[l]).unwrap(),
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-    );
-    cfg.node_id = Some(l as u64);
-    nodes[l] = Some(TestBroker::start_on(cfg, old));
+    nodes[l] = Some(restart(&configs, l));
     let back = nodes[l].as_ref().unwrap();
     wait_until(T, "restarted node caught up", || async {
         end_offset_on(back, "labels").await == 201
@@ -210,14 +217,7 @@ async fn a_node_behind_the_purge_point_catches_up_by_snapshot() {
     })
     .await;
     drop(w);
-    let mut cfg = configs[f].clone();
-    cfg.node_id = Some(f as u64);
-    let ls = (
-        std::net::TcpListener::bind(cfg.client_addr(f)).unwrap(),
-        std::net::TcpListener::bind(&cfg.peers[f]).unwrap(),
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-    );
-    nodes[f] = Some(TestBroker::start_on(cfg, ls));
+    nodes[f] = Some(restart(&configs, f));
     let back = nodes[f].as_ref().unwrap();
     wait_until(T, "follower installed the snapshot", || async {
         let s = status(back.admin).await.unwrap_or_default();
@@ -381,14 +381,7 @@ async fn a_follower_with_a_torn_log_tail_truncates_it_and_catches_up() {
         .unwrap()
         .set_len(len - 20)
         .unwrap();
-    let mut cfg = configs[f].clone();
-    cfg.node_id = Some(f as u64);
-    let ls = (
-        std::net::TcpListener::bind(cfg.client_addr(f)).unwrap(),
-        std::net::TcpListener::bind(&cfg.peers[f]).unwrap(),
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-    );
-    nodes[f] = Some(TestBroker::start_on(cfg, ls));
+    nodes[f] = Some(restart(&configs, f));
     produce(&mut c, vec![batch("labels", 4, 31, vec![rec("more", "v")])])
         .await
         .unwrap();
@@ -438,14 +431,7 @@ async fn replicas_started_one_by_one_bootstrap_with_their_ordinals_and_a_lost_vo
     let f = (l + 1) % 3;
     nodes[f].take().unwrap().crash();
     std::fs::remove_dir_all(dir.path().join(format!("node-{f}"))).unwrap();
-    let mut cfg = configs[f].clone();
-    cfg.node_id = Some(f as u64);
-    let ls = (
-        std::net::TcpListener::bind(cfg.client_addr(f)).unwrap(),
-        std::net::TcpListener::bind(&cfg.peers[f]).unwrap(),
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-    );
-    nodes[f] = Some(TestBroker::start_on(cfg, ls));
+    nodes[f] = Some(restart(&configs, f));
     let back = nodes[f].as_ref().unwrap();
     let la = nodes[l].as_ref().unwrap().admin;
     wait_until(

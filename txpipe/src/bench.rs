@@ -31,7 +31,7 @@ use txpipe_client::broker::v1::{
 use txpipe_client::produce::{Producer, ProducerConfig};
 use txpipe_client::streams;
 
-use crate::cluster::{BrokerCluster, free_port, leader_in};
+use crate::cluster::{BrokerCluster, every_stream_led, free_port};
 
 /// Settings of `txpipe bench broker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -639,15 +639,7 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
         let all_led = Instant::now();
         loop {
             let views = cluster.views().await;
-            let led = [
-                streams::TRANSACTIONS,
-                streams::DECISIONS,
-                streams::LABELS,
-                streams::TRANSACTIONS_DLQ,
-            ]
-            .iter()
-            .all(|s| leader_in(&views, s).is_some());
-            if led && caught_up(&cluster, victim).await {
+            if every_stream_led(&views) && caught_up(&cluster, victim).await {
                 break;
             }
             if all_led.elapsed() > Duration::from_secs(30) {

@@ -479,15 +479,7 @@ impl BrokerCluster {
             }
             let views = self.views().await;
             let replicated = views.iter().flatten().any(|v| v.raft.is_some());
-            let leaders_ok = !replicated
-                || [
-                    streams::TRANSACTIONS,
-                    streams::DECISIONS,
-                    streams::LABELS,
-                    streams::TRANSACTIONS_DLQ,
-                ]
-                .iter()
-                .all(|s| leader_in(&views, s).is_some());
+            let leaders_ok = !replicated || every_stream_led(&views);
             if leaders_ok
                 && views
                     .iter()
@@ -533,6 +525,19 @@ impl BrokerCluster {
         let futs = self.nodes.iter_mut().map(|n| n.proc.stop(grace));
         futures::future::join_all(futs).await;
     }
+}
+
+/// Whether every stream of the pipeline (transactions, decisions, labels, the dead-letter
+/// stream) has a leader among `views`.
+pub(crate) fn every_stream_led(views: &[Option<NodeView>]) -> bool {
+    [
+        streams::TRANSACTIONS,
+        streams::DECISIONS,
+        streams::LABELS,
+        streams::TRANSACTIONS_DLQ,
+    ]
+    .iter()
+    .all(|s| leader_in(views, s).is_some())
 }
 
 /// The leader of `stream` among `views` (see [`BrokerCluster::leader_of`]).

@@ -206,9 +206,16 @@ impl GroupCommit {
         }
     }
 
-    /// The shared log, for reads.
-    pub fn log(&self) -> &SharedLog {
-        &self.shared.log
+    /// Read lock on the shared log. A poisoned lock is taken anyway: the log's own state is
+    /// only changed through methods that leave it consistent or return an error.
+    pub fn read_log(&self) -> std::sync::RwLockReadGuard<'_, SegmentedLog> {
+        self.shared.log.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write lock on the shared log (Raft truncate/purge/snapshot install); poison-tolerant
+    /// like [`GroupCommit::read_log`].
+    pub fn write_log(&self) -> std::sync::RwLockWriteGuard<'_, SegmentedLog> {
+        self.shared.log.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writer figures so far.
@@ -353,7 +360,7 @@ mod tests {
         assert_eq!(stats.syncs, 1, "all 200 were queued before the writer ran");
         assert_eq!(gc.durable_next_index(), 200);
         {
-            let log = gc.log().read().unwrap();
+            let log = gc.read_log();
             assert_eq!(log.read(137).unwrap(), Bytes::from("entry-137"));
         }
         drop(gc);
@@ -397,7 +404,7 @@ mod tests {
         for (i, n, r) in &ranges {
             assert_eq!(r.start, next, "ranges are contiguous and disjoint");
             assert_eq!(r.end - r.start, *n as u64);
-            let log = gc.log().read().unwrap();
+            let log = gc.read_log();
             for k in 0..*n as u64 {
                 assert_eq!(
                     log.read(r.start + k).unwrap(),
@@ -497,7 +504,7 @@ mod tests {
             s.entries as f64 / s.syncs as f64
         );
         let started = std::time::Instant::now();
-        let log = gc.log().read().unwrap();
+        let log = gc.read_log();
         let mut at = log.first_index();
         while at < log.next_index() {
             at += log.read_range(at, 1000, 1 << 20).unwrap().len() as u64;

@@ -293,7 +293,7 @@ impl Shared {
 
     #[allow(clippy::result_large_err)] // openraft's own error type, returned as is.
     fn read_entries(&self, start: u64, end: u64) -> Result<Vec<RaftEntry>, StorageError<NodeId>> {
-        let log = self.gc.log().read().unwrap_or_else(|e| e.into_inner());
+        let log = self.gc.read_log();
         let mut out = Vec::new();
         let mut i = start.max(log.first_index());
         let end = end.min(log.next_index());
@@ -317,7 +317,7 @@ impl Shared {
 
     /// Reads the records at `locs` (record locators with positions) from the log.
     pub fn read_located(&self, locs: &[(u64, u32)]) -> Vec<Option<Record>> {
-        let log = self.gc.log().read().unwrap_or_else(|e| e.into_inner());
+        let log = self.gc.read_log();
         let mut last: Option<(u64, Vec<Command>)> = None;
         let mut out = Vec::with_capacity(locs.len());
         for &(loc, pos) in locs {
@@ -477,12 +477,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         {
-            let mut log = self
-                .shared
-                .gc
-                .log()
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut log = self.shared.gc.write_log();
             if log.next_index() != first {
                 if log.first_index() == log.next_index() || first < log.first_index() {
                     // Empty log (fresh, or reset by a snapshot install): start at `first`.
@@ -526,12 +521,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let idx = log_id.index;
         let new_last = {
-            let mut log = self
-                .shared
-                .gc
-                .log()
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut log = self.shared.gc.write_log();
             let from = idx.max(log.first_index());
             log.truncate_from(from)
                 .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
@@ -858,7 +848,7 @@ pub fn write_transfer(sh: &Shared) -> Result<Option<(SnapMeta, std::fs::File)>, 
         .map_err(werr)?;
     w.write_all(&file).map_err(werr)?;
     let end = meta.next_index();
-    let log = sh.gc.log().read().unwrap_or_else(|e| e.into_inner());
+    let log = sh.gc.read_log();
     // Records below the log's first index were deleted by retention after later entries
     // (acks, trims) made them unneeded; the follower applies those entries after the
     // snapshot, so it never reads them.
@@ -928,7 +918,7 @@ pub fn install_transfer(
     let from = u64::from_le_bytes(from);
     let mut entries: Vec<Bytes> = Vec::new();
     let mut expect = from;
-    let mut log = sh.gc.log().write().unwrap_or_else(|e| e.into_inner());
+    let mut log = sh.gc.write_log();
     log.reset_to(from).map_err(|e| e.to_string())?;
     loop {
         let mut h = [0u8; 8];
