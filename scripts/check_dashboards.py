@@ -51,8 +51,12 @@ DASHBOARDS = ROOT / "charts" / "txpipe" / "dashboards"
 # Panel targets that read series only a Kubernetes cluster has (cAdvisor in the kubelet,
 # kube-state-metrics). Key: (dashboard uid, panel title, refId) -> reason.
 NEEDS_K8S: dict[tuple[str, str, str], str] = {
+    ("txpipe-workers", "CPU vs limit (process metrics)", "B"):
+        "kube-state-metrics kube_pod_container_resource_limits (target A, process_cpu_seconds_total, "
+        "is checked; outside Kubernetes the limit is the panel's 0.5 threshold line)",
     ("txpipe-workers", "CPU per worker vs limit", "A"):
-        "cAdvisor container_cpu_usage_seconds_total (workers export no process_* metrics)",
+        "cAdvisor container_cpu_usage_seconds_total (the same without Kubernetes: "
+        "CPU vs limit (process metrics), target A)",
     ("txpipe-workers", "CPU per worker vs limit", "B"):
         "kube-state-metrics kube_pod_container_resource_limits",
     ("txpipe-workers", "CPU throttling", "A"):

@@ -1,5 +1,10 @@
 //! Prometheus metrics, one [`prometheus::Registry`] per broker instance (so tests can run several
 //! brokers in one process). Names follow `txpipe_broker_<what>_<unit>`.
+//!
+//! On Linux each registry also holds a [`prometheus::process_collector::ProcessCollector`] of
+//! the current process (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+//! `process_open_fds`, ...; read from `/proc/self` at every scrape). Several brokers in one
+//! process (tests) therefore report the same process figures.
 
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -27,6 +32,7 @@ pub struct Metrics {
     /// fdatasync calls of every stream's group-commit writer.
     pub fsync_total: IntCounter,
     append_seconds: HistogramVec,
+    fsync_seconds: HistogramVec,
     entries_per_fsync: GaugeVec,
     raft_term: IntGaugeVec,
     raft_leader: IntGaugeVec,
@@ -77,6 +83,9 @@ pub struct StreamMetrics {
     pub log_segments: IntGauge,
     /// Append + fsync time per group-commit batch, seconds.
     pub append_seconds: Histogram,
+    /// Time of each fdatasync of the group-commit writer alone, seconds (observed only when a
+    /// sync is really made: never with `fsync = false`).
+    pub fsync_seconds: Histogram,
     /// Log entries made durable per fsync over the last sampling interval (1 s).
     pub entries_per_fsync: Gauge,
     /// Raft term of the stream's group as seen by this node.
@@ -145,6 +154,7 @@ impl Metrics {
         registry
             .register(Box::new(fsync_total.clone()))
             .expect("register");
+        register_process_collector(&registry);
         Self {
             produced: cv(
                 "txpipe_broker_produced_records_total",
@@ -203,7 +213,12 @@ impl Metrics {
             append_seconds: hv(
                 "txpipe_broker_append_duration_seconds",
                 "Group-commit append + fdatasync per batch",
-                prometheus::exponential_buckets(0.000_05, 2.0, 16).expect("buckets"),
+                disk_buckets(),
+            ),
+            fsync_seconds: hv(
+                "txpipe_broker_fsync_duration_seconds",
+                "fdatasync of the group-commit writer alone, per batch",
+                disk_buckets(),
             ),
             entries_per_fsync: {
                 let m = GaugeVec::new(
@@ -291,6 +306,7 @@ impl Metrics {
             log_bytes: self.log_bytes.with_label_values(l),
             log_segments: self.log_segments.with_label_values(l),
             append_seconds: self.append_seconds.with_label_values(l),
+            fsync_seconds: self.fsync_seconds.with_label_values(l),
             entries_per_fsync: self.entries_per_fsync.with_label_values(l),
             raft_term: self.raft_term.with_label_values(l),
             raft_leader: self.raft_leader.with_label_values(l),
@@ -326,8 +342,91 @@ impl Metrics {
     }
 }
 
+/// Buckets of the disk histograms (append, fdatasync), seconds: 50 µs × 2^k for k = 0..15,
+/// i.e. 50 µs to 1.64 s (a flush on NVMe is tens of µs, on network block storage ms to 100s
+/// of ms).
+fn disk_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.000_05, 2.0, 16).expect("buckets")
+}
+
+/// Registers the `process_*` collector of this process in `registry` (Linux only: the
+/// `prometheus` crate reads `/proc`; elsewhere nothing is registered).
+fn register_process_collector(registry: &Registry) {
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("register");
+    #[cfg(not(target_os = "linux"))]
+    let _ = registry;
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Value of the sample line `name` (exact series, labels included) in a rendered body.
+    fn sample(body: &str, series: &str) -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn fsync_histogram_is_rendered_per_stream_with_its_observations() {
+        let m = Metrics::new();
+        let s = m.stream("transactions");
+        let body = m.render();
+        assert!(
+            body.contains("# TYPE txpipe_broker_fsync_duration_seconds histogram"),
+            "{body}"
+        );
+        let count = "txpipe_broker_fsync_duration_seconds_count{stream=\"transactions\"}";
+        assert_eq!(sample(&body, count), Some(0.0), "{body}");
+        s.fsync_seconds.observe(0.002);
+        s.fsync_seconds.observe(0.004);
+        let body = m.render();
+        assert_eq!(sample(&body, count), Some(2.0), "{body}");
+        // 2 ms and 4 ms: both above the 1.6 ms bucket, both within 6.4 ms.
+        let bucket = |le: &str| {
+            sample(
+                &body,
+                &format!(
+                    "txpipe_broker_fsync_duration_seconds_bucket{{stream=\"transactions\",le=\"{le}\"}}"
+                ),
+            )
+        };
+        assert_eq!(bucket("0.0016"), Some(0.0), "{body}");
+        assert_eq!(bucket("0.0064"), Some(2.0), "{body}");
+        assert_eq!(bucket("+Inf"), Some(2.0), "{body}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_rendered() {
+        let body = Metrics::new().render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+            "process_threads",
+        ] {
+            assert!(
+                body.contains(&format!("# TYPE {name} ")),
+                "{name} missing:\n{body}"
+            );
+        }
+        let rss = sample(&body, "process_resident_memory_bytes").expect("rss sample");
+        assert!(rss > 0.0, "{rss}");
+        let fds = sample(&body, "process_open_fds").expect("fd sample");
+        assert!(fds >= 1.0, "{fds}");
     }
 }

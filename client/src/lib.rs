@@ -14,6 +14,7 @@
 //! - [`streams`]: the names of the standard streams.
 
 pub mod connect;
+pub mod features;
 pub mod leader;
 pub mod pan;
 pub mod produce;

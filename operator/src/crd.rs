@@ -353,6 +353,14 @@ fn default_cpu_target() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.reviewThreshold) || !has(self.declineThreshold) || self.reviewThreshold <= self.declineThreshold").message("workers.scoring.reviewThreshold must not exceed declineThreshold"))]
 pub struct ScoringSpec {
+    /// Model of the workers' model stage (`WORKER_MODEL`): `builtin:card` (generated card
+    /// transactions), `builtin:ulb-gbt` or `builtin:ulb-lr` (pre-featurised transactions of the
+    /// ULB credit-card data, see docs/model-card-ulb.md), or the path of a model file mounted
+    /// into the worker pods. Default: `builtin:card`. A vector model scores only transactions
+    /// of its feature set; others are nacked and dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['builtin:card', 'builtin:ulb-gbt', 'builtin:ulb-lr'] || self.startsWith('/')").message("workers.scoring.model must be builtin:card, builtin:ulb-gbt, builtin:ulb-lr or an absolute path"))]
+    pub model: Option<String>,
     /// Model score at or above which a transaction is sent to review
     /// (`WORKER_REVIEW_THRESHOLD`), 0..1. Default: the model's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,6 +384,7 @@ fn default_issuer_latency_us() -> i64 {
 impl Default for ScoringSpec {
     fn default() -> Self {
         Self {
+            model: None,
             review_threshold: None,
             decline_threshold: None,
             issuer_latency_us: default_issuer_latency_us(),

@@ -562,6 +562,9 @@ fn config_data(spec: &TransactionPipelineSpec) -> BTreeMap<String, String> {
             w.scoring.issuer_latency_us.to_string(),
         ),
     ]);
+    if let Some(m) = &w.scoring.model {
+        data.insert("WORKER_MODEL".into(), m.clone());
+    }
     if let Some(t) = w.scoring.review_threshold {
         data.insert("WORKER_REVIEW_THRESHOLD".into(), t.to_string());
     }
@@ -1457,11 +1460,11 @@ mod tests {
 
         // A ConfigMap-only change (scoring) rolls the workers too.
         p.spec.workers.scoring.review_threshold = Some(0.7);
+        p.spec.workers.scoring.model = Some("builtin:ulb-gbt".into());
         let c2 = render(&p, &ctx).expect("render");
-        assert_eq!(
-            c2.config_map.data.as_ref().expect("data")["WORKER_REVIEW_THRESHOLD"],
-            "0.7"
-        );
+        let data = c2.config_map.data.as_ref().expect("data");
+        assert_eq!(data["WORKER_REVIEW_THRESHOLD"], "0.7");
+        assert_eq!(data["WORKER_MODEL"], "builtin:ulb-gbt");
         assert_ne!(w0, config_hash_of(&c2.worker.spec.expect("spec").template));
     }
 

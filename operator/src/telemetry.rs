@@ -1,7 +1,10 @@
 //! Operator metrics (Prometheus), the `/metrics`, `/healthz` and `/readyz` HTTP server, and
 //! logging.
 //!
-//! Metric names follow `txpipe_operator_<what>_<unit>`.
+//! Metric names follow `txpipe_operator_<what>_<unit>`. On Linux the registry also holds a
+//! [`prometheus::process_collector::ProcessCollector`] of the operator process
+//! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, ...,
+//! read from `/proc/self` at every scrape).
 //!
 //! HTTP endpoints served by [`serve`] (default listen address `0.0.0.0:8080`):
 //! - `GET /metrics`: every metric of [`Metrics::registry`], Prometheus text format 0.0.4.
@@ -36,7 +39,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them in a new registry.
+    /// Creates the metrics and registers them in a new registry (with the `process_*`
+    /// collector of this process on Linux).
     ///
     /// Panics only if the static metric definitions are invalid (a programming error).
     pub fn new() -> Self {
@@ -78,6 +82,12 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric names");
         Self {
             registry,
             reconciliations,

@@ -925,6 +925,7 @@ impl<'k> Generator<'k> {
             cvv_present: d.cvv_present,
             local_hour: (local_secs / 3_600) as u32,
             features: Vec::new(),
+            feature_set: String::new(),
             id: id.clone(),
         };
         let label = Label {

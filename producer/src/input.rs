@@ -1,4 +1,6 @@
-//! Transactions from files: CSV with a header row, or JSON Lines (one object per line).
+//! Transactions from files: CSV with a header row, or JSON Lines (one object per line), of
+//! card transactions as described below; or pre-featurised CSV ([`InputFormat::Features`],
+//! schema in [`crate::features`]).
 //!
 //! # Schema
 //!
@@ -44,6 +46,8 @@ use txpipe_client::pipeline::v1::{Channel, EntryMode, Label, Transaction};
 
 use txpipe_client::time::days_from_civil;
 
+use crate::features::{FeatureColumns, FeatureReader};
+
 /// Input file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,10 +56,16 @@ pub enum InputFormat {
     Csv,
     /// JSON Lines: one JSON object per line.
     Jsonl,
+    /// Pre-featurised CSV with a header row (e.g. the ULB credit-card data); never inferred
+    /// from a file extension.
+    ///
+    /// Schema: [`crate::features`].
+    Features,
 }
 
 impl InputFormat {
-    /// The format implied by a file extension: `.csv`; `.jsonl`, `.ndjson` or `.json`.
+    /// The format implied by a file extension: `.csv`; `.jsonl`, `.ndjson` or `.json`. Never
+    /// [`InputFormat::Features`] (a `.csv` file is the card format unless told otherwise).
     pub fn from_path(path: &Path) -> Option<Self> {
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "csv" => Some(Self::Csv),
@@ -112,6 +122,15 @@ pub enum InputError {
         /// The missing column names.
         missing: Vec<String>,
     },
+    /// The CSV header is unusable for another reason than missing columns (e.g. a column
+    /// name that appears twice).
+    #[error("{path}: line 1: {message}")]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The CSV reader failed in a way that is not about one row (e.g. invalid UTF-8 at a line).
     #[error("{path}: {message}")]
     Csv {
@@ -158,12 +177,25 @@ enum Inner {
         lines: std::io::Lines<BufReader<File>>,
         line: u64,
     },
+    Features(Box<FeatureReader>),
 }
 
 impl FileSource {
-    /// Opens `path` in `format` and, for CSV, checks the header. Errors: [`InputError::Io`],
-    /// [`InputError::MissingColumns`], [`InputError::Csv`].
+    /// Opens `path` in `format` and, for CSV, checks the header; [`InputFormat::Features`]
+    /// uses [`FeatureColumns::default`]. Errors: [`InputError::Io`],
+    /// [`InputError::MissingColumns`], [`InputError::Header`], [`InputError::Csv`].
     pub fn open(path: &Path, format: InputFormat, key: Arc<PanKey>) -> Result<Self, InputError> {
+        Self::open_with(path, format, key, &FeatureColumns::default())
+    }
+
+    /// [`FileSource::open`] with the column settings of [`InputFormat::Features`] (ignored
+    /// by the other formats).
+    pub fn open_with(
+        path: &Path,
+        format: InputFormat,
+        key: Arc<PanKey>,
+        features: &FeatureColumns,
+    ) -> Result<Self, InputError> {
         let io = |source| InputError::Io {
             path: path.to_path_buf(),
             source,
@@ -176,15 +208,7 @@ impl FileSource {
                     .flexible(true)
                     .trim(csv::Trim::All)
                     .from_reader(BufReader::new(file));
-                let headers: Vec<String> = reader
-                    .headers()
-                    .map_err(|e| InputError::Csv {
-                        path: path.to_path_buf(),
-                        message: e.to_string(),
-                    })?
-                    .iter()
-                    .map(|h| h.trim().to_string())
-                    .collect();
+                let headers = csv_header(&mut reader, path)?;
                 let missing: Vec<String> = REQUIRED_COLUMNS
                     .iter()
                     .filter(|c| !headers.iter().any(|h| h == *c))
@@ -206,6 +230,11 @@ impl FileSource {
                 lines: BufReader::new(file).lines(),
                 line: 0,
             },
+            InputFormat::Features => Inner::Features(Box::new(FeatureReader::from_reader(
+                BufReader::with_capacity(1 << 16, file),
+                path,
+                features,
+            )?)),
         };
         Ok(Self {
             key,
@@ -213,6 +242,15 @@ impl FileSource {
             path: path.to_path_buf(),
             done: false,
         })
+    }
+
+    /// Rows skipped so far because they fell outside the time window of
+    /// [`InputFormat::Features`] (always 0 for the other formats).
+    pub fn skipped_by_filter(&self) -> u64 {
+        match &self.inner {
+            Inner::Features(r) => r.skipped_by_filter(),
+            _ => 0,
+        }
     }
 }
 
@@ -291,6 +329,7 @@ impl Iterator for FileSource {
                     Some(Ok(text)) => break Some(Ok(parse_json_line(&text, *line, &key))),
                 }
             },
+            Inner::Features(reader) => reader.next(),
         };
         if matches!(item, None | Some(Err(_))) {
             self.done = true;
@@ -444,6 +483,7 @@ pub fn parse_row(
         cvv_present,
         local_hour,
         features: Vec::new(),
+        feature_set: String::new(),
     };
     Ok(InputRecord { tx, label })
 }
@@ -581,6 +621,22 @@ pub fn parse_time(v: &str) -> Result<i64, String> {
     let days = days_from_civil(year, month as u32, day as u32);
     let secs = days * 86_400 + hour * 3_600 + minute * 60 + second.min(59) - offset_s;
     Ok(secs * 1_000_000 + micros)
+}
+
+/// The trimmed header row of a CSV reader. Errors: [`InputError::Csv`] naming `path`.
+pub(crate) fn csv_header<R: std::io::Read>(
+    reader: &mut csv::Reader<R>,
+    path: &Path,
+) -> Result<Vec<String>, InputError> {
+    Ok(reader
+        .headers()
+        .map_err(|e| InputError::Csv {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect())
 }
 
 #[cfg(test)]

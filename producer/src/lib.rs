@@ -7,12 +7,15 @@
 //!   risk tables can share.
 //! - [`rng`]: the generator's own PRNG (xoshiro256** seeded by SplitMix64) and samplers.
 //! - [`input`]: CSV and JSON Lines input with a documented schema and line-numbered bad rows.
+//! - [`features`]: pre-featurised CSV input (the ULB credit-card data as published):
+//!   `Transaction.features` + `feature_set` fingerprint, labels from a `Class` column.
 //! - [`ratelimit`]: token bucket with an injected clock.
 //! - [`publish`]: [`run`] — batches, paces and sends `transactions` and `labels` through two
 //!   idempotent producers, and returns a [`Summary`].
 //!
 //! The `txpipe-producer` binary (src/main.rs) parses flags and calls [`run`].
 
+pub mod features;
 pub mod generate;
 pub mod input;
 pub mod publish;

@@ -8,8 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use txpipe_client::pan::PanKey;
+use txpipe_producer::features::{
+    DEFAULT_AMOUNT_COLUMN, DEFAULT_CURRENCY, DEFAULT_LABEL_COLUMN, DEFAULT_TIME_COLUMN,
+    DEFAULT_TIME_ORIGIN, FeatureColumns,
+};
 use txpipe_producer::generate::GeneratorConfig;
 use txpipe_producer::input::InputFormat;
 use txpipe_producer::{Config, OnBadRow, ProgressMode, Source};
@@ -23,8 +28,8 @@ enum LogFormat {
     Json,
 }
 
-/// Generates realistic, labelled card transactions (or reads them from CSV / JSON Lines) and
-/// publishes them to a txpipe broker: transactions to `transactions`, ground truth to `labels`.
+/// Generates realistic, labelled card transactions (or reads them from CSV / JSON Lines, or
+/// pre-featurised transactions such as the ULB credit-card data from CSV) and publishes them to a txpipe broker: transactions to `transactions`, ground truth to `labels`.
 #[derive(Debug, Parser)]
 #[command(name = "txpipe-producer", version)]
 struct Args {
@@ -53,7 +58,7 @@ struct Args {
         default_value_t = 1_735_689_600_000_000
     )]
     start_time_us: i64,
-    /// Prefix of generated transaction ids (`<prefix>tx-<20 digits>`), to keep runs apart.
+    /// Prefix of transaction ids, to keep runs apart: generated `<prefix>tx-<20 digits>`, features rows `<prefix>row-<line>`.
     #[arg(long, env = "PRODUCER_ID_PREFIX", default_value = "")]
     id_prefix: String,
     /// Transactions per second; 0 = unlimited.
@@ -68,9 +73,33 @@ struct Args {
     /// Read transactions from this CSV or JSON Lines file instead of generating them.
     #[arg(long, env = "PRODUCER_INPUT")]
     input: Option<PathBuf>,
-    /// Format of --input; default from the extension (.csv, .jsonl/.ndjson/.json).
+    /// Format of --input; default from the extension (.csv, .jsonl/.ndjson/.json). `features` (pre-featurised CSV, e.g. the ULB credit-card data) is never inferred.
     #[arg(long, env = "PRODUCER_INPUT_FORMAT", value_enum)]
     input_format: Option<InputFormat>,
+    /// Features input: column of the event time, seconds after --time-origin.
+    #[arg(long, env = "PRODUCER_TIME_COLUMN", default_value = DEFAULT_TIME_COLUMN)]
+    time_column: String,
+    /// Features input: column of the amount in major units of --features-currency (rounded to the cent).
+    #[arg(long, env = "PRODUCER_AMOUNT_COLUMN", default_value = DEFAULT_AMOUNT_COLUMN)]
+    amount_column: String,
+    /// Features input: column of the 0/1 (or false/true) fraud label, sent to `labels` only. The default may be absent (no labels); a name given explicitly must exist.
+    #[arg(long, env = "PRODUCER_LABEL_COLUMN", default_value = DEFAULT_LABEL_COLUMN)]
+    label_column: String,
+    /// Features input: feature columns in model order, comma-separated. Default: every column except the time and label columns, in header order.
+    #[arg(long, env = "PRODUCER_FEATURE_COLUMNS", value_delimiter = ',')]
+    feature_columns: Option<Vec<String>>,
+    /// Features input: RFC 3339 time of time 0 of the time column (the default is the month the ULB data were collected).
+    #[arg(long, env = "PRODUCER_TIME_ORIGIN", default_value = DEFAULT_TIME_ORIGIN, value_parser = parse_origin)]
+    time_origin: i64,
+    /// Features input: send only rows with time >= this, seconds (others count as skipped_by_filter).
+    #[arg(long, env = "PRODUCER_TIME_FROM")]
+    time_from: Option<f64>,
+    /// Features input: send only rows with time < this, seconds (others count as skipped_by_filter).
+    #[arg(long, env = "PRODUCER_TIME_UNTIL")]
+    time_until: Option<f64>,
+    /// Features input: ISO 4217 currency of the amounts.
+    #[arg(long, env = "PRODUCER_FEATURES_CURRENCY", default_value = DEFAULT_CURRENCY)]
+    features_currency: String,
     /// What to do with an input row that does not match the schema.
     #[arg(long, env = "PRODUCER_ON_BAD_ROW", value_enum, default_value_t = OnBadRow::Stop)]
     on_bad_row: OnBadRow,
@@ -97,7 +126,31 @@ struct Args {
     log_format: LogFormat,
 }
 
-fn config(args: Args) -> anyhow::Result<Config> {
+/// The ids of the features-input flags (warned about when given for another format).
+const FEATURE_ARGS: &[&str] = &[
+    "time_column",
+    "amount_column",
+    "label_column",
+    "feature_columns",
+    "time_origin",
+    "time_from",
+    "time_until",
+    "features_currency",
+];
+
+fn parse_origin(v: &str) -> Result<i64, String> {
+    txpipe_producer::input::parse_time(v)
+}
+
+/// Whether the flag `id` was given (command line or environment), not defaulted.
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
     let brokers = txpipe_client::connect::parse_addrs(&args.brokers).context("--brokers")?;
     let pan_key = match &args.pan_key_hex {
         Some(hex) => PanKey::from_hex(args.pan_key_id.clone(), hex)
@@ -114,10 +167,18 @@ fn config(args: Args) -> anyhow::Result<Config> {
             let format = match args.input_format.or_else(|| InputFormat::from_path(&path)) {
                 Some(f) => f,
                 None => bail!(
-                    "cannot tell the format of {} from its extension: give --input-format csv|jsonl",
+                    "cannot tell the format of {} from its extension: give --input-format csv|jsonl|features",
                     path.display()
                 ),
             };
+            if format != InputFormat::Features {
+                for id in FEATURE_ARGS.iter().filter(|id| given(matches, id)) {
+                    tracing::warn!(
+                        flag = %id.replace('_', "-"),
+                        "ignored: only --input-format features uses it"
+                    );
+                }
+            }
             Source::File { path, format }
         }
         None => Source::Generate(GeneratorConfig {
@@ -126,12 +187,26 @@ fn config(args: Args) -> anyhow::Result<Config> {
             merchants: args.merchants,
             fraud_rate: args.fraud_rate,
             start_time_us: args.start_time_us,
-            id_prefix: args.id_prefix,
+            id_prefix: args.id_prefix.clone(),
             ..GeneratorConfig::default()
         }),
     };
+    let features = FeatureColumns {
+        time: args.time_column.trim().to_string(),
+        amount: args.amount_column.trim().to_string(),
+        label: given(matches, "label_column").then(|| args.label_column.trim().to_string()),
+        features: args
+            .feature_columns
+            .map(|v| v.iter().map(|f| f.trim().to_string()).collect()),
+        time_origin_us: args.time_origin,
+        time_from_s: args.time_from,
+        time_until_s: args.time_until,
+        currency: args.features_currency.trim().to_ascii_uppercase(),
+        id_prefix: args.id_prefix.clone(),
+    };
     let mut config = Config::new(brokers);
     config.source = source;
+    config.features = features;
     config.count = args.count;
     config.rate_per_s = args.rate;
     config.batch_size = args.batch_size;
@@ -181,9 +256,10 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(args.log_format);
-    let config = match config(args) {
+    let config = match config(args, &matches) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");

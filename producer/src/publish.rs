@@ -23,6 +23,7 @@ use txpipe_client::produce::{
 };
 use txpipe_client::streams;
 
+use crate::features::FeatureColumns;
 use crate::generate::{ConfigError, Generator, GeneratorConfig};
 use crate::input::{BadRow, FileSource, InputError, InputFormat};
 use crate::ratelimit::TokenBucket;
@@ -35,7 +36,8 @@ pub const DEFAULT_COUNT: u64 = 2_000_000;
 pub enum Source {
     /// The seeded generator.
     Generate(GeneratorConfig),
-    /// A CSV or JSON Lines file (see [`crate::input`] for the schema).
+    /// A CSV or JSON Lines file (see [`crate::input`] for the schema), or a pre-featurised
+    /// CSV file (see [`crate::features`]; its settings are [`Config::features`]).
     File {
         /// The file.
         path: PathBuf,
@@ -83,6 +85,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Bad-row policy for files.
     pub on_bad_row: OnBadRow,
+    /// Columns, time base and window of [`InputFormat::Features`] files; ignored otherwise.
+    pub features: FeatureColumns,
     /// Send `Label` records to the `labels` stream.
     pub labels: bool,
     /// The key that seals PANs.
@@ -111,6 +115,7 @@ impl Config {
             batch_size: 500,
             max_in_flight: 16,
             on_bad_row: OnBadRow::Stop,
+            features: FeatureColumns::default(),
             labels: true,
             pan_key: Arc::new(PanKey::dev()),
             progress: ProgressMode::Never,
@@ -121,7 +126,8 @@ impl Config {
         }
     }
 
-    /// Checks cross-field rules. Errors: [`Error::Config`] naming the value.
+    /// Checks cross-field rules (and [`FeatureColumns::validate`] for a features file).
+    /// Errors: [`Error::Config`] naming the value.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.brokers.is_empty() {
@@ -146,6 +152,13 @@ impl Config {
             && !path.is_file()
         {
             return bad(format!("input file {} does not exist", path.display()));
+        }
+        if let Source::File {
+            format: InputFormat::Features,
+            ..
+        } = &self.source
+        {
+            self.features.validate().map_err(Error::Config)?;
         }
         Ok(())
     }
@@ -206,6 +219,8 @@ pub struct Summary {
     pub fraud_labelled: u64,
     /// Rows rejected by the schema.
     pub bad_rows: u64,
+    /// Rows of a features file outside `--time-from`/`--time-until` (not sent, not bad).
+    pub skipped_by_filter: u64,
     /// The first 100 bad rows.
     pub bad_row_samples: Vec<BadRow>,
     /// Wall time from start to the last acknowledgement, seconds.
@@ -232,6 +247,8 @@ struct Batch {
     labels: Vec<Record>,
     fraud: u64,
     bad_rows: Vec<BadRow>,
+    /// Rows skipped by the time window since the previous batch.
+    filtered: u64,
     /// Set on the last batch when the reader stopped on an error.
     error: Option<Error>,
 }
@@ -252,6 +269,7 @@ fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
         labels: Vec::with_capacity(if config.labels { config.batch_size } else { 0 }),
         fraud: 0,
         bad_rows: Vec::new(),
+        filtered: 0,
         error: None,
     };
     let mut batch = new_batch();
@@ -276,7 +294,9 @@ fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
             }
         }
         Source::File { path, format } => {
-            let source = match FileSource::open(path, *format, config.pan_key.clone()) {
+            let opened =
+                FileSource::open_with(path, *format, config.pan_key.clone(), &config.features);
+            let mut source = match opened {
                 Ok(s) => s,
                 Err(e) => {
                     batch.error = Some(e.into());
@@ -284,10 +304,12 @@ fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
                     return;
                 }
             };
-            for item in source {
-                if sent >= limit {
-                    break;
-                }
+            // Rows the time window skipped, as counted by the source so far.
+            let mut filtered = 0;
+            while sent < limit {
+                let Some(item) = source.next() else { break };
+                batch.filtered += source.skipped_by_filter() - filtered;
+                filtered = source.skipped_by_filter();
                 match item {
                     Err(fatal) => {
                         batch.error = Some(fatal.into());
@@ -322,9 +344,10 @@ fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
                     }
                 }
             }
+            batch.filtered += source.skipped_by_filter() - filtered;
         }
     }
-    if !batch.tx.is_empty() || !batch.bad_rows.is_empty() {
+    if !batch.tx.is_empty() || !batch.bad_rows.is_empty() || batch.filtered > 0 {
         flush(batch);
     }
 }
@@ -443,6 +466,7 @@ async fn run_inner(
             b = batch_rx.recv() => match b { Some(b) => b, None => break },
         };
         summary.bad_rows += batch.bad_rows.len() as u64;
+        summary.skipped_by_filter += batch.filtered;
         for bad in batch.bad_rows {
             if summary.bad_row_samples.len() < 100 {
                 summary.bad_row_samples.push(bad);

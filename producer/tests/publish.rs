@@ -15,7 +15,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use txpipe_client::broker::v1::broker_server::{Broker, BrokerServer};
 use txpipe_client::broker::v1::*;
+use txpipe_client::features::fingerprint;
 use txpipe_client::pipeline::v1::{Label, Transaction};
+use txpipe_producer::features::DEFAULT_TIME_ORIGIN_US;
 use txpipe_producer::generate::GeneratorConfig;
 use txpipe_producer::input::InputFormat;
 use txpipe_producer::{Config, Error, OnBadRow, Source};
@@ -388,4 +390,153 @@ async fn the_shutdown_signal_stops_the_run_and_flushes_what_was_queued() {
         stored(&state, "transactions").len() as u64,
         summary.transactions_acked
     );
+}
+
+fn decoded(state: &Arc<Mutex<State>>) -> (Vec<Transaction>, Vec<Label>) {
+    let txs = stored(state, "transactions")
+        .iter()
+        .map(|r| {
+            let t = Transaction::decode(r.value.clone()).unwrap();
+            assert_eq!(r.key.as_ref(), t.id.as_bytes());
+            t
+        })
+        .collect();
+    let labels = stored(state, "labels")
+        .iter()
+        .map(|r| Label::decode(r.value.clone()).unwrap())
+        .collect();
+    (txs, labels)
+}
+
+fn ulb_excerpt_config(port: u16) -> Config {
+    let mut cfg = config(port, 0);
+    cfg.count = None;
+    cfg.batch_size = 64;
+    cfg.source = Source::File {
+        path: testdata("ulb-creditcard-excerpt.csv"),
+        format: InputFormat::Features,
+    };
+    cfg
+}
+
+#[tokio::test]
+async fn the_ulb_excerpt_reaches_transactions_and_labels_with_its_features() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (port, _server) = start(state.clone()).await;
+    let mut cfg = ulb_excerpt_config(port);
+    cfg.features.id_prefix = "ulb-".into();
+    let summary = txpipe_producer::run(cfg, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.transactions_acked, 300);
+    assert_eq!(summary.labels_acked, 300);
+    assert_eq!(summary.fraud_labelled, 50);
+    assert_eq!((summary.bad_rows, summary.skipped_by_filter), (0, 0));
+
+    let (txs, labels) = decoded(&state);
+    assert_eq!((txs.len(), labels.len()), (300, 300));
+    let names: Vec<String> = (1..=28)
+        .map(|i| format!("V{i}"))
+        .chain(["Amount".into()])
+        .collect();
+    let set = fingerprint(&names);
+    for (i, (t, l)) in txs.iter().zip(&labels).enumerate() {
+        assert_eq!(t.id, format!("ulb-row-{}", i + 2));
+        assert_eq!(l.transaction_id, t.id);
+        assert_eq!(t.features.len(), 29);
+        assert_eq!(t.feature_set, set);
+        assert!(t.pan_encrypted.is_empty());
+    }
+    assert_eq!(txs[0].event_time_us, DEFAULT_TIME_ORIGIN_US);
+    assert_eq!(txs[0].amount_minor, 14_962);
+    assert_eq!(txs[0].features[0], -1.359_807_133_673_8_f64 as f32);
+    assert_eq!(labels.iter().filter(|l| l.is_fraud).count(), 50);
+}
+
+#[tokio::test]
+async fn the_time_window_and_count_limit_what_a_features_file_sends() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (port, _server) = start(state.clone()).await;
+    let mut cfg = ulb_excerpt_config(port);
+    cfg.features.time_from_s = Some(100.0);
+    cfg.features.time_until_s = Some(10_000.0);
+    let summary = txpipe_producer::run(cfg.clone(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.transactions_acked, 115);
+    assert_eq!(summary.skipped_by_filter, 185, "{summary:?}");
+    assert_eq!(summary.bad_rows, 0);
+    assert_eq!(summary.fraud_labelled, 25);
+    let (txs, _) = decoded(&state);
+    assert!(txs.iter().all(|t| {
+        let s = t.event_time_us - DEFAULT_TIME_ORIGIN_US;
+        (100_000_000..10_000_000_000).contains(&s)
+    }));
+
+    // --count stops after 10 sent rows: the 160 rows before the window were skipped, nothing
+    // after the 10th sent row was read.
+    cfg.count = Some(10);
+    let summary = txpipe_producer::run(cfg, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.transactions_acked, 10);
+    assert_eq!(summary.labels_acked, 10);
+    assert_eq!(summary.skipped_by_filter, 160);
+}
+
+#[tokio::test]
+async fn bad_rows_of_a_features_file_are_skipped_and_counted_or_stop_the_run() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (port, _server) = start(state.clone()).await;
+    let text = std::fs::read_to_string(testdata("ulb-creditcard-excerpt.csv")).unwrap();
+    let mut lines: Vec<String> = text.lines().take(11).map(str::to_string).collect();
+    // Line 3: V3 (the 4th field) = abc; line 6: Amount negative; line 8: Class "2".
+    let set_field = |line: &mut String, i: usize, v: &str| {
+        let mut f: Vec<&str> = line.split(',').collect();
+        let i = if i == usize::MAX { f.len() - 1 } else { i };
+        f[i] = v;
+        *line = f.join(",");
+    };
+    set_field(&mut lines[2], 3, "abc");
+    set_field(&mut lines[5], 29, "-2.50");
+    set_field(&mut lines[7], usize::MAX, "\"2\"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad-features.csv");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+
+    let mut cfg = ulb_excerpt_config(port);
+    cfg.source = Source::File {
+        path,
+        format: InputFormat::Features,
+    };
+    cfg.on_bad_row = OnBadRow::Skip;
+    let summary = txpipe_producer::run(cfg.clone(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.transactions_acked, 7);
+    assert_eq!(summary.labels_acked, 7);
+    assert_eq!(summary.bad_rows, 3);
+    let at: Vec<(u64, Option<&str>)> = summary
+        .bad_row_samples
+        .iter()
+        .map(|b| (b.line, b.column.as_deref()))
+        .collect();
+    assert_eq!(
+        at,
+        [(3, Some("V3")), (6, Some("Amount")), (8, Some("Class"))]
+    );
+    let (txs, _) = decoded(&state);
+    let ids: Vec<&str> = txs.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "row-2", "row-4", "row-5", "row-7", "row-9", "row-10", "row-11"
+        ]
+    );
+
+    cfg.on_bad_row = OnBadRow::Stop;
+    match txpipe_producer::run(cfg, std::future::pending()).await {
+        Err(Error::BadRow(b)) => assert_eq!((b.line, b.column.as_deref()), (3, Some("V3"))),
+        other => panic!("expected a bad-row stop, got {other:?}"),
+    }
 }

@@ -79,6 +79,44 @@ impl Confusion {
             self.true_positives + self.false_negatives,
         )
     }
+
+    /// Harmonic mean of precision and recall, 2PR / (P + R); 0 when both are 0.
+    pub fn f1(&self) -> f64 {
+        let (p, r) = (self.precision(), self.recall());
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
+    }
+}
+
+/// Area under the precision-recall curve of `scored` (score, is_fraud) pairs, as *average
+/// precision*: `AP = Σ_n (R_n − R_{n−1}) · P_n` over the distinct score thresholds in
+/// decreasing order, tied scores forming one threshold — the definition of scikit-learn's
+/// `average_precision_score` (Zhu 2004, "Recall, precision and average precision"), which is
+/// what the published baselines of the ULB data report as AUPRC. A constant score gives the
+/// fraud rate. `None` when there is no fraud. Sorts `scored` in place.
+pub fn average_precision(scored: &mut [(f32, bool)]) -> Option<f64> {
+    let positives = scored.iter().filter(|(_, f)| *f).count();
+    if positives == 0 {
+        return None;
+    }
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut tp, mut seen, mut ap, mut last_recall) = (0usize, 0usize, 0.0f64, 0.0f64);
+    let mut i = 0;
+    while i < scored.len() {
+        let s = scored[i].0;
+        while i < scored.len() && scored[i].0 == s {
+            tp += usize::from(scored[i].1);
+            seen += 1;
+            i += 1;
+        }
+        let recall = tp as f64 / positives as f64;
+        ap += (recall - last_recall) * (tp as f64 / seen as f64);
+        last_recall = recall;
+    }
+    Some(ap)
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -128,6 +166,12 @@ pub struct AuditReport {
     pub flagged: Confusion,
     /// "Fraud" = decided decline.
     pub declined: Confusion,
+    /// Average precision (area under the precision-recall curve) of the decisions' scores
+    /// against the labels, over the labelled transactions' first decisions; `None` without
+    /// fraud. See [`average_precision`].
+    pub auprc: Option<f64>,
+    /// Decisions per `model_version`.
+    pub model_versions: BTreeMap<String, u64>,
     /// Recall per fraud scenario.
     pub scenarios: BTreeMap<String, ScenarioRecall>,
     /// Produce-to-decision latency (Decision.decided_at_us - Decision.produced_at_us).
@@ -369,6 +413,8 @@ pub async fn audit_with(mut client: impl StreamReader) -> Result<AuditReport> {
     let mut declined = Confusion::default();
     let mut scenarios: BTreeMap<String, ScenarioRecall> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut model_versions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut scored: Vec<(f32, bool)> = Vec::with_capacity(labels.len());
     fetch_all(&mut client, streams::DECISIONS, |_, _, value| {
         let Ok(d) = Decision::decode(value) else {
             bad_decisions += 1;
@@ -383,6 +429,11 @@ pub async fn audit_with(mut client: impl StreamReader) -> Result<AuditReport> {
                     .to_lowercase(),
             )
             .or_default() += 1;
+        if let Some(n) = model_versions.get_mut(&d.model_version) {
+            *n += 1;
+        } else {
+            model_versions.insert(d.model_version.clone(), 1);
+        }
         first_decided = first_decided.min(d.decided_at_us);
         last_decided = last_decided.max(d.decided_at_us);
         let _ = latency.record((d.decided_at_us - d.produced_at_us).max(1) as u64);
@@ -401,6 +452,7 @@ pub async fn audit_with(mut client: impl StreamReader) -> Result<AuditReport> {
                     let is_declined = outcome == Outcome::Decline;
                     flagged.add(*fraud, is_flagged);
                     declined.add(*fraud, is_declined);
+                    scored.push((d.score, *fraud));
                     if *fraud {
                         let s = scenarios.entry(scenario.clone()).or_default();
                         s.total += 1;
@@ -466,6 +518,8 @@ pub async fn audit_with(mut client: impl StreamReader) -> Result<AuditReport> {
     report.outcomes = outcomes;
     report.flagged = flagged;
     report.declined = declined;
+    report.auprc = average_precision(&mut scored);
+    report.model_versions = model_versions;
     report.scenarios = scenarios;
     report.latency = latency_of(&latency, 1000.0);
     report.scoring = latency_of(&scoring, 1000.0);
@@ -519,19 +573,42 @@ pub fn render(report: &AuditReport) -> String {
     let _ = writeln!(s, "decisions: {}", outcomes.join("  "));
     let _ = writeln!(
         s,
-        "fraud (review or decline = flagged): precision {:.3}  recall {:.3}   (decline only: precision {:.3}  recall {:.3})",
+        "fraud (review or decline = flagged): precision {:.3}  recall {:.3}  F1 {:.3}   (decline only: precision {:.3}  recall {:.3}  F1 {:.3})",
         report.flagged.precision(),
         report.flagged.recall(),
+        report.flagged.f1(),
         report.declined.precision(),
-        report.declined.recall()
+        report.declined.recall(),
+        report.declined.f1()
     );
+    if let Some(ap) = report.auprc {
+        let fraud = report.flagged.true_positives + report.flagged.false_negatives;
+        let total = fraud + report.flagged.false_positives + report.flagged.true_negatives;
+        let _ = writeln!(
+            s,
+            "AUPRC (average precision of the scores) {ap:.4} over {total} labelled transactions, {fraud} fraud (a constant score would get {:.4})",
+            ratio(fraud, total)
+        );
+    }
+    if !report.model_versions.is_empty() {
+        let v: Vec<String> = report
+            .model_versions
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(s, "decisions by model: {}", v.join("  "));
+    }
     if !report.scenarios.is_empty() {
         let _ = writeln!(s, "recall per fraud scenario (flagged / total):");
         for (name, r) in &report.scenarios {
             let _ = writeln!(
                 s,
                 "  {:<22} {:>7} / {:<7} {:>6.1}%   declined {:>6.1}%",
-                name,
+                if name.is_empty() {
+                    "(no scenario given)"
+                } else {
+                    name
+                },
                 r.flagged,
                 r.total,
                 100.0 * ratio(r.flagged, r.total),
@@ -545,6 +622,43 @@ pub fn render(report: &AuditReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn average_precision_matches_scikit_learn() {
+        // Expected values from sklearn.metrics.average_precision_score 1.9.1.
+        let pairs = |s: &[f32], y: &[u8]| -> Vec<(f32, bool)> {
+            s.iter().zip(y).map(|(s, y)| (*s, *y == 1)).collect()
+        };
+        let cases: [(&[f32], &[u8], f64); 3] = [
+            (
+                &[0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+                &[1, 0, 1, 0, 0, 1],
+                0.7222222222222222,
+            ),
+            // Ties are one threshold.
+            (
+                &[0.5, 0.5, 0.3, 0.3, 0.1, 0.9],
+                &[1, 0, 1, 0, 1, 0],
+                0.41111111111111115,
+            ),
+            // A constant score gets the positive rate.
+            (&[0.2, 0.2, 0.2, 0.2], &[1, 0, 0, 0], 0.25),
+        ];
+        for (s, y, want) in cases {
+            let got = average_precision(&mut pairs(s, y)).unwrap();
+            assert!((got - want).abs() < 1e-12, "{s:?} {y:?}: {got} vs {want}");
+        }
+        assert_eq!(average_precision(&mut pairs(&[0.1, 0.2], &[0, 0])), None);
+        let c = Confusion {
+            true_positives: 6,
+            false_positives: 2,
+            false_negatives: 4,
+            true_negatives: 100,
+        };
+        // P = 0.75, R = 0.6, F1 = 2 * 0.45 / 1.35
+        assert!((c.f1() - 2.0 / 3.0).abs() < 1e-12, "{}", c.f1());
+        assert_eq!(Confusion::default().f1(), 0.0);
+    }
     use txpipe_client::broker::v1::{FetchedRecord, Record};
 
     /// A record's key and value.

@@ -23,7 +23,7 @@ enum Cmd {
     #[command(subcommand)]
     Bench(BenchCmd),
     /// Run the whole pipeline on this machine (broker, workers, producer) and print the report.
-    Run(txpipe::local::LocalArgs),
+    Run(Box<txpipe::local::LocalArgs>),
     /// Audit a running broker: every produced transaction has exactly one decision.
     Audit {
         /// Broker addresses, comma-separated host:port: every replica (each read goes to its
@@ -72,11 +72,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let exe = std::env::current_exe().context("locating the txpipe binary")?;
             // On SIGTERM/SIGINT the run is dropped, which kills every child process.
             let report = tokio::select! {
-                r = txpipe::local::run_local(args, exe) => r?,
+                r = txpipe::local::run_local(*args, exe) => r?,
                 sig = shutdown_signal() => anyhow::bail!("{sig} received; stopped every process of the run"),
             };
             print!("{}", txpipe::local::render(&report));
-            Ok(if report.audit.passed() {
+            Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -155,6 +155,7 @@ pub fn synthetic_transactions(count: usize, key: &PanKey) -> Vec<Vec<u8>> {
                 cvv_present: cnp && !(r >> 57).is_multiple_of(4),
                 local_hour: ((r >> 58) % 24) as u32,
                 features: vec![],
+                feature_set: String::new(),
             };
             tx.encode_to_vec()
         })
@@ -242,6 +243,7 @@ pub fn bench_stages(
             profile: prof[i],
             score: Scorer::combine(scores[i], hits[i]),
             stage_ns: [0; 4],
+            vector: false,
         })
         .collect();
     let t = thread_cpu();
@@ -296,4 +298,85 @@ pub fn bench_stages(
         stages,
         external_wall_us: wall.as_secs_f64() * 1e6 / chunks.max(1) as f64,
     })
+}
+
+/// CPU cost of one vector model (see [`bench_vector_models`]).
+#[derive(Debug, Clone)]
+pub struct VectorCost {
+    /// Model version.
+    pub model_version: String,
+    /// `vector_gbt` or `vector_logistic_regression`.
+    pub kind: &'static str,
+    /// Predictions timed.
+    pub count: usize,
+    /// CPU time per prediction, nanoseconds.
+    pub cpu_ns: f64,
+}
+
+/// Reads the feature vectors of a pre-featurised CSV (header row; the columns named by
+/// `features`, in that order; double quotes around values are ignored). Errors: a message
+/// naming the missing column, or the line and column of a value that is not a finite number.
+pub fn read_feature_csv(text: &str, features: &[String]) -> Result<Vec<Vec<f32>>, String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or("empty file")?
+        .split(',')
+        .map(|h| h.trim().trim_matches('"'))
+        .collect();
+    let cols: Vec<usize> = features
+        .iter()
+        .map(|f| {
+            header
+                .iter()
+                .position(|h| h == f)
+                .ok_or_else(|| format!("line 1: no column {f:?}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (i, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').collect();
+        let mut v = Vec::with_capacity(cols.len());
+        for (&c, name) in cols.iter().zip(features) {
+            let raw = fields
+                .get(c)
+                .map(|f| f.trim().trim_matches('"'))
+                .unwrap_or("");
+            match raw.parse::<f32>() {
+                Ok(x) if x.is_finite() => v.push(x),
+                _ => return Err(format!("line {}: column {name}: {raw:?}", i + 2)),
+            }
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Times `model.predict` over `vectors`, cycled to `count` predictions, on the thread CPU
+/// clock (after a warm-up pass). Panics if a vector has the wrong length (the caller reads
+/// them with the model's feature list).
+pub fn bench_vector_model(
+    model: &crate::vector::VectorModel,
+    vectors: &[Vec<f32>],
+    count: usize,
+) -> VectorCost {
+    let mut sum = 0f32;
+    for v in vectors {
+        sum += model.predict(v).expect("vector length matches the model");
+    }
+    let t = thread_cpu();
+    for v in vectors.iter().cycle().take(count) {
+        sum += model.predict(v).expect("vector length matches the model");
+    }
+    let cpu = thread_cpu() - t;
+    std::hint::black_box(sum);
+    VectorCost {
+        model_version: model.version().to_string(),
+        kind: model.kind(),
+        count,
+        cpu_ns: cpu.as_secs_f64() * 1e9 / count.max(1) as f64,
+    }
 }

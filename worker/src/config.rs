@@ -8,7 +8,8 @@ use std::time::Duration;
 use txpipe_client::pan::PanKey;
 
 use crate::model::Model;
-use crate::scoring::Thresholds;
+use crate::scoring::{Scorer, Thresholds};
+use crate::vector::{VectorModel, is_vector_model};
 use crate::{Error, Result};
 
 /// Log output format.
@@ -41,7 +42,10 @@ pub struct Config {
     /// Latency of the awaited issuer call, microseconds (0 disables the call).
     #[arg(long, env = "WORKER_ISSUER_LATENCY_US", default_value_t = 100)]
     pub issuer_latency_us: u64,
-    /// Model file (JSON written by `txpipe-train`); default: the embedded model.
+    /// Model: a JSON file (the card model written by `txpipe-train`, or a vector model written
+    /// by scripts/train_ulb.py), or an embedded one: `builtin:card` (the default),
+    /// `builtin:ulb-gbt` or `builtin:ulb-lr` (pre-featurised ULB credit-card transactions; see
+    /// docs/model-card-ulb.md). A vector model scores only transactions of its feature set.
     #[arg(long, env = "WORKER_MODEL")]
     pub model: Option<PathBuf>,
     /// Review threshold on the score (0-1); default: the model's recommendation.
@@ -181,26 +185,60 @@ impl Config {
         }
     }
 
-    /// Loads the model (`--model` or the embedded one). Errors: [`Error::Model`].
-    pub fn load_model(&self) -> Result<Model> {
-        match &self.model {
-            None => Ok(Model::embedded()),
-            Some(p) => {
-                let json = std::fs::read_to_string(p)
-                    .map_err(|e| Error::Model(format!("reading {}: {e}", p.display())))?;
-                Model::from_json(&json).map_err(|e| Error::Model(format!("{}: {e}", p.display())))
-            }
+    /// Loads the model `--model` names (see the flag). Errors: [`Error::Model`] for an
+    /// unknown `builtin:` name, an unreadable file, or an invalid model.
+    pub fn load_model(&self) -> Result<LoadedModel> {
+        let Some(p) = &self.model else {
+            return Ok(LoadedModel::Card(Box::new(Model::embedded())));
+        };
+        if let Some(name) = p.to_str().and_then(|s| s.strip_prefix("builtin:")) {
+            return match name {
+                "card" => Ok(LoadedModel::Card(Box::new(Model::embedded()))),
+                _ => VectorModel::builtin(name)
+                    .map(LoadedModel::Vector)
+                    .ok_or_else(|| {
+                        Error::Model(format!(
+                            "unknown built-in model {name:?} (card, ulb-gbt, ulb-lr)"
+                        ))
+                    }),
+            };
+        }
+        let json = std::fs::read_to_string(p)
+            .map_err(|e| Error::Model(format!("reading {}: {e}", p.display())))?;
+        let ctx = |e: Error| Error::Model(format!("{}: {e}", p.display()));
+        if is_vector_model(&json) {
+            VectorModel::from_json(&json)
+                .map(LoadedModel::Vector)
+                .map_err(ctx)
+        } else {
+            Model::from_json(&json)
+                .map(|m| LoadedModel::Card(Box::new(m)))
+                .map_err(ctx)
         }
     }
 
     /// Thresholds: flags override the model's recommendation. Errors: [`Error::Config`].
-    pub fn thresholds(&self, model: &Model) -> Result<Thresholds> {
+    pub fn thresholds(&self, model: &LoadedModel) -> Result<Thresholds> {
+        let (review, decline) = model.recommended_thresholds();
         Thresholds::new(
-            self.review_threshold
-                .unwrap_or(model.file().review_threshold),
-            self.decline_threshold
-                .unwrap_or(model.file().decline_threshold),
+            self.review_threshold.unwrap_or(review),
+            self.decline_threshold.unwrap_or(decline),
         )
+    }
+
+    /// The scorer of this configuration: `--model`, thresholds, `--crypto-rounds`. A vector
+    /// model is paired with the embedded card model for the card stages it never runs.
+    /// Errors: as [`Self::load_model`] and [`Self::thresholds`].
+    pub fn scorer(&self, pan_key: PanKey) -> Result<Scorer> {
+        let model = self.load_model()?;
+        let thresholds = self.thresholds(&model)?;
+        Ok(match model {
+            LoadedModel::Card(m) => Scorer::new(pan_key, self.crypto_rounds, *m, thresholds),
+            LoadedModel::Vector(v) => {
+                Scorer::new(pan_key, self.crypto_rounds, Model::embedded(), thresholds)
+                    .with_vector_model(v)
+            }
+        })
     }
 
     /// The consumer name: `--name`, or `<hostname>-<pid>`.
@@ -216,6 +254,33 @@ impl Config {
     /// Issuer call latency.
     pub fn issuer_latency(&self) -> Duration {
         Duration::from_micros(self.issuer_latency_us)
+    }
+}
+
+/// The model `--model` names.
+#[derive(Debug, Clone)]
+pub enum LoadedModel {
+    /// The card model (generated / card-format transactions).
+    Card(Box<Model>),
+    /// A vector model (pre-featurised transactions).
+    Vector(VectorModel),
+}
+
+impl LoadedModel {
+    /// The model's recommended (review, decline) thresholds.
+    pub fn recommended_thresholds(&self) -> (f32, f32) {
+        match self {
+            LoadedModel::Card(m) => (m.file().review_threshold, m.file().decline_threshold),
+            LoadedModel::Vector(v) => v.thresholds(),
+        }
+    }
+
+    /// The model version.
+    pub fn version(&self) -> &str {
+        match self {
+            LoadedModel::Card(m) => m.version(),
+            LoadedModel::Vector(v) => v.version(),
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`worker::run`]: the event loop (consume stream, scoring, decision produce, acks,
 //!   reconnects, graceful drain) and [`worker::WorkerStats`].
 //! - [`scoring`]: stages 1-4 ([`scoring::Scorer`]) and the decision record; [`crypto`],
-//!   [`tables`], [`rules`] and [`model`] are the pieces the stages use.
+//!   [`tables`], [`rules`] and [`model`] are the pieces the stages use; [`vector`] is the
+//!   model stage for pre-featurised transactions (the ULB credit-card models).
 //! - [`timer`]: the high-resolution async timer of stage 5 (the awaited issuer call).
 //! - [`train`]: training and evaluation of the logistic-regression model (the
 //!   `txpipe-train` binary feeds it from the seeded generator).
@@ -25,6 +26,7 @@ pub mod scoring;
 pub mod tables;
 pub mod timer;
 pub mod train;
+pub mod vector;
 pub mod worker;
 
 pub use config::Config;

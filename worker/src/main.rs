@@ -1,6 +1,6 @@
 //! `txpipe-worker`: runs a fraud-scoring worker, or `bench-stages` to print per-stage CPU cost.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use txpipe_worker::config::{Config, LogFormat};
 
@@ -25,6 +25,11 @@ enum Command {
         /// Transactions per stage pass.
         #[arg(long, env = "WORKER_BENCH_COUNT", default_value_t = 50_000)]
         count: usize,
+        /// Also time the vector models' inference (`builtin:ulb-lr`, `builtin:ulb-gbt`, or
+        /// just `--model` when it is a vector model) over the rows of this pre-featurised CSV
+        /// (e.g. producer/testdata/ulb-creditcard-excerpt.csv), cycled to `--count`.
+        #[arg(long)]
+        vector_csv: Option<std::path::PathBuf>,
         #[command(flatten)]
         config: Config,
     },
@@ -71,22 +76,62 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::BenchStages { count, config }) => {
+        Some(Command::BenchStages {
+            count,
+            vector_csv,
+            config,
+        }) => {
+            use txpipe_worker::bench;
+            use txpipe_worker::vector::VectorModel;
             init_tracing(config.log_format);
             config.validate()?;
-            let model = config.load_model()?;
-            let thresholds = config.thresholds(&model)?;
             let (key, _) = config.pan_key()?;
             let (bench_key, _) = config.pan_key()?;
-            let scorer =
-                txpipe_worker::scoring::Scorer::new(key, config.crypto_rounds, model, thresholds);
-            let report = txpipe_worker::bench::bench_stages(
-                &scorer,
-                &bench_key,
-                count,
-                config.issuer_latency(),
-            )?;
-            print!("{}", report.render());
+            let scorer = config.scorer(key)?;
+            let card_model_us = if scorer.vector_model().is_none() {
+                let report =
+                    bench::bench_stages(&scorer, &bench_key, count, config.issuer_latency())?;
+                print!("{}", report.render());
+                report
+                    .stages
+                    .iter()
+                    .find(|s| s.stage == "model")
+                    .map(|s| s.cpu_us)
+            } else if vector_csv.is_none() {
+                bail!("--model is a vector model: give --vector-csv with rows of its feature set");
+            } else {
+                None
+            };
+            if let Some(path) = vector_csv {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let models: Vec<VectorModel> = match scorer.vector_model() {
+                    Some(v) => vec![v.clone()],
+                    None => ["ulb-lr", "ulb-gbt"]
+                        .iter()
+                        .filter_map(|n| VectorModel::builtin(n))
+                        .collect(),
+                };
+                println!(
+                    "vector models over {} ({count} predictions each):",
+                    path.display()
+                );
+                for m in &models {
+                    let rows = bench::read_feature_csv(&text, m.features())
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    let c = bench::bench_vector_model(m, &rows, count);
+                    let vs_card = card_model_us
+                        .map(|us| format!(", {:.2}x the card model stage", c.cpu_ns / 1e3 / us))
+                        .unwrap_or_default();
+                    println!(
+                        "  {:<14} {:<27} {:>9.0} ns/tx  {:>12.0} tx/s per CPU{vs_card}",
+                        c.model_version,
+                        c.kind,
+                        c.cpu_ns,
+                        1e9 / c.cpu_ns.max(1e-9)
+                    );
+                }
+            }
             Ok(())
         }
         None => {

@@ -1,4 +1,10 @@
 //! Prometheus metrics and the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! On Linux the registry also holds a [`prometheus::process_collector::ProcessCollector`] of
+//! the current process: `process_cpu_seconds_total` (user + system CPU, whole seconds),
+//! `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`,
+//! `process_max_fds`, `process_threads`, `process_start_time_seconds`, read from `/proc/self`
+//! at every scrape (several workers in one process report the same figures).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,6 +122,12 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         // Pre-create label values so every series exists from the start.
         for o in ["approve", "review", "decline"] {
             decisions.with_label_values(&[o]);
@@ -181,5 +193,65 @@ async fn ready_handler(State(s): State<AdminState>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not subscribed\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Value of the sample `series` (name with its labels, exactly as rendered) in a body.
+    fn sample(body: &str, series: &str) -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// The admin server's `/metrics` body carries the worker's own metrics and, on Linux, the
+    /// process metrics (the "CPU vs limit" dashboard panel reads `process_cpu_seconds_total`).
+    #[tokio::test]
+    async fn metrics_endpoint_serves_worker_and_process_metrics() {
+        let metrics = Metrics::new();
+        metrics.scored.inc_by(3);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(AdminState {
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+        });
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        server.abort();
+        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(
+            sample(body, "txpipe_worker_scored_total"),
+            Some(3.0),
+            "{body}"
+        );
+        #[cfg(target_os = "linux")]
+        {
+            for name in [
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "process_threads",
+            ] {
+                assert!(
+                    body.contains(&format!("# TYPE {name} ")),
+                    "{name} missing:\n{body}"
+                );
+            }
+            assert!(
+                sample(body, "process_cpu_seconds_total").is_some(),
+                "{body}"
+            );
+            assert!(sample(body, "process_resident_memory_bytes").unwrap() > 0.0);
+        }
     }
 }

@@ -22,6 +22,7 @@ use crate::crypto::CryptoRounds;
 use crate::model::{FeatureVec, Model, N_FEATURES};
 use crate::rules::{self, Rule, RuleHits, RuleInput};
 use crate::tables::{self, RiskTable};
+use crate::vector::VectorModel;
 use crate::{Error, Result};
 
 /// A scoring stage (label of `txpipe_worker_stage_duration_seconds`).
@@ -140,6 +141,8 @@ pub struct Assessment {
     pub score: f32,
     /// Wall time of stages 1-4 (crypto, profile, rules, model), nanoseconds.
     pub stage_ns: [u64; 4],
+    /// Scored by the vector model (stages 1-3 did not run; `stage_ns[..3]` are 0).
+    pub vector: bool,
 }
 
 impl Assessment {
@@ -187,6 +190,8 @@ pub struct Scorer {
     /// Median amount per MCC (direct-indexed, 10,000 entries), EUR.
     mcc_median: Vec<f32>,
     model: Model,
+    /// When set, the worker scores pre-featurised transactions with it (and only those).
+    vector: Option<VectorModel>,
     thresholds: Thresholds,
 }
 
@@ -210,7 +215,48 @@ impl Scorer {
             terminal,
             mcc_median,
             model,
+            vector: None,
             thresholds,
+        }
+    }
+
+    /// Makes this a vector-model scorer: it scores only transactions carrying a feature
+    /// vector of `vector`'s feature set, with `vector`, and [`Self::check`] rejects the rest.
+    pub fn with_vector_model(mut self, vector: VectorModel) -> Self {
+        self.vector = Some(vector);
+        self
+    }
+
+    /// The vector model, when this scorer has one.
+    pub fn vector_model(&self) -> Option<&VectorModel> {
+        self.vector.as_ref()
+    }
+
+    /// Version of the model that scores: the vector model's when set, else the card model's.
+    pub fn model_version(&self) -> &str {
+        match &self.vector {
+            Some(v) => v.version(),
+            None => self.model.version(),
+        }
+    }
+
+    /// Whether this scorer can score `tx`. A card-model scorer takes transactions without a
+    /// feature vector; a vector-model scorer takes only those whose `feature_set` and vector
+    /// length match its model. Errors: the reason, used to nack the transaction (the broker
+    /// dead-letters it after its delivery attempts), so nothing is scored with the wrong model.
+    pub fn check(&self, tx: &Transaction) -> std::result::Result<(), String> {
+        match &self.vector {
+            Some(v) if tx.features.is_empty() => Err(format!(
+                "transaction has no feature vector; this worker's model {} scores pre-featurised transactions",
+                v.version()
+            )),
+            Some(v) => v.accepts(&tx.feature_set, tx.features.len()),
+            None if !tx.features.is_empty() => Err(format!(
+                "transaction carries a feature vector (feature set {:?}) but this worker runs the card model {}; start the workers with a vector model (--model builtin:ulb-gbt or a file trained on those columns)",
+                tx.feature_set,
+                self.model.version()
+            )),
+            None => Ok(()),
         }
     }
 
@@ -329,8 +375,23 @@ impl Scorer {
         if hits.any_hard() { 1.0 } else { model_score }
     }
 
-    /// Runs stages 1-4 on `tx`, timing each with the monotonic clock.
+    /// Runs stages 1-4 on `tx`, timing each with the monotonic clock. With a vector model
+    /// only stage 4 runs, on `tx.features` (call [`Self::check`] first; a vector of the wrong
+    /// length scores 1.0, which declines rather than approves).
     pub fn assess(&self, tx: &Transaction) -> Assessment {
+        if let Some(v) = &self.vector {
+            let t0 = Instant::now();
+            let model_score = v.predict(&tx.features).unwrap_or(1.0);
+            let ns = t0.elapsed().as_nanos() as u64;
+            return Assessment {
+                hits: RuleHits::default(),
+                model_score,
+                profile: Profile::default(),
+                score: model_score,
+                stage_ns: [0, 0, 0, ns],
+                vector: true,
+            };
+        }
         let t0 = Instant::now();
         let dec = self.stage_crypto(tx);
         let t1 = Instant::now();
@@ -352,6 +413,7 @@ impl Scorer {
                 (t3 - t2).as_nanos() as u64,
                 (t4 - t3).as_nanos() as u64,
             ],
+            vector: false,
         }
     }
 
@@ -370,7 +432,7 @@ impl Scorer {
             outcome: a.outcome(&self.thresholds) as i32,
             score: a.score,
             reasons: a.reasons(&self.thresholds),
-            model_version: self.model.version().to_string(),
+            model_version: self.model_version().to_string(),
             source_offset: meta.offset,
             attempt: meta.attempt,
             produced_at_us: meta.produced_at_us,
@@ -408,6 +470,7 @@ pub(crate) mod tests {
             cvv_present: false,
             local_hour: 14,
             features: vec![],
+            feature_set: String::new(),
         }
     }
 
@@ -445,6 +508,48 @@ pub(crate) mod tests {
             test_model(),
             Thresholds::new(0.5, 0.9).unwrap(),
         )
+    }
+
+    #[test]
+    fn each_scorer_takes_only_the_transactions_of_its_model() {
+        let card = Scorer::new(
+            PanKey::dev(),
+            0,
+            test_model(),
+            Thresholds::new(0.5, 0.9).unwrap(),
+        );
+        let v = crate::vector::VectorModel::builtin("ulb-gbt").unwrap();
+        let vector = Scorer::new(
+            PanKey::dev(),
+            0,
+            test_model(),
+            Thresholds::new(0.5, 0.9).unwrap(),
+        )
+        .with_vector_model(v.clone());
+        let plain = sealed_tx("tx-1", "4111111111111111");
+        let mut featurised = sealed_tx("tx-2", "");
+        featurised.features = vec![0.0; 29];
+        featurised.feature_set = v.feature_set().to_string();
+
+        assert!(card.check(&plain).is_ok());
+        let e = card.check(&featurised).unwrap_err();
+        assert!(e.contains("card model"), "{e}");
+        let e = vector.check(&plain).unwrap_err();
+        assert!(e.contains("no feature vector"), "{e}");
+        assert!(vector.check(&featurised).is_ok());
+        let mut other = featurised.clone();
+        other.feature_set = txpipe_client::features::fingerprint(["V2", "V1"]);
+        assert!(vector.check(&other).unwrap_err().contains("does not match"));
+        let mut short = featurised.clone();
+        short.features.pop();
+        assert!(vector.check(&short).is_err());
+
+        let a = vector.assess(&featurised);
+        assert!(a.vector && a.hits == RuleHits::default());
+        assert_eq!(a.score, v.predict(&featurised.features).unwrap());
+        assert_eq!(a.stage_ns[..3], [0, 0, 0]);
+        let d = vector.decision("tx-2", &a, DeliveryMeta::default(), "w", 1, 1);
+        assert_eq!(d.model_version, "ulb-gbt-1");
     }
 
     #[test]

@@ -279,8 +279,6 @@ where
 {
     config.validate()?;
     let addrs = config.broker_addrs()?;
-    let model = config.load_model()?;
-    let thresholds = config.thresholds(&model)?;
     let (pan_key, dev_key) = config.pan_key()?;
     if dev_key {
         warn!(
@@ -288,9 +286,12 @@ where
         );
     }
     let name = config.worker_name();
+    let scorer = Arc::new(config.scorer(pan_key)?);
+    let thresholds = *scorer.thresholds();
     info!(
         worker = %name,
-        model_version = %model.version(),
+        model_version = %scorer.model_version(),
+        feature_set = scorer.vector_model().map(|v| v.feature_set()).unwrap_or("-"),
         review = thresholds.review,
         decline = thresholds.decline,
         crypto_rounds = config.crypto_rounds,
@@ -298,12 +299,6 @@ where
         window = config.window,
         "worker starting"
     );
-    let scorer = Arc::new(Scorer::new(
-        pan_key,
-        config.crypto_rounds,
-        model,
-        thresholds,
-    ));
     let timer = HiResTimer::start()?;
     let metrics = Metrics::new();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -621,8 +616,13 @@ impl EventLoop<'_> {
                     continue;
                 }
             };
+            if let Err(reason) = self.scorer.check(&tx) {
+                nacks.push((d.offset, reason));
+                continue;
+            }
             let assessment = self.scorer.assess(&tx);
-            for (i, s) in Stage::ALL[..4].iter().enumerate() {
+            let first = if assessment.vector { 3 } else { 0 };
+            for (i, s) in Stage::ALL[..4].iter().enumerate().skip(first) {
                 self.metrics
                     .stage
                     .with_label_values(&[s.name()])

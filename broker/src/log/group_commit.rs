@@ -9,6 +9,11 @@
 //! on tokio's blocking pool (`spawn_blocking`), one batch at a time; requests arriving during
 //! a batch's fsync form the next batch, so the batch size grows with load.
 //!
+//! Timing: with a histogram given to [`GroupCommit::spawn_observed`], the writer observes the
+//! duration of every fdatasync it makes (seconds, successful or not), and nothing when the
+//! log's `fsync` setting is off. The fdatasync of a full segment when the log rolls to a new
+//! one happens inside [`SegmentedLog::append`] (under the write lock) and is not in it.
+//!
 //! Failure: an error from the write or the fsync *poisons* the writer: that batch's waiters
 //! and every later append get the error (a copy of it), because after a failed fsync the page
 //! cache may no longer hold what the caller wrote (the "fsyncgate" lesson: Postgres 2018,
@@ -24,6 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -73,6 +79,8 @@ struct Shared {
     poison: OnceLock<LogError>,
     /// One past the last entry this writer made durable.
     durable_next: AtomicU64,
+    /// Observes each fdatasync's duration, seconds.
+    fsync_seconds: Option<prometheus::Histogram>,
 }
 
 struct Request {
@@ -142,6 +150,28 @@ impl GroupCommit {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn spawn(log: SharedLog, max_batch_bytes: usize) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::start(log, max_batch_bytes, None)
+    }
+
+    /// [`GroupCommit::spawn`], and the writer observes the duration of every fdatasync it makes
+    /// in `fsync_seconds` (seconds; the broker's `txpipe_broker_fsync_duration_seconds`). No
+    /// observation when the log was opened with `fsync = false` (no sync is made).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn spawn_observed(
+        log: SharedLog,
+        max_batch_bytes: usize,
+        fsync_seconds: prometheus::Histogram,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::start(log, max_batch_bytes, Some(fsync_seconds))
+    }
+
+    fn start(
+        log: SharedLog,
+        max_batch_bytes: usize,
+        fsync_seconds: Option<prometheus::Histogram>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (dir, max_entry_bytes, next) = {
             let g = log.read().unwrap_or_else(|e| e.into_inner());
             (
@@ -157,6 +187,7 @@ impl GroupCommit {
             stats: Mutex::new(GroupCommitStats::default()),
             poison: OnceLock::new(),
             durable_next: AtomicU64::new(next),
+            fsync_seconds,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run_writer(rx, Arc::clone(&shared), max_batch_bytes.max(1)));
@@ -313,7 +344,14 @@ fn write_batch(shared: &Shared, batch: &[Request]) -> Result<Vec<Range<u64>>> {
         (range, log.sync_handle())
     };
     if !refs.is_empty() {
-        handle.sync()?;
+        let started = Instant::now();
+        let synced = handle.sync();
+        if let Some(h) = &shared.fsync_seconds
+            && handle.file.is_some()
+        {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        synced?;
         let mut stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.syncs += 1;
         stats.entries += refs.len() as u64;
@@ -540,6 +578,54 @@ mod tests {
                 Bytes::from(format!("{i:0>100}"))
             );
         }
+    }
+
+    fn fsync_histogram() -> prometheus::Histogram {
+        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
+            "test_fsync_seconds",
+            "test",
+        ))
+        .unwrap()
+    }
+
+    /// Every fdatasync of the writer is observed once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_fsync_is_observed_in_the_histogram() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fsync_histogram();
+        let (gc, task) = GroupCommit::spawn_observed(shared_log(dir.path()), 1000, h.clone());
+        let tickets: Vec<_> = (0..10)
+            .map(|_| gc.submit(vec![Bytes::from(vec![7u8; 500])]))
+            .collect();
+        for t in tickets {
+            t.await.unwrap();
+        }
+        gc.append(vec![Bytes::from_static(b"one more")])
+            .await
+            .unwrap();
+        assert_eq!(gc.stats().syncs, 6);
+        assert_eq!(h.get_sample_count(), 6);
+        assert!(h.get_sample_sum() > 0.0, "{}", h.get_sample_sum());
+        drop(gc);
+        task.await.unwrap();
+    }
+
+    /// With `fsync = false` no sync is made, so nothing is observed (the batch still counts in
+    /// the writer's stats).
+    #[tokio::test(flavor = "current_thread")]
+    async fn nothing_is_observed_when_fsync_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = LogConfig::new(dir.path());
+        config.fsync = false;
+        let (log, _) = SegmentedLog::open(config).unwrap();
+        let h = fsync_histogram();
+        let (gc, _task) =
+            GroupCommit::spawn_observed(Arc::new(std::sync::RwLock::new(log)), 1 << 20, h.clone());
+        for i in 0..3u32 {
+            gc.append(vec![Bytes::from(format!("e{i}"))]).await.unwrap();
+        }
+        assert_eq!(gc.stats().syncs, 3);
+        assert_eq!(h.get_sample_count(), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]

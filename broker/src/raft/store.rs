@@ -234,7 +234,8 @@ impl Shared {
         };
         let next = state.next_offset();
         let shared_log = Arc::new(std::sync::RwLock::new(log));
-        let (gc, _writer) = GroupCommit::spawn(shared_log, 4 << 20);
+        let (gc, _writer) =
+            GroupCommit::spawn_observed(shared_log, 4 << 20, metrics.fsync_seconds.clone());
         let (end, _) = watch::channel(next);
         let purged = match (purged, snapmeta.as_ref().and_then(|m| m.meta.last_log_id)) {
             (Some(p), _) => Some(p),
