@@ -185,6 +185,7 @@ def main() -> None:
                     default=Path("producer/testdata/ulb-creditcard-excerpt.csv"))
     args = ap.parse_args()
 
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     digest = sha256(args.csv)
     if digest != DATASET_SHA256:
         sys.exit(f"{args.csv}: sha256 {digest}, expected {DATASET_SHA256}")
