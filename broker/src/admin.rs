@@ -1,5 +1,6 @@
-//! Admin HTTP (axum): `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (recovered and serving gRPC), `/status.json` and `/` (a live status page that polls
+//! Admin HTTP (axum): `/metrics` (Prometheus text), `/healthz` (500 once a stream's log
+//! failed and the process must restart), `/readyz` (recovered and serving gRPC, every stream
+//! healthy; 503 with the reasons otherwise, see [`crate::health`]), `/status.json` and `/` (a live status page that polls
 //! `/status.json` every second: per stream consumers, throughput, queue depth, in-flight,
 //! redeliveries, dead letters, segments and bytes, Raft leaders and terms), and
 //! `POST /cluster/voters` (body `{"voters": ["<peer host:port>", ...]}`): makes exactly those
@@ -33,7 +34,7 @@ pub struct AdminState {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status.json", get(status_json))
         .route("/cluster/voters", post(set_voters))
@@ -77,8 +78,27 @@ async fn set_voters(
 /// `podManagementPolicy: OrderedReady` starts pod `i + 1` only once pod `i` is ready, so
 /// readiness must not wait for the bootstrap (clients find no client port yet and try the
 /// next broker).
+/// 200 while the process can go on; 500 with the reason once a stream's log failed (a
+/// poisoned writer needs a restart, see [`crate::health`]), so the liveness probe restarts
+/// the pod.
+async fn healthz(State(s): State<AdminState>) -> Response {
+    match s.broker.get().and_then(|b| b.health().restart) {
+        Some(reason) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("restart needed: {reason}\n"),
+        )
+            .into_response(),
+        None => (StatusCode::OK, "ok\n").into_response(),
+    }
+}
+
 async fn readyz(State(s): State<AdminState>) -> Response {
     match s.broker.get() {
+        Some(b) if !b.health().all_serving() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not serving:\n{}", b.health().reasons()),
+        )
+            .into_response(),
         Some(b) if b.is_ready() => (StatusCode::OK, "ready\n").into_response(),
         None if s
             .waiting_for_peers

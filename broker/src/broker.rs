@@ -13,6 +13,7 @@ use txpipe_client::streams;
 use crate::config::Config;
 use crate::delivery::{ConsumerInfo, DeliveryConfig, DeliveryHandle};
 use crate::error::{Error, Result};
+use crate::health::{HealthReport, HealthTracker, StreamProbe};
 use crate::metrics::Metrics;
 use crate::raft::NodeId;
 use crate::raft::cluster::Cluster;
@@ -169,6 +170,7 @@ pub struct Broker {
     /// Identity, peers and membership.
     pub cluster: Arc<Cluster>,
     status: Mutex<BrokerStatus>,
+    health: Mutex<HealthReport>,
     started: Instant,
 }
 
@@ -295,6 +297,7 @@ impl Broker {
             shutdown,
             cluster,
             status: Mutex::new(BrokerStatus::default()),
+            health: Mutex::new(HealthReport::default()),
             started: Instant::now(),
         }))
     }
@@ -306,6 +309,37 @@ impl Broker {
                 .streams
                 .values()
                 .all(|s| s.replica.poisoned().is_none())
+    }
+
+    /// How long a stream may be without a leader before it is reported unavailable: twice
+    /// the maximum election timeout (1.5 × `election_timeout_ms`), see [`crate::health`].
+    pub fn leaderless_grace(&self) -> Duration {
+        Duration::from_millis(3 * self.config.election_timeout_ms)
+    }
+
+    /// Probes every stream (poisoned writer, leader known) and records the verdict of
+    /// `tracker` at `now` as [`Self::health`].
+    pub fn check_health(&self, tracker: &mut HealthTracker, now: Instant) -> HealthReport {
+        let probes: Vec<StreamProbe> = self
+            .streams
+            .iter()
+            .map(|(name, s)| StreamProbe {
+                name: name.clone(),
+                poisoned: s.replica.poisoned().map(|e| e.to_string()),
+                has_leader: s.replica.leader().is_some(),
+            })
+            .collect();
+        let report = tracker.evaluate(now, &probes);
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
+        report
+    }
+
+    /// The last health verdict (see [`Self::check_health`]).
+    pub fn health(&self) -> HealthReport {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The stream named `name`.

@@ -23,8 +23,10 @@ pub mod admin;
 pub mod broker;
 pub mod command;
 pub mod config;
+pub mod datadir;
 pub mod delivery;
 pub mod error;
+pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod raft;
@@ -67,7 +69,8 @@ pub struct Listeners {
 
 /// Runs a broker until `shutdown` resolves.
 ///
-/// Order: validate the config, serve the admin port (`/healthz` answers at once, `/readyz` is
+/// Order: validate the config, lock the data directory ([`datadir`]: a second broker on the
+/// same directory fails here), serve the admin port (`/healthz` answers at once, `/readyz` is
 /// 503) and the peer port, resolve the node identity (see [`raft::cluster`]: may wait for
 /// peers), recover every stream and start its Raft group, bootstrap or join when the volume
 /// was empty, serve gRPC and report SERVING through `grpc.health.v1` and `/readyz` (serving
@@ -89,6 +92,8 @@ pub async fn run(
         admin: admin_listener,
     } = listeners;
     config.validate()?;
+    // Held until `run` returns: one broker per data directory.
+    let _dir_lock = datadir::DataDirLock::acquire(&config.data_dir)?;
     let metrics = metrics::Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc_addr = grpc_listener.local_addr()?;
@@ -212,6 +217,15 @@ pub async fn run(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    for name in b.streams.keys() {
+        // Until the first verdict of `report_health` (200 ms at most).
+        health
+            .set_service_status(
+                stream_health_service(name),
+                tonic_health::ServingStatus::Serving,
+            )
+            .await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(txpipe_client::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -242,6 +256,11 @@ pub async fn run(
     );
     b.ready.store(true, Ordering::Relaxed);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "txpipe broker serving");
+    let health_task = tokio::spawn(report_health(
+        Arc::clone(&b),
+        health.clone(),
+        stop_rx.clone(),
+    ));
 
     // Background: status sampling every second, snapshots + retention on their interval.
     let bg = {
@@ -274,6 +293,7 @@ pub async fn run(
         .set_not_serving::<BrokerServer<service::BrokerService>>()
         .await;
     let _ = bg.await;
+    let _ = health_task.await;
     match tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server failed"),
@@ -286,4 +306,67 @@ pub async fn run(
     stop_signal.abort();
     tracing::info!("txpipe broker stopped");
     Ok(())
+}
+
+/// gRPC health service name of one stream: `txpipe.broker.v1.Broker/<stream>`.
+pub fn stream_health_service(stream: &str) -> String {
+    format!(
+        "{}/{stream}",
+        <BrokerServer<service::BrokerService> as tonic::server::NamedService>::NAME
+    )
+}
+
+/// Every 200 ms: evaluates [`health`] and publishes it through `grpc.health.v1` (per stream
+/// as [`stream_health_service`]; `""` and the Broker service are SERVING only when every
+/// stream is) and, through [`broker::Broker::health`], `/readyz` and `/healthz`. Logs each
+/// change of verdict once.
+async fn report_health(
+    b: Arc<broker::Broker>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let mut tracker = health::HealthTracker::new(b.leaderless_grace());
+    let mut last: Option<health::HealthReport> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::broker::stopped(&mut stop) => return,
+        }
+        let report = b.check_health(&mut tracker, std::time::Instant::now());
+        if last.as_ref() == Some(&report) {
+            continue;
+        }
+        let status = |ok: bool| {
+            if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        for s in &report.streams {
+            reporter
+                .set_service_status(
+                    stream_health_service(&s.name),
+                    status(s.not_serving.is_none()),
+                )
+                .await;
+        }
+        let all = status(report.all_serving());
+        reporter.set_service_status("", all).await;
+        reporter
+            .set_service_status(
+                <BrokerServer<service::BrokerService> as tonic::server::NamedService>::NAME,
+                all,
+            )
+            .await;
+        if report.all_serving() {
+            tracing::info!("health: every stream serving");
+        } else {
+            tracing::warn!(reasons = %report.reasons().trim_end(), restart = ?report.restart, "health: not serving");
+        }
+        last = Some(report);
+    }
 }
