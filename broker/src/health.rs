@@ -17,10 +17,12 @@
 //!    timeout: one timeout to notice the old leader is gone, one for the election) after a
 //!    leader was seen: `NOT_SERVING` and `/readyz` 503 with the stream and for how long. The
 //!    process stays alive (`/healthz` 200): a minority partition heals by itself.
-//! 3. Otherwise `SERVING`. A stream that has *never* had a leader since this process started
-//!    (the cluster is forming, or every replica restarted at once) stays `SERVING`: a
-//!    StatefulSet with `podManagementPolicy: OrderedReady` starts pod `i + 1` only when pod
-//!    `i` is ready, so readiness that waited for a quorum would never get one.
+//! 3. Otherwise `SERVING`. In a cluster of several replicas, a stream that has *never* had a
+//!    leader since this process started (the cluster is forming, or every replica restarted
+//!    at once) stays `SERVING`: a StatefulSet with `podManagementPolicy: OrderedReady` starts
+//!    pod `i + 1` only when pod `i` is ready, so readiness that waited for a quorum would never
+//!    get one. A single replica needs nobody else to elect itself, so there the clock of rule 2
+//!    starts at the first probe.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -81,14 +83,17 @@ struct Seen {
 #[derive(Debug)]
 pub struct HealthTracker {
     leaderless_grace: Duration,
+    single_node: bool,
     seen: BTreeMap<String, Seen>,
 }
 
 impl HealthTracker {
-    /// A tracker that declares a stream unavailable after `leaderless_grace` without a leader.
-    pub fn new(leaderless_grace: Duration) -> Self {
+    /// A tracker that declares a stream unavailable after `leaderless_grace` without a leader;
+    /// `single_node`: this replica is the whole cluster (see rule 3 of the module docs).
+    pub fn new(leaderless_grace: Duration, single_node: bool) -> Self {
         Self {
             leaderless_grace,
+            single_node,
             seen: BTreeMap::new(),
         }
     }
@@ -98,7 +103,10 @@ impl HealthTracker {
         let mut report = HealthReport::default();
         let mut restart = Vec::new();
         for p in probes {
-            let seen = self.seen.entry(p.name.clone()).or_default();
+            let seen = self.seen.entry(p.name.clone()).or_insert_with(|| Seen {
+                ever: self.single_node,
+                leaderless_since: None,
+            });
             if p.has_leader {
                 seen.ever = true;
                 seen.leaderless_since = None;
@@ -212,7 +220,7 @@ mod tests {
         ];
         for c in cases {
             let t0 = Instant::now();
-            let mut t = HealthTracker::new(GRACE);
+            let mut t = HealthTracker::new(GRACE, false);
             let mut last = HealthReport::default();
             for &(ms, leader, poison) in c.steps {
                 last = t.evaluate(
@@ -226,9 +234,22 @@ mod tests {
     }
 
     #[test]
+    fn a_single_replica_that_never_elects_itself_stops_serving_after_the_grace() {
+        let t0 = Instant::now();
+        let mut t = HealthTracker::new(GRACE, true);
+        assert!(t.evaluate(t0, &[probe("s", false, None)]).all_serving());
+        let r = t.evaluate(
+            t0 + GRACE + Duration::from_millis(1),
+            &[probe("s", false, None)],
+        );
+        assert!(!r.all_serving(), "{r:?}");
+        assert!(r.restart.is_none());
+    }
+
+    #[test]
     fn reasons_name_the_stream_and_the_cause() {
         let t0 = Instant::now();
-        let mut t = HealthTracker::new(GRACE);
+        let mut t = HealthTracker::new(GRACE, false);
         t.evaluate(t0, &[probe("a", true, None), probe("b", true, None)]);
         t.evaluate(
             t0 + Duration::from_millis(10),

@@ -26,6 +26,7 @@ pub mod config;
 pub mod datadir;
 pub mod delivery;
 pub mod error;
+pub mod failpoints;
 pub mod health;
 pub mod log;
 pub mod metrics;
@@ -326,7 +327,7 @@ async fn report_health(
     mut stop: watch::Receiver<bool>,
 ) {
     use tonic_health::ServingStatus;
-    let mut tracker = health::HealthTracker::new(b.leaderless_grace());
+    let mut tracker = health::HealthTracker::new(b.leaderless_grace(), b.config.peers.len() <= 1);
     let mut last: Option<health::HealthReport> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

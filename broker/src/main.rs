@@ -8,6 +8,8 @@ use txpipe_broker::{Config, LogFormat};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = txpipe_broker::failpoints::setup();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,openraft::replication=off")
     });

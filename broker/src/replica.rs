@@ -329,21 +329,74 @@ impl Replica {
         (out, next, end, first)
     }
 
-    /// One retention pass: deletes whole segments that are covered by the snapshot and (work
-    /// queue) hold only resolved records, or (limits) are past the size or age limit. First a
-    /// `Trim` command moves the stream's start offset past them (durably), then the segment
-    /// files are deleted. Returns the number of segments deleted.
+    /// One retention pass: deletes whole segments that (work queue) hold only resolved
+    /// records, or (limits) are past the size or age limit. Returns the number of segments
+    /// deleted.
     ///
-    /// Errors: [`Error::Log`] on I/O failure.
+    /// Crash-safe by order (each step is durable before the next starts; crash points in
+    /// brackets, see [`crate::failpoints`]):
+    /// 1. a `Trim` command moves the stream's start offset past the records to drop; it is
+    ///    committed (on followers: already applied from the leader) [`retention::after_trim`];
+    /// 2. a snapshot at or after the Trim is written (atomically, fsynced): its
+    ///    [`SnapMeta::records_from`](crate::snapshot::SnapMeta::records_from) is now past
+    ///    the dropped records [`retention::after_snapshot`];
+    /// 3. only then are segments deleted, oldest first, and only those wholly below the
+    ///    *durable* snapshot's `records_from` and next index and below openraft's purge point
+    ///    [`retention::mid_delete`, `retention::after_delete`].
+    ///
+    /// So after a crash at any instruction, the snapshot on disk references no deleted
+    /// record and the log holds every entry after it (an earlier version deleted first and
+    /// snapshotted later; a crash in between made recovery discard the stream).
+    ///
+    /// Errors: [`Error::Log`] on I/O failure, [`Error::Unavailable`] when the Trim cannot be
+    /// proposed or the snapshot cannot be written.
     pub async fn retention(&self) -> Result<usize> {
         let segments = self.shared.gc.read_log().segments();
         if segments.len() <= 1 {
             return Ok(0);
         }
+        let Some((purge_to, new_start)) = self.retention_target(&segments) else {
+            return Ok(0);
+        };
+        let cur_start = self.with_core(|c| c.state.start_offset());
+        if new_start > cur_start {
+            self.propose(vec![Command::Trim {
+                start_offset: new_start,
+            }])
+            .await?;
+            crate::crash_point!("retention::after_trim");
+        }
+        // Step 2: a durable snapshot that includes the Trim (a no-op when one exists).
+        self.snapshot().await?;
+        crate::crash_point!("retention::after_snapshot");
+        let durable_bound = self.with_core(|c| {
+            c.snapshot
+                .as_ref()
+                .map_or(0, |s| s.records_from.min(s.next_index()))
+        });
+        let purged_next = self.shared.purged().map_or(0, |p| p.index + 1);
+        let bound = purge_to.min(durable_bound).min(purged_next);
+        let before = segments.len();
+        let after = {
+            let mut log = self.shared.gc.write_log();
+            log.purge_before(bound).map_err(Error::from)?;
+            log.segments().len()
+        };
+        crate::crash_point!("retention::after_delete");
+        let deleted = before.saturating_sub(after);
+        if deleted > 0 {
+            tracing::info!(stream = %self.spec.name, deleted_segments = deleted, start_offset = new_start, "retention deleted segments");
+        }
+        Ok(deleted)
+    }
+
+    /// What retention may drop now: `(purge_to, new_start)`, the log index below which whole
+    /// segments may go and the stream's start offset once they are gone; `None` when nothing
+    /// may go. Segments may go only below the snapshot, below openraft's purge point (entries
+    /// above it may still be sent to a lagging follower) and, for work queues, below the
+    /// first entry with an unresolved record.
+    fn retention_target(&self, segments: &[crate::log::SegmentInfo]) -> Option<(u64, u64)> {
         let candidates = &segments[..segments.len() - 1];
-        // Segments may go only below the snapshot, below openraft's purge point (entries
-        // above it may still be sent to a lagging follower) and, for work queues, below the
-        // first entry with an unresolved record.
         let purged_next = self.shared.purged().map_or(0, |p| p.index + 1);
         let (snap_next, floor, unresolved_index) = self.with_core(|c| {
             let floor = c.state.ack_floor();
@@ -388,42 +441,20 @@ impl Replica {
             total -= s.bytes;
             purge_to = Some(s.next_index);
         }
-        let Some(purge_to) = purge_to else {
-            return Ok(0);
-        };
-        let (new_start, cur_start) = self.with_core(|c| {
-            let s = c
-                .state
+        let purge_to = purge_to?;
+        let new_start = self.with_core(|c| {
+            c.state
                 .chunks()
                 .iter()
                 .find(|ch| store::split_locator(ch.log_index).0 >= purge_to)
-                .map_or(c.state.next_offset(), |ch| ch.base_offset);
-            (s, c.state.start_offset())
+                .map_or(c.state.next_offset(), |ch| ch.base_offset)
         });
         let new_start = if self.spec.retention == Retention::WorkQueue {
             new_start.min(floor)
         } else {
             new_start
         };
-        if new_start > cur_start {
-            self.propose(vec![Command::Trim {
-                start_offset: new_start,
-            }])
-            .await?;
-        }
-        // The Trim entry is committed; the snapshot may still predate it, which is fine:
-        // openraft re-applies it after the snapshot before this node serves reads.
-        let before = segments.len();
-        let after = {
-            let mut log = self.shared.gc.write_log();
-            log.purge_before(purge_to).map_err(Error::from)?;
-            log.segments().len()
-        };
-        let deleted = before.saturating_sub(after);
-        if deleted > 0 {
-            tracing::info!(stream = %self.spec.name, deleted_segments = deleted, start_offset = new_start, "retention deleted segments");
-        }
-        Ok(deleted)
+        Some((purge_to, new_start))
     }
 
     /// Segment count and total bytes of the log.

@@ -737,7 +737,10 @@ impl SegmentedLog {
         }
         let base = active.next;
         tracing::debug!(dir = %self.config.dir.display(), base, "rolling to a new segment");
-        self.create_segment(base)
+        crate::crash_point!("log::roll_before_create");
+        self.create_segment(base)?;
+        crate::crash_point!("log::roll_after_create");
+        Ok(())
     }
 
     /// Writes `buf` at the end of the active segment and publishes its frames.
@@ -972,6 +975,9 @@ impl SegmentedLog {
     pub fn purge_before(&mut self, index: u64) -> Result<u64> {
         let mut deleted = 0;
         while self.segments.len() > 1 && self.segments[0].next <= index {
+            if deleted == 1 {
+                crate::crash_point!("retention::mid_delete");
+            }
             self.remove(&self.segments[0].path)?;
             self.segments.remove(0);
             deleted += 1;
