@@ -9,11 +9,19 @@
 //! | field | layout |
 //! |---|---|
 //! | header | `version: u8 = 1`, `kind: u8` |
-//! | `Append` (kind 1) | `producer_id: u64`, `sequence: u64`, `n: u32`, then `n` × (`timestamp_us: i64`, `key: bytes`, `value: bytes`) |
+//! | `Append` (kind 6) | `producer_id: u64`, `epoch: u64`, `sequence: u64`, `position: u64`, `n: u32`, then `n` × (`timestamp_us: i64`, `key: bytes`, `value: bytes`) |
+//! | legacy `Append` (kind 1, read only) | `producer_id: u64`, `sequence: u64`, `n: u32`, records as above |
 //! | `Ack` (kind 2) | `n: u32`, `n` × `offset: u64` |
 //! | `Attempts` (kind 3) | `n: u32`, `n` × (`offset: u64`, `attempts: u32`) |
 //! | `DeadLettered` (kind 4) | `n: u32`, `n` × `offset: u64`, `reason: bytes` |
 //! | `Trim` (kind 5) | `start_offset: u64` |
+//! | `InitProducer` (kind 7) | `name: bytes` (UTF-8) |
+//!
+//! Compatibility: entries are never rewritten, so every kind ever written stays decodable.
+//! Kind 1 was the `Append` of logs written before producer registration (issue 12); it decodes
+//! as an `Append` with `epoch` 0 and `position` 0, which the state machine applies with the
+//! rules of that time (see [`crate::state`]). New entries always use kind 6. A broker of an
+//! older version cannot read kinds 6 and 7: upgrade every replica of a cluster together.
 //!
 //! Decoding an `Append` slices keys and values out of the entry's buffer without copying.
 
@@ -28,12 +36,22 @@ pub const VERSION: u8 = 1;
 pub enum Command {
     /// Append a produced batch. `producer_id` 0 disables idempotence.
     Append {
-        /// Idempotent producer id (0: none).
+        /// Idempotent producer id from [`Command::InitProducer`] (0: none).
         producer_id: u64,
-        /// Batch sequence of that producer (1, 2, ...).
+        /// Epoch of that producer (≥ 1; 0 only in legacy kind-1 entries).
+        epoch: u64,
+        /// Batch sequence of that producer within its epoch (1, 2, ...).
         sequence: u64,
+        /// Producer-defined resume position after this batch (0: none).
+        position: u64,
         /// The records.
         records: Vec<Record>,
+    },
+    /// Register producer `name` (empty: anonymous): assigns its id on first sight and a new
+    /// epoch on every registration.
+    InitProducer {
+        /// Stable producer name, UTF-8; empty for an anonymous producer.
+        name: String,
     },
     /// Work-queue offsets acknowledged by consumers.
     Ack {
@@ -59,11 +77,13 @@ pub enum Command {
     },
 }
 
-const APPEND: u8 = 1;
+const APPEND_V1: u8 = 1;
 const ACK: u8 = 2;
 const ATTEMPTS: u8 = 3;
 const DEAD_LETTERED: u8 = 4;
 const TRIM: u8 = 5;
+const APPEND: u8 = 6;
+const INIT_PRODUCER: u8 = 7;
 
 impl Command {
     /// Encodes the command (see the module docs for the layout).
@@ -73,12 +93,15 @@ impl Command {
         match self {
             Command::Append {
                 producer_id,
+                epoch,
                 sequence,
+                position,
                 records,
             } => {
                 out.push(APPEND);
-                out.extend_from_slice(&producer_id.to_le_bytes());
-                out.extend_from_slice(&sequence.to_le_bytes());
+                for v in [producer_id, epoch, sequence, position] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
                 out.extend_from_slice(&(records.len() as u32).to_le_bytes());
                 for r in records {
                     out.extend_from_slice(&r.timestamp_us.to_le_bytes());
@@ -113,6 +136,10 @@ impl Command {
                 out.push(TRIM);
                 out.extend_from_slice(&start_offset.to_le_bytes());
             }
+            Command::InitProducer { name } => {
+                out.push(INIT_PRODUCER);
+                put_bytes(&mut out, name.as_bytes());
+            }
         }
         Bytes::from(out)
     }
@@ -121,7 +148,7 @@ impl Command {
     pub fn encoded_len(&self) -> usize {
         2 + match self {
             Command::Append { records, .. } => {
-                20 + records
+                36 + records
                     .iter()
                     .map(|r| 16 + r.key.len() + r.value.len())
                     .sum::<usize>()
@@ -130,6 +157,7 @@ impl Command {
             Command::Attempts { entries } => 4 + 12 * entries.len(),
             Command::DeadLettered { offsets, reason } => 8 + 8 * offsets.len() + reason.len(),
             Command::Trim { .. } => 8,
+            Command::InitProducer { name } => 4 + name.len(),
         }
     }
 
@@ -145,9 +173,13 @@ impl Command {
         }
         let kind = r.u8()?;
         let cmd = match kind {
-            APPEND => {
+            APPEND | APPEND_V1 => {
                 let producer_id = r.u64()?;
-                let sequence = r.u64()?;
+                let (epoch, sequence, position) = if kind == APPEND {
+                    (r.u64()?, r.u64()?, r.u64()?)
+                } else {
+                    (0, r.u64()?, 0)
+                };
                 let n = r.u32()? as usize;
                 if n > r.buf.len() / 16 {
                     return Err(format!(
@@ -168,7 +200,9 @@ impl Command {
                 }
                 Command::Append {
                     producer_id,
+                    epoch,
                     sequence,
+                    position,
                     records,
                 }
             }
@@ -194,6 +228,10 @@ impl Command {
             }
             TRIM => Command::Trim {
                 start_offset: r.u64()?,
+            },
+            INIT_PRODUCER => Command::InitProducer {
+                name: String::from_utf8(r.bytes()?.to_vec())
+                    .map_err(|_| "producer name is not UTF-8".to_string())?,
             },
             k => return Err(format!("unknown command kind {k}")),
         };
@@ -297,6 +335,29 @@ pub fn key_hash(key: &[u8]) -> u128 {
     (u128::from(hi) << 64) | u128::from(lo)
 }
 
+/// 64-bit checksum of a batch's records (timestamps, keys and values, with their lengths), kept
+/// in the idempotent producer table to tell an exact retry from a sequence reused with other
+/// records. Built on [`key_hash`]; it must never change (checksums are stored in snapshots).
+pub fn batch_checksum(records: &[Record]) -> u64 {
+    let mut acc = key_hash(&(records.len() as u64).to_le_bytes());
+    let mut mix = |h: u128| {
+        let mut b = [0u8; 32];
+        b[..16].copy_from_slice(&acc.to_le_bytes());
+        b[16..].copy_from_slice(&h.to_le_bytes());
+        acc = key_hash(&b);
+    };
+    for r in records {
+        let mut head = [0u8; 16];
+        head[..8].copy_from_slice(&r.timestamp_us.to_le_bytes());
+        head[8..12].copy_from_slice(&(r.key.len() as u32).to_le_bytes());
+        head[12..].copy_from_slice(&(r.value.len() as u32).to_le_bytes());
+        mix(key_hash(&head));
+        mix(key_hash(&r.key));
+        mix(key_hash(&r.value));
+    }
+    (acc as u64) ^ ((acc >> 64) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,8 +375,16 @@ mod tests {
         let cmds = vec![
             Command::Append {
                 producer_id: 7,
+                epoch: 2,
                 sequence: 3,
+                position: 1500,
                 records: vec![rec("a", "x", 1), rec("", "yy", -5)],
+            },
+            Command::InitProducer {
+                name: "ns/pipeline/seed-42".into(),
+            },
+            Command::InitProducer {
+                name: String::new(),
             },
             Command::Ack {
                 offsets: vec![1, 5, 3],
@@ -334,6 +403,45 @@ mod tests {
             assert_eq!(b.len(), c.encoded_len());
             assert_eq!(b[0], VERSION);
             assert_eq!(Command::decode(b).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn legacy_kind_1_appends_still_decode_with_epoch_and_position_0() {
+        // Bytes of a kind-1 Append as written before producer registration.
+        let mut b = vec![1u8, 1];
+        b.extend_from_slice(&42u64.to_le_bytes());
+        b.extend_from_slice(&5u64.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&7i64.to_le_bytes());
+        put_bytes(&mut b, b"k");
+        put_bytes(&mut b, b"v");
+        assert_eq!(
+            Command::decode(Bytes::from(b)).unwrap(),
+            Command::Append {
+                producer_id: 42,
+                epoch: 0,
+                sequence: 5,
+                position: 0,
+                records: vec![rec("k", "v", 7)],
+            }
+        );
+    }
+
+    #[test]
+    fn batch_checksum_tells_different_records_apart() {
+        let a = vec![rec("a", "x", 1), rec("b", "y", 2)];
+        assert_eq!(batch_checksum(&a), batch_checksum(&a.clone()));
+        let variants = [
+            vec![rec("a", "x", 1)],
+            vec![rec("b", "y", 2), rec("a", "x", 1)],
+            vec![rec("a", "x", 1), rec("b", "y", 3)],
+            vec![rec("a", "x", 1), rec("b", "z", 2)],
+            vec![rec("ax", "", 1), rec("b", "y", 2)],
+            vec![],
+        ];
+        for v in variants {
+            assert_ne!(batch_checksum(&a), batch_checksum(&v), "{v:?}");
         }
     }
 

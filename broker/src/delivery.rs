@@ -724,7 +724,9 @@ async fn append_anywhere(stream: &Replica, records: Vec<Record>) -> crate::Resul
     loop {
         let cmd = Command::Append {
             producer_id: 0,
+            epoch: 0,
             sequence: 0,
+            position: 0,
             records: records.clone(),
         };
         let err = match stream.propose(vec![cmd]).await {
@@ -758,6 +760,7 @@ async fn remote_append(addr: &str, stream: &str, records: Vec<Record>) -> Result
         producer_id: 0,
         sequence: 0,
         records,
+        ..Default::default()
     };
     let mut resp = client
         .produce(tokio_stream::once(req))

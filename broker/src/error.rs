@@ -1,13 +1,16 @@
 //! The broker's error type and its mapping to gRPC status codes.
 
 use crate::log::LogError;
+use crate::state::ProducerReject;
 
 /// Every error the broker library returns.
 ///
 /// [`From<Error> for tonic::Status`](#impl-From<Error>-for-Status) is the one place where errors
 /// become gRPC codes: malformed input is `INVALID_ARGUMENT`, an unknown stream `NOT_FOUND`, an
-/// oversized batch `RESOURCE_EXHAUSTED`, a producer sequence gap `FAILED_PRECONDITION`, and
-/// storage failures `UNAVAILABLE` (the client retries against another node or after a
+/// oversized batch `RESOURCE_EXHAUSTED`, an idempotent producer's refused batch
+/// `FAILED_PRECONDITION` (unknown id or epoch, fenced, sequence reused with other records),
+/// `OUT_OF_RANGE` (sequence gap or a retry older than the remembered batches) or
+/// `INVALID_ARGUMENT` (position going backwards), and storage failures `UNAVAILABLE` (the client retries against another node or after a
 /// restart).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,19 +47,13 @@ pub enum Error {
         /// Limit on bytes per batch.
         max_bytes: usize,
     },
-    /// An idempotent producer skipped a sequence number.
-    #[error(
-        "out of order sequence for producer {producer_id} on stream {stream:?}: expected {expected}, got {got}"
-    )]
-    OutOfOrderSequence {
+    /// The stream's state machine refused an idempotent producer's batch.
+    #[error("{}", describe_reject(stream, reject))]
+    Producer {
         /// Stream name.
         stream: String,
-        /// Producer id.
-        producer_id: u64,
-        /// Next sequence the broker accepts.
-        expected: u64,
-        /// Sequence received.
-        got: u64,
+        /// Why.
+        reject: ProducerReject,
     },
     /// The storage engine failed.
     #[error(transparent)]
@@ -94,6 +91,57 @@ pub enum Error {
     },
 }
 
+/// The message of [`Error::Producer`].
+fn describe_reject(stream: &str, r: &ProducerReject) -> String {
+    match *r {
+        ProducerReject::UnknownProducer { producer_id } => {
+            format!("unknown producer id {producer_id} on stream {stream:?}: call InitProducer")
+        }
+        ProducerReject::Fenced {
+            producer_id,
+            current,
+            got,
+        } => format!(
+            "producer {producer_id} on stream {stream:?} is fenced: its epoch {got} is older than the current epoch {current} (a newer producer registered the same name)"
+        ),
+        ProducerReject::UnknownEpoch {
+            producer_id,
+            current,
+            got,
+        } => format!(
+            "producer {producer_id} on stream {stream:?} sent epoch {got}, but the current epoch is {current}: call InitProducer"
+        ),
+        ProducerReject::SequenceReused {
+            producer_id,
+            sequence,
+        } => format!(
+            "producer {producer_id} on stream {stream:?}: sequence {sequence} reused with different records"
+        ),
+        ProducerReject::SequenceTooOld {
+            producer_id,
+            sequence,
+            oldest,
+            last,
+        } => format!(
+            "producer {producer_id} on stream {stream:?}: sequence {sequence} is older than the remembered batches (sequences {oldest} to {last})"
+        ),
+        ProducerReject::SequenceGap {
+            producer_id,
+            expected,
+            got,
+        } => format!(
+            "out of order sequence for producer {producer_id} on stream {stream:?}: expected {expected}, got {got}"
+        ),
+        ProducerReject::PositionRegressed {
+            producer_id,
+            last,
+            got,
+        } => format!(
+            "producer {producer_id} on stream {stream:?}: position {got} is below the last acknowledged position {last}"
+        ),
+    }
+}
+
 /// gRPC metadata key of the leader hint on UNAVAILABLE answers.
 pub const LEADER_HINT_KEY: &str = "txpipe-leader";
 
@@ -108,7 +156,17 @@ impl Error {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::StreamNotFound(_) | Error::GroupNotFound { .. } => "not_found",
             Error::BatchTooLarge { .. } => "resource_exhausted",
-            Error::OutOfOrderSequence { .. } => "out_of_order",
+            Error::Producer { reject, .. } => match reject {
+                ProducerReject::Fenced { .. } => "fenced",
+                ProducerReject::UnknownProducer { .. } | ProducerReject::UnknownEpoch { .. } => {
+                    "unknown_producer"
+                }
+                ProducerReject::SequenceReused { .. } => "sequence_reused",
+                ProducerReject::SequenceTooOld { .. } | ProducerReject::SequenceGap { .. } => {
+                    "out_of_order"
+                }
+                ProducerReject::PositionRegressed { .. } => "invalid_argument",
+            },
             Error::Log(_) | Error::Snapshot { .. } | Error::Decode { .. } | Error::Io(_) => {
                 "storage"
             }
@@ -134,7 +192,16 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) | Error::Config(_) => tonic::Status::invalid_argument(msg),
             Error::StreamNotFound(_) | Error::GroupNotFound { .. } => tonic::Status::not_found(msg),
             Error::BatchTooLarge { .. } => tonic::Status::resource_exhausted(msg),
-            Error::OutOfOrderSequence { .. } => tonic::Status::failed_precondition(msg),
+            Error::Producer { reject, .. } => match reject {
+                ProducerReject::SequenceTooOld { .. } | ProducerReject::SequenceGap { .. } => {
+                    tonic::Status::out_of_range(msg)
+                }
+                ProducerReject::PositionRegressed { .. } => tonic::Status::invalid_argument(msg),
+                ProducerReject::UnknownProducer { .. }
+                | ProducerReject::Fenced { .. }
+                | ProducerReject::UnknownEpoch { .. }
+                | ProducerReject::SequenceReused { .. } => tonic::Status::failed_precondition(msg),
+            },
             Error::Log(_)
             | Error::Snapshot { .. }
             | Error::Decode { .. }

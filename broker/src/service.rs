@@ -11,15 +11,16 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use txpipe_client::broker::v1::{
     ConsumeRequest, ConsumeResponse, FetchRequest, FetchResponse, FetchedRecord, GetStreamRequest,
-    GetStreamResponse, ListStreamsRequest, ListStreamsResponse, ProduceRequest, ProduceResponse,
-    Subscribed, consume_request, consume_response,
+    GetStreamResponse, InitProducerRequest, InitProducerResponse, ListStreamsRequest,
+    ListStreamsResponse, ProduceRequest, ProduceResponse, Subscribed, consume_request,
+    consume_response,
 };
 
 use crate::broker::Broker;
 use crate::command::Command;
 use crate::delivery::{Event, MAX_WINDOW};
 use crate::error::{Error, Result};
-use crate::state::ApplyOutcome;
+use crate::state::{ApplyOutcome, MAX_PRODUCER_NAME};
 
 /// Produce batches answered out of one call's queue at most (pipelining depth per call).
 pub const MAX_PRODUCE_IN_FLIGHT: usize = 64;
@@ -63,6 +64,12 @@ fn start_produce(broker: &Broker, req: ProduceRequest) -> Result<ProduceFuture> 
             req.stream, req.producer_id
         )));
     }
+    if req.producer_id != 0 && req.epoch == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "produce to {:?}: producer {} sent epoch 0 (call InitProducer for an id and epoch)",
+            req.stream, req.producer_id
+        )));
+    }
     let bytes: usize = req
         .records
         .iter()
@@ -82,7 +89,9 @@ fn start_produce(broker: &Broker, req: ProduceRequest) -> Result<ProduceFuture> 
     let (name, producer_id, sequence) = (req.stream, req.producer_id, req.sequence);
     let fut = replica.propose(vec![Command::Append {
         producer_id,
+        epoch: req.epoch,
         sequence,
+        position: req.position,
         records: req.records,
     }]);
     let metrics = broker.metrics.clone();
@@ -111,14 +120,10 @@ fn start_produce(broker: &Broker, req: ProduceRequest) -> Result<ProduceFuture> 
                     duplicate,
                 })
             }
-            Some(ApplyOutcome::OutOfOrder { expected, got, .. }) => {
-                Err(Error::OutOfOrderSequence {
-                    stream: name,
-                    producer_id,
-                    expected,
-                    got,
-                })
-            }
+            Some(ApplyOutcome::Rejected(reject)) => Err(Error::Producer {
+                stream: name,
+                reject,
+            }),
             other => Err(Error::Unavailable(format!(
                 "unexpected apply outcome {other:?}"
             ))),
@@ -337,6 +342,47 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
             end_offset,
             start_offset,
         }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let req = request.into_inner();
+        let stream = self.broker.stream(&req.stream)?;
+        if req.name.len() > MAX_PRODUCER_NAME {
+            return Err(Error::InvalidArgument(format!(
+                "producer name of {} bytes on stream {:?} is longer than {MAX_PRODUCER_NAME}",
+                req.name.len(),
+                req.stream
+            ))
+            .into());
+        }
+        let outcome = stream
+            .replica
+            .propose(vec![Command::InitProducer {
+                name: req.name.clone(),
+            }])
+            .await?
+            .pop();
+        match outcome {
+            Some(ApplyOutcome::Registered {
+                producer_id,
+                epoch,
+                last_position,
+            }) => {
+                tracing::info!(stream = %req.stream, name = %req.name, producer_id, epoch, last_position, "producer registered");
+                Ok(Response::new(InitProducerResponse {
+                    stream: req.stream,
+                    producer_id,
+                    epoch,
+                    last_position,
+                    next_sequence: 1,
+                }))
+            }
+            other => Err(Error::Unavailable(format!("unexpected apply outcome {other:?}")).into()),
+        }
     }
 
     async fn list_streams(

@@ -1,9 +1,11 @@
 //! Snapshot files: a stream's [`StreamState`] as of a Raft log id, written atomically, and the
 //! small Raft metadata files (vote, purged log id, committed log id) kept beside the log.
 //!
-//! Snapshot layout: `"TXPSNAP2"`, `meta_len: u32 LE`, meta (JSON of [`SnapMeta`]),
+//! Snapshot layout: `"TXPSNAP3"`, `meta_len: u32 LE`, meta (JSON of [`SnapMeta`]),
 //! `body_len: u64 LE`, the body ([`StreamState::encode`]), `crc32c: u32 LE` of everything
-//! before it. Every file here is written to `<name>.tmp`, fsynced, renamed over `<name>`, then
+//! before it. Files of the previous format, `"TXPSNAP2"` (the same frame around a state
+//! without producer registrations, issue 12), are still read ([`StreamState::decode_v2`]);
+//! new snapshots are always written as `TXPSNAP3`. Every file here is written to `<name>.tmp`, fsynced, renamed over `<name>`, then
 //! the directory is fsynced, so a crash leaves either the old or the new file.
 
 use std::fs::{self, File};
@@ -17,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::raft::{Node, NodeId};
 use crate::state::StreamState;
 
-const MAGIC: &[u8; 8] = b"TXPSNAP2";
+const MAGIC: &[u8; 8] = b"TXPSNAP3";
+/// Magic of the previous format, read only.
+const MAGIC_V2: &[u8; 8] = b"TXPSNAP2";
 /// File name of a stream's snapshot inside its directory.
 pub const FILE_NAME: &str = "snapshot.bin";
 
@@ -56,9 +60,10 @@ pub fn encode(meta: &SnapMeta, state_body: &[u8]) -> Vec<u8> {
 ///
 /// Errors: a description when truncated, of another format, or failing its CRC.
 pub fn decode(bytes: &[u8]) -> std::result::Result<(SnapMeta, StreamState), String> {
-    if bytes.len() < 8 + 4 + 8 + 4 || &bytes[..8] != MAGIC {
-        return Err("not a TXPSNAP2 snapshot (bad magic or too short)".into());
+    if bytes.len() < 8 + 4 + 8 + 4 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V2) {
+        return Err("not a TXPSNAP3 or TXPSNAP2 snapshot (bad magic or too short)".into());
     }
+    let v2 = &bytes[..8] == MAGIC_V2;
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let want = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
     if crc32c::crc32c(body) != want {
@@ -75,8 +80,13 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<(SnapMeta, StreamState), Stri
     if body.len() != at + 8 + bl {
         return Err("state length does not match the file size".into());
     }
-    let state = StreamState::decode(Bytes::copy_from_slice(&body[at + 8..]))
-        .map_err(|e| format!("state: {e}"))?;
+    let state_bytes = Bytes::copy_from_slice(&body[at + 8..]);
+    let state = if v2 {
+        StreamState::decode_v2(state_bytes)
+    } else {
+        StreamState::decode(state_bytes)
+    }
+    .map_err(|e| format!("state: {e}"))?;
     Ok((meta, state))
 }
 

@@ -7,13 +7,45 @@
 //! ack state (an ack floor plus a bitmap of resolved offsets above it, persisted redelivery
 //! attempt counts). Everything a Raft follower needs to serve as leader is here; soft delivery
 //! state (who holds what, deadlines) lives in [`crate::delivery`].
+//!
+//! # Idempotent producers (KIP-98)
+//!
+//! `InitProducer { name }` registers a producer: the first time a name is seen it gets the next
+//! id of the stream's counter (ids are never reused; 0 is reserved for non-idempotent appends)
+//! and epoch 1; every later registration of the name bumps the epoch, restarts its sequences at
+//! 1 and keeps its last acknowledged *position*, which the registration returns so the producer
+//! can resume. An empty name registers an anonymous producer (a fresh id every time). An
+//! `Append` with `producer_id != 0` is checked in this order:
+//!
+//! | condition | outcome |
+//! |---|---|
+//! | id not registered | [`ProducerReject::UnknownProducer`] |
+//! | epoch below the registered one | [`ProducerReject::Fenced`] |
+//! | epoch above the registered one | [`ProducerReject::UnknownEpoch`] |
+//! | sequence = last + 1 (position not below the last one) | stored |
+//! | sequence ≤ last, a remembered batch with the same checksum | duplicate, original offsets |
+//! | sequence ≤ last, a remembered batch with another checksum | [`ProducerReject::SequenceReused`] |
+//! | sequence ≤ last, older than the remembered batches | [`ProducerReject::SequenceTooOld`] |
+//! | sequence > last + 1 | [`ProducerReject::SequenceGap`] |
+//! | sequence = last + 1, position below the last one | [`ProducerReject::PositionRegressed`] |
+//!
+//! The last [`RECENT_BATCHES`] batches of each producer are remembered with a 64-bit checksum
+//! of their records ([`crate::command::batch_checksum`]). Legacy `Append` entries (kind 1, from
+//! logs written before registration existed) carry epoch 0: the first one of an id creates an
+//! unnamed epoch-0 entry, and they follow the sequence rules without the checksum comparison, as
+//! they did when they were first applied.
+//!
+//! The table holds at most [`MAX_PRODUCERS`] producers; registering or creating one more evicts
+//! the least recently active one (by the log index of its last registration or stored batch)
+//! together with its name. A name therefore keeps its id, epoch and position as long as fewer
+//! than [`MAX_PRODUCERS`] other producers of the stream have been active since it last was.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::{BufMut, Bytes};
 
-use crate::command::{Command, Reader, key_hash};
+use crate::command::{Command, Reader, batch_checksum, key_hash};
 
 /// Retention policy of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +72,11 @@ pub struct StreamSpec {
 }
 
 /// Idempotent producers remembered per stream; beyond this the least recently active one is
-/// forgotten (its late retries would then be stored again).
+/// forgotten with its name (a later registration of that name starts over at position 0 with a
+/// new id, and batches of its old id are rejected as unknown).
 pub const MAX_PRODUCERS: usize = 65_536;
+/// Longest producer name, bytes.
+pub const MAX_PRODUCER_NAME: usize = 256;
 /// Recent batches remembered per producer, to answer retries with their original offsets.
 pub const RECENT_BATCHES: usize = 8;
 
@@ -65,13 +100,85 @@ struct BatchMemo {
     base_offset: u64,
     stored: u32,
     deduplicated: u32,
+    /// [`batch_checksum`] of the records (0 in memos read from `TXPSNAP2` snapshots).
+    checksum: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct ProducerEntry {
+    /// Registered name; empty for anonymous and legacy producers.
+    name: String,
+    /// Current epoch (0: a legacy producer created by a kind-1 `Append`).
+    epoch: u64,
     last_sequence: u64,
+    /// Highest position of a stored batch (0: none).
+    last_position: u64,
     last_log_index: u64,
     recent: VecDeque<BatchMemo>,
+}
+
+/// Why an idempotent producer's `Append` was refused (nothing was stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProducerReject {
+    /// The id was never registered on this stream (or was evicted).
+    UnknownProducer {
+        /// Producer id.
+        producer_id: u64,
+    },
+    /// A newer registration of the producer's name exists: this producer is fenced.
+    Fenced {
+        /// Producer id.
+        producer_id: u64,
+        /// Registered epoch.
+        current: u64,
+        /// Epoch of the batch.
+        got: u64,
+    },
+    /// The batch names an epoch that was never handed out.
+    UnknownEpoch {
+        /// Producer id.
+        producer_id: u64,
+        /// Registered epoch.
+        current: u64,
+        /// Epoch of the batch.
+        got: u64,
+    },
+    /// The sequence of a remembered batch with different records.
+    SequenceReused {
+        /// Producer id.
+        producer_id: u64,
+        /// The sequence.
+        sequence: u64,
+    },
+    /// A sequence at or below the last one but older than every remembered batch.
+    SequenceTooOld {
+        /// Producer id.
+        producer_id: u64,
+        /// The sequence.
+        sequence: u64,
+        /// Oldest remembered sequence (last + 1 when none is remembered).
+        oldest: u64,
+        /// Last stored sequence.
+        last: u64,
+    },
+    /// A skipped sequence.
+    SequenceGap {
+        /// Producer id.
+        producer_id: u64,
+        /// Next sequence accepted.
+        expected: u64,
+        /// Sequence received.
+        got: u64,
+    },
+    /// The batch's position is below the producer's last acknowledged position.
+    PositionRegressed {
+        /// Producer id.
+        producer_id: u64,
+        /// Last acknowledged position.
+        last: u64,
+        /// Position of the batch.
+        got: u64,
+    },
 }
 
 /// Identity hasher for keys that are already hashes.
@@ -111,14 +218,16 @@ pub enum ApplyOutcome {
         /// Positions of the stored records in the batch when some were dropped.
         kept: Option<Box<[u32]>>,
     },
-    /// An idempotent producer skipped a sequence; nothing was stored.
-    OutOfOrder {
+    /// An idempotent producer's batch was refused; nothing was stored.
+    Rejected(ProducerReject),
+    /// An `InitProducer` registered a producer.
+    Registered {
         /// Producer id.
         producer_id: u64,
-        /// Next sequence accepted.
-        expected: u64,
-        /// Sequence received.
-        got: u64,
+        /// Its new epoch.
+        epoch: u64,
+        /// Its last acknowledged position (0: none).
+        last_position: u64,
     },
     /// Offsets newly resolved by an `Ack` or `DeadLettered` (already resolved or unknown ones
     /// are not counted).
@@ -130,6 +239,15 @@ pub enum ApplyOutcome {
     Done,
 }
 
+/// Identity fields of an `Append`.
+#[derive(Debug, Clone, Copy)]
+struct BatchId {
+    producer_id: u64,
+    epoch: u64,
+    sequence: u64,
+    position: u64,
+}
+
 /// State of one stream. See the module docs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamState {
@@ -139,6 +257,10 @@ pub struct StreamState {
     start_offset: u64,
     chunks: VecDeque<Chunk>,
     producers: HashMap<u64, ProducerEntry>,
+    /// Registered names → producer id (every id here is in `producers`).
+    producer_names: HashMap<String, u64>,
+    /// Next producer id to hand out (≥ 1).
+    next_producer_id: u64,
     keys: HashMap<u128, u64, IdBuild>,
     floor: u64,
     word_base: u64,
@@ -168,6 +290,8 @@ impl StreamState {
             start_offset: 0,
             chunks: VecDeque::new(),
             producers: HashMap::new(),
+            producer_names: HashMap::new(),
+            next_producer_id: 1,
             keys: HashMap::default(),
             floor: 0,
             word_base: 0,
@@ -185,9 +309,21 @@ impl StreamState {
         match cmd {
             Command::Append {
                 producer_id,
+                epoch,
                 sequence,
+                position,
                 records,
-            } => self.append(log_index, *producer_id, *sequence, records),
+            } => self.append(
+                log_index,
+                BatchId {
+                    producer_id: *producer_id,
+                    epoch: *epoch,
+                    sequence: *sequence,
+                    position: *position,
+                },
+                records,
+            ),
+            Command::InitProducer { name } => self.register(log_index, name),
             Command::Ack { offsets } => {
                 let mut count = 0;
                 for &o in offsets {
@@ -224,40 +360,159 @@ impl StreamState {
         }
     }
 
+    /// Handles `InitProducer`: see the module docs.
+    fn register(&mut self, log_index: u64, name: &str) -> ApplyOutcome {
+        let existing = (!name.is_empty())
+            .then(|| self.producer_names.get(name).copied())
+            .flatten();
+        let producer_id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.new_producer(name.to_string(), 0);
+                if !name.is_empty() {
+                    self.producer_names.insert(name.to_string(), id);
+                }
+                id
+            }
+        };
+        let p = self
+            .producers
+            .get_mut(&producer_id)
+            .expect("registered names have entries");
+        p.epoch += 1;
+        p.last_sequence = 0;
+        p.recent.clear();
+        p.last_log_index = log_index;
+        ApplyOutcome::Registered {
+            producer_id,
+            epoch: p.epoch,
+            last_position: p.last_position,
+        }
+    }
+
+    /// Inserts an empty producer entry: `id` when non-zero (legacy appends), else the next id
+    /// of the counter. Evicts the least recently active producer when the table is full.
+    fn new_producer(&mut self, name: String, id: u64) -> u64 {
+        if self.producers.len() >= MAX_PRODUCERS
+            && let Some(oldest) = self
+                .producers
+                .iter()
+                .min_by_key(|(id, p)| (p.last_log_index, **id))
+                .map(|(id, _)| *id)
+            && let Some(gone) = self.producers.remove(&oldest)
+            && !gone.name.is_empty()
+        {
+            self.producer_names.remove(&gone.name);
+        }
+        let id = if id != 0 {
+            id
+        } else {
+            while self.next_producer_id == 0 || self.producers.contains_key(&self.next_producer_id)
+            {
+                self.next_producer_id = self.next_producer_id.wrapping_add(1);
+            }
+            let id = self.next_producer_id;
+            self.next_producer_id = id.wrapping_add(1);
+            id
+        };
+        self.producers.insert(
+            id,
+            ProducerEntry {
+                name,
+                ..ProducerEntry::default()
+            },
+        );
+        id
+    }
+
+    /// Checks an idempotent batch against the producer table (see the module docs).
+    fn check_producer(&self, b: &BatchId, checksum: u64) -> Result<(), ApplyOutcome> {
+        let reject = |r| Err(ApplyOutcome::Rejected(r));
+        let producer_id = b.producer_id;
+        let Some(p) = self.producers.get(&producer_id) else {
+            return if b.epoch == 0 {
+                // Legacy append: the first one creates the producer (as it did then).
+                if b.sequence == 1 {
+                    Ok(())
+                } else {
+                    reject(ProducerReject::SequenceGap {
+                        producer_id,
+                        expected: 1,
+                        got: b.sequence,
+                    })
+                }
+            } else {
+                reject(ProducerReject::UnknownProducer { producer_id })
+            };
+        };
+        if b.epoch < p.epoch {
+            return reject(ProducerReject::Fenced {
+                producer_id,
+                current: p.epoch,
+                got: b.epoch,
+            });
+        }
+        if b.epoch > p.epoch {
+            return reject(ProducerReject::UnknownEpoch {
+                producer_id,
+                current: p.epoch,
+                got: b.epoch,
+            });
+        }
+        let last = p.last_sequence;
+        if b.sequence <= last {
+            return match p.recent.iter().find(|m| m.sequence == b.sequence) {
+                Some(m) if b.epoch == 0 || m.checksum == checksum => Err(ApplyOutcome::Appended {
+                    base_offset: m.base_offset,
+                    stored: m.stored,
+                    deduplicated: m.deduplicated,
+                    duplicate: true,
+                    kept: None,
+                }),
+                Some(_) => reject(ProducerReject::SequenceReused {
+                    producer_id,
+                    sequence: b.sequence,
+                }),
+                None => reject(ProducerReject::SequenceTooOld {
+                    producer_id,
+                    sequence: b.sequence,
+                    oldest: p.recent.front().map_or(last + 1, |m| m.sequence),
+                    last,
+                }),
+            };
+        }
+        if b.sequence != last + 1 {
+            return reject(ProducerReject::SequenceGap {
+                producer_id,
+                expected: last + 1,
+                got: b.sequence,
+            });
+        }
+        if b.position != 0 && b.position < p.last_position {
+            return reject(ProducerReject::PositionRegressed {
+                producer_id,
+                last: p.last_position,
+                got: b.position,
+            });
+        }
+        Ok(())
+    }
+
     fn append(
         &mut self,
         log_index: u64,
-        producer_id: u64,
-        sequence: u64,
+        b: BatchId,
         records: &[txpipe_client::broker::v1::Record],
     ) -> ApplyOutcome {
-        if producer_id != 0 {
-            let last = self
-                .producers
-                .get(&producer_id)
-                .map_or(0, |p| p.last_sequence);
-            if sequence <= last {
-                let memo = self.producers[&producer_id]
-                    .recent
-                    .iter()
-                    .find(|m| m.sequence == sequence)
-                    .cloned();
-                return ApplyOutcome::Appended {
-                    base_offset: memo.as_ref().map_or(0, |m| m.base_offset),
-                    stored: memo.as_ref().map_or(0, |m| m.stored),
-                    deduplicated: memo.as_ref().map_or(0, |m| m.deduplicated),
-                    duplicate: true,
-                    kept: None,
-                };
+        let checksum = if b.producer_id != 0 {
+            let c = batch_checksum(records);
+            if let Err(outcome) = self.check_producer(&b, c) {
+                return outcome;
             }
-            if sequence != last + 1 {
-                return ApplyOutcome::OutOfOrder {
-                    producer_id,
-                    expected: last + 1,
-                    got: sequence,
-                };
-            }
-        }
+            c
+        } else {
+            0
+        };
         let base_offset = self.next_offset;
         let mut kept: Option<Vec<u32>> = None;
         let mut stored = 0u32;
@@ -292,28 +547,26 @@ impl StreamState {
             });
             self.next_offset += u64::from(stored);
         }
-        if producer_id != 0 {
-            if !self.producers.contains_key(&producer_id)
-                && self.producers.len() >= MAX_PRODUCERS
-                && let Some(oldest) = self
-                    .producers
-                    .iter()
-                    .min_by_key(|(id, p)| (p.last_log_index, **id))
-                    .map(|(id, _)| *id)
-            {
-                self.producers.remove(&oldest);
+        if b.producer_id != 0 {
+            if !self.producers.contains_key(&b.producer_id) {
+                self.new_producer(String::new(), b.producer_id);
             }
-            let p = self.producers.entry(producer_id).or_default();
-            p.last_sequence = sequence;
+            let p = self
+                .producers
+                .get_mut(&b.producer_id)
+                .expect("checked or just created");
+            p.last_sequence = b.sequence;
+            p.last_position = p.last_position.max(b.position);
             p.last_log_index = log_index;
             if p.recent.len() == RECENT_BATCHES {
                 p.recent.pop_front();
             }
             p.recent.push_back(BatchMemo {
-                sequence,
+                sequence: b.sequence,
                 base_offset,
                 stored,
                 deduplicated,
+                checksum,
             });
         }
         ApplyOutcome::Appended {
@@ -497,17 +750,27 @@ impl StreamState {
         }
         let mut producers: Vec<_> = self.producers.iter().collect();
         producers.sort_unstable_by_key(|(id, _)| **id);
+        b.put_u64_le(self.next_producer_id);
         b.put_u64_le(producers.len() as u64);
         for (id, p) in producers {
-            b.put_u64_le(*id);
-            b.put_u64_le(p.last_sequence);
-            b.put_u64_le(p.last_log_index);
+            for v in [
+                *id,
+                p.epoch,
+                p.last_sequence,
+                p.last_position,
+                p.last_log_index,
+            ] {
+                b.put_u64_le(v);
+            }
+            b.put_u32_le(p.name.len() as u32);
+            b.put_slice(p.name.as_bytes());
             b.put_u32_le(p.recent.len() as u32);
             for m in &p.recent {
                 b.put_u64_le(m.sequence);
                 b.put_u64_le(m.base_offset);
                 b.put_u32_le(m.stored);
                 b.put_u32_le(m.deduplicated);
+                b.put_u64_le(m.checksum);
             }
         }
         b.put_u64_le(self.keys.len() as u64);
@@ -527,10 +790,22 @@ impl StreamState {
         b
     }
 
-    /// Inverse of [`Self::encode`].
+    /// Inverse of [`Self::encode`] (the body of a `TXPSNAP3` snapshot).
     ///
     /// Errors: a description of the first malformed field.
     pub fn decode(buf: Bytes) -> Result<Self, String> {
+        Self::decode_format(buf, true)
+    }
+
+    /// Decodes the state of a `TXPSNAP2` snapshot (before producer registration: producers
+    /// without epoch, position, name or checksums; they become legacy epoch-0 producers).
+    ///
+    /// Errors: a description of the first malformed field.
+    pub fn decode_v2(buf: Bytes) -> Result<Self, String> {
+        Self::decode_format(buf, false)
+    }
+
+    fn decode_format(buf: Bytes, v3: bool) -> Result<Self, String> {
         let mut r = Reader { buf };
         let flags = r.u8()?;
         let mut s = StreamState {
@@ -545,6 +820,8 @@ impl StreamState {
             deduplicated_total: r.u64()?,
             chunks: VecDeque::new(),
             producers: HashMap::new(),
+            producer_names: HashMap::new(),
+            next_producer_id: 1,
             keys: HashMap::default(),
             resolved: VecDeque::new(),
             attempts: BTreeMap::new(),
@@ -571,14 +848,24 @@ impl StreamState {
                 kept,
             });
         }
+        if v3 {
+            s.next_producer_id = r.u64()?;
+        }
         let n = r.u64()? as usize;
         for _ in 0..n {
             let id = r.u64()?;
-            let mut p = ProducerEntry {
-                last_sequence: r.u64()?,
-                last_log_index: r.u64()?,
-                recent: VecDeque::new(),
-            };
+            let mut p = ProducerEntry::default();
+            if v3 {
+                p.epoch = r.u64()?;
+                p.last_sequence = r.u64()?;
+                p.last_position = r.u64()?;
+                p.last_log_index = r.u64()?;
+                p.name = String::from_utf8(r.bytes()?.to_vec())
+                    .map_err(|_| format!("producer {id}: name is not UTF-8"))?;
+            } else {
+                p.last_sequence = r.u64()?;
+                p.last_log_index = r.u64()?;
+            }
             let m = r.u32()?;
             for _ in 0..m {
                 p.recent.push_back(BatchMemo {
@@ -586,7 +873,11 @@ impl StreamState {
                     base_offset: r.u64()?,
                     stored: r.u32()?,
                     deduplicated: r.u32()?,
+                    checksum: if v3 { r.u64()? } else { 0 },
                 });
+            }
+            if !p.name.is_empty() && s.producer_names.insert(p.name.clone(), id).is_some() {
+                return Err(format!("producer name {:?} registered twice", p.name));
             }
             s.producers.insert(id, p);
         }
@@ -635,12 +926,31 @@ mod tests {
             })
             .collect()
     }
+    /// An append of registered producer `p` at epoch 1 (or non-idempotent for `p` 0).
     fn append(p: u64, s: u64, keys: &[&str]) -> Command {
+        appendx(p, u64::from(p != 0), s, 0, keys)
+    }
+    fn appendx(p: u64, epoch: u64, s: u64, position: u64, keys: &[&str]) -> Command {
         Command::Append {
             producer_id: p,
+            epoch,
             sequence: s,
+            position,
             records: recs(keys),
         }
+    }
+    fn init(name: &str) -> Command {
+        Command::InitProducer { name: name.into() }
+    }
+    fn registered(producer_id: u64, epoch: u64, last_position: u64) -> ApplyOutcome {
+        ApplyOutcome::Registered {
+            producer_id,
+            epoch,
+            last_position,
+        }
+    }
+    fn rejected(r: ProducerReject) -> ApplyOutcome {
+        ApplyOutcome::Rejected(r)
     }
     fn appended(base: u64, stored: u32, dedup: u32, dup: bool) -> ApplyOutcome {
         ApplyOutcome::Appended {
@@ -652,46 +962,189 @@ mod tests {
         }
     }
 
-    #[test]
-    fn idempotent_producer_table_answers_retries_and_rejects_gaps() {
-        let mut s = StreamState::new(&spec(Retention::Limits, false));
-        let cases: Vec<(Command, ApplyOutcome)> = vec![
-            (append(1, 1, &["a", "b"]), appended(0, 2, 0, false)),
-            (append(1, 1, &["a", "b"]), appended(0, 2, 0, true)),
-            (append(2, 1, &["c"]), appended(2, 1, 0, false)),
-            (append(1, 2, &["d"]), appended(3, 1, 0, false)),
-            (
-                append(1, 4, &["e"]),
-                ApplyOutcome::OutOfOrder {
-                    producer_id: 1,
-                    expected: 3,
-                    got: 4,
-                },
-            ),
-            (append(1, 2, &["d"]), appended(3, 1, 0, true)),
-            (append(0, 0, &["f"]), appended(4, 1, 0, false)),
-            (append(0, 0, &["f"]), appended(5, 1, 0, false)),
-            (
-                append(3, 2, &["g"]),
-                ApplyOutcome::OutOfOrder {
-                    producer_id: 3,
-                    expected: 1,
-                    got: 2,
-                },
-            ),
-        ];
+    /// Applies `cases` in order as log indexes 0, 1, ... and checks each outcome.
+    fn run_table(s: &mut StreamState, cases: Vec<(Command, ApplyOutcome)>) {
         for (i, (cmd, want)) in cases.into_iter().enumerate() {
-            assert_eq!(s.apply(i as u64, &cmd), want, "case {i}");
+            assert_eq!(s.apply(i as u64, &cmd), want, "case {i}: {cmd:?}");
         }
+    }
+
+    #[test]
+    fn registration_assigns_ids_once_per_name_and_a_new_epoch_each_time() {
+        use ProducerReject::*;
+        let mut s = StreamState::new(&spec(Retention::Limits, false));
+        run_table(
+            &mut s,
+            vec![
+                (init("a"), registered(1, 1, 0)),
+                (init("b"), registered(2, 1, 0)),
+                (appendx(1, 1, 1, 10, &["x"]), appended(0, 1, 0, false)),
+                (init("a"), registered(1, 2, 10)),
+                // Anonymous registrations get a fresh id every time.
+                (init(""), registered(3, 1, 0)),
+                (init(""), registered(4, 1, 0)),
+                (init("a"), registered(1, 3, 10)),
+                (
+                    appendx(1, 2, 1, 11, &["y"]),
+                    rejected(Fenced {
+                        producer_id: 1,
+                        current: 3,
+                        got: 2,
+                    }),
+                ),
+                (appendx(1, 3, 1, 11, &["y"]), appended(1, 1, 0, false)),
+            ],
+        );
+        assert_eq!(s.producers.len(), 4);
+        assert_eq!(s.producer_names.len(), 2);
+    }
+
+    #[test]
+    fn idempotent_appends_follow_the_fencing_and_sequence_rules() {
+        use ProducerReject::*;
+        let mut s = StreamState::new(&spec(Retention::Limits, false));
+        run_table(
+            &mut s,
+            vec![
+                (init("p"), registered(1, 1, 0)),
+                // Unknown id.
+                (
+                    appendx(7, 1, 1, 0, &["a"]),
+                    rejected(UnknownProducer { producer_id: 7 }),
+                ),
+                // sequence = last + 1: stored.
+                (appendx(1, 1, 1, 2, &["a", "b"]), appended(0, 2, 0, false)),
+                // Exact retry: duplicate with the original offsets.
+                (appendx(1, 1, 1, 2, &["a", "b"]), appended(0, 2, 0, true)),
+                // Same sequence, other records: refused, not a silent duplicate.
+                (
+                    appendx(1, 1, 1, 2, &["a", "c"]),
+                    rejected(SequenceReused {
+                        producer_id: 1,
+                        sequence: 1,
+                    }),
+                ),
+                // A skipped sequence.
+                (
+                    appendx(1, 1, 3, 5, &["d"]),
+                    rejected(SequenceGap {
+                        producer_id: 1,
+                        expected: 2,
+                        got: 3,
+                    }),
+                ),
+                // An epoch never handed out.
+                (
+                    appendx(1, 2, 2, 5, &["d"]),
+                    rejected(UnknownEpoch {
+                        producer_id: 1,
+                        current: 1,
+                        got: 2,
+                    }),
+                ),
+                // Position going backwards.
+                (
+                    appendx(1, 1, 2, 1, &["d"]),
+                    rejected(PositionRegressed {
+                        producer_id: 1,
+                        last: 2,
+                        got: 1,
+                    }),
+                ),
+                // Position 0 = none: allowed, keeps the last one.
+                (appendx(1, 1, 2, 0, &["d"]), appended(2, 1, 0, false)),
+                // Non-idempotent appends are never deduplicated.
+                (appendx(0, 0, 0, 0, &["f"]), appended(3, 1, 0, false)),
+                (appendx(0, 0, 0, 0, &["f"]), appended(4, 1, 0, false)),
+                // A re-registration: new epoch, position kept, sequences restart at 1.
+                (init("p"), registered(1, 2, 2)),
+                (
+                    appendx(1, 1, 3, 9, &["g"]),
+                    rejected(Fenced {
+                        producer_id: 1,
+                        current: 2,
+                        got: 1,
+                    }),
+                ),
+                (
+                    appendx(1, 2, 2, 9, &["g"]),
+                    rejected(SequenceGap {
+                        producer_id: 1,
+                        expected: 1,
+                        got: 2,
+                    }),
+                ),
+                (appendx(1, 2, 1, 9, &["g"]), appended(5, 1, 0, false)),
+            ],
+        );
         assert_eq!(s.next_offset(), 6);
-        assert_eq!(s.locate(3), Some((3, 0)));
-        assert_eq!(s.locate(1), Some((0, 1)));
+        assert_eq!(s.locate(5), Some((14, 0)));
+        assert_eq!(s.locate(1), Some((2, 1)));
         assert_eq!(s.locate(6), None);
+    }
+
+    #[test]
+    fn retries_older_than_the_remembered_batches_are_out_of_range() {
+        let mut s = StreamState::new(&spec(Retention::Limits, false));
+        s.apply(0, &init("p"));
+        let n = RECENT_BATCHES as u64 + 2;
+        for q in 1..=n {
+            let k = format!("k{q}");
+            assert_eq!(
+                s.apply(q, &appendx(1, 1, q, q, &[&k])),
+                appended(q - 1, 1, 0, false)
+            );
+        }
+        // The newest RECENT_BATCHES are answered as duplicates, older ones are out of range.
+        let oldest = n - RECENT_BATCHES as u64 + 1;
+        let k = format!("k{oldest}");
+        assert_eq!(
+            s.apply(100, &appendx(1, 1, oldest, oldest, &[&k])),
+            appended(oldest - 1, 1, 0, true)
+        );
+        assert_eq!(
+            s.apply(101, &appendx(1, 1, 2, 2, &["k2"])),
+            rejected(ProducerReject::SequenceTooOld {
+                producer_id: 1,
+                sequence: 2,
+                oldest,
+                last: n,
+            })
+        );
+    }
+
+    #[test]
+    fn legacy_appends_without_epoch_keep_their_old_rules() {
+        // Kind-1 entries of logs written before registration: epoch 0, ids chosen by clients.
+        let mut s = StreamState::new(&spec(Retention::Limits, false));
+        run_table(
+            &mut s,
+            vec![
+                (appendx(42, 0, 1, 0, &["a"]), appended(0, 1, 0, false)),
+                (appendx(42, 0, 1, 0, &["a"]), appended(0, 1, 0, true)),
+                (appendx(42, 0, 2, 0, &["b"]), appended(1, 1, 0, false)),
+                (
+                    appendx(43, 0, 2, 0, &["c"]),
+                    rejected(ProducerReject::SequenceGap {
+                        producer_id: 43,
+                        expected: 1,
+                        got: 2,
+                    }),
+                ),
+                // Registrations after them never hand out a legacy id.
+                (init("new"), registered(1, 1, 0)),
+            ],
+        );
+        let mut t = StreamState::new(&spec(Retention::Limits, false));
+        t.next_producer_id = 42;
+        t.apply(0, &appendx(42, 0, 1, 0, &["a"]));
+        assert_eq!(t.apply(1, &init("x")), registered(43, 1, 0));
     }
 
     #[test]
     fn key_dedupe_drops_known_keys_and_maps_offsets_to_kept_positions() {
         let mut s = StreamState::new(&spec(Retention::Limits, true));
+        s.apply(9, &init("p"));
         assert_eq!(
             s.apply(0, &append(1, 1, &["a", "b"])),
             appended(0, 2, 0, false)
@@ -789,8 +1242,10 @@ mod tests {
     #[test]
     fn state_round_trips_through_its_snapshot_encoding() {
         let mut s = StreamState::new(&spec(Retention::WorkQueue, true));
-        s.apply(0, &append(9, 1, &["a", "b", "c"]));
-        s.apply(1, &append(9, 2, &["a", "d"]));
+        s.apply(10, &init("p"));
+        s.apply(11, &init(""));
+        s.apply(0, &appendx(1, 1, 1, 3, &["a", "b", "c"]));
+        s.apply(1, &appendx(1, 1, 2, 5, &["a", "d"]));
         s.apply(
             2,
             &Command::Ack {
@@ -805,6 +1260,8 @@ mod tests {
         );
         let d = StreamState::decode(Bytes::from(s.encode())).unwrap();
         assert_eq!(d, s);
+        assert_eq!(d.producer_names.get("p"), Some(&1));
+        assert_eq!(d.next_producer_id, 3);
         let mut e = s.encode();
         e.push(1);
         assert!(StreamState::decode(Bytes::from(e)).is_err());
@@ -813,10 +1270,69 @@ mod tests {
     #[test]
     fn producer_table_is_bounded_by_evicting_the_least_recent_producer() {
         let mut s = StreamState::new(&spec(Retention::Limits, false));
-        for p in 1..=(MAX_PRODUCERS as u64 + 1) {
-            s.apply(p, &append(p, 1, &["k"]));
+        s.apply(0, &init("p1"));
+        s.apply(1, &appendx(1, 1, 1, 7, &["k"]));
+        for i in 2..=(MAX_PRODUCERS as u64) {
+            s.apply(i, &init(&format!("p{i}")));
         }
         assert_eq!(s.producers.len(), MAX_PRODUCERS);
+        // "p1" was last active at index 1, before every other producer: it goes first.
+        s.apply(1_000_000, &init("one-more"));
+        assert_eq!(s.producers.len(), MAX_PRODUCERS);
+        assert_eq!(s.producer_names.len(), MAX_PRODUCERS);
         assert!(!s.producers.contains_key(&1));
+        assert!(!s.producer_names.contains_key("p1"));
+        // A forgotten name starts over under a new id; its old id is unknown.
+        assert_eq!(
+            s.apply(1_000_001, &init("p1")),
+            registered(MAX_PRODUCERS as u64 + 2, 1, 0)
+        );
+        assert_eq!(
+            s.apply(1_000_002, &appendx(1, 1, 2, 8, &["k"])),
+            rejected(ProducerReject::UnknownProducer { producer_id: 1 })
+        );
+    }
+
+    #[test]
+    fn a_v2_snapshot_state_decodes_with_legacy_producers() {
+        // The TXPSNAP2 state layout: flags, 7 counters, chunks, producers (id, last sequence,
+        // last log index, memos of 24 bytes), keys, resolved words, attempts.
+        let mut b: Vec<u8> = vec![0];
+        for v in [1u64, 0, 0, 0, 0, 0, 0] {
+            b.put_u64_le(v);
+        }
+        // One chunk: offset 0 in entry 0, 1 record.
+        b.put_u64_le(1);
+        b.put_u64_le(0);
+        b.put_u64_le(0);
+        b.put_u32_le(1);
+        b.put_u8(0);
+        // One producer: id 77, last sequence 1, last log index 0, one memo.
+        b.put_u64_le(1);
+        b.put_u64_le(77);
+        b.put_u64_le(1);
+        b.put_u64_le(0);
+        b.put_u32_le(1);
+        b.put_u64_le(1);
+        b.put_u64_le(0);
+        b.put_u32_le(1);
+        b.put_u32_le(0);
+        // No keys, resolved words or attempts.
+        b.put_u64_le(0);
+        b.put_u64_le(0);
+        b.put_u64_le(0);
+        let mut s = StreamState::decode_v2(Bytes::from(b)).unwrap();
+        assert_eq!(s.next_offset(), 1);
+        // The legacy producer's retry is still a duplicate; its next batch is stored.
+        assert_eq!(
+            s.apply(1, &appendx(77, 0, 1, 0, &["other"])),
+            appended(0, 1, 0, true)
+        );
+        assert_eq!(
+            s.apply(2, &appendx(77, 0, 2, 0, &["b"])),
+            appended(1, 1, 0, false)
+        );
+        // A registration hands out id 1, not 77.
+        assert_eq!(s.apply(3, &init("n")), registered(1, 1, 0));
     }
 }

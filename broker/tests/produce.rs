@@ -86,7 +86,7 @@ async fn an_idempotent_retry_after_a_broker_restart_is_not_stored_twice() {
 }
 
 #[tokio::test]
-async fn a_sequence_gap_is_failed_precondition() {
+async fn a_sequence_gap_is_out_of_range_with_expected_and_got() {
     let dir = tempfile::tempdir().unwrap();
     let b = TestBroker::start(test_config(dir.path()));
     let mut c = b.client().await;
@@ -99,8 +99,12 @@ async fn a_sequence_gap_is_failed_precondition() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
-    assert!(err.message().contains("out of order sequence"), "{err}");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    assert!(
+        err.message().contains("out of order sequence")
+            && err.message().contains("expected 2, got 3"),
+        "{err}"
+    );
     assert_eq!(stream_info(&mut c, "labels").await.end_offset, 1);
 }
 
@@ -282,4 +286,163 @@ async fn malformed_oversized_and_unknown_stream_requests_get_their_codes() {
         tonic::Code::NotFound
     );
     b.stop().await;
+}
+
+/// One batch of a registered producer.
+fn reg_batch(
+    stream: &str,
+    r: &txpipe_client::broker::v1::InitProducerResponse,
+    sequence: u64,
+    position: u64,
+    records: Vec<txpipe_client::broker::v1::Record>,
+) -> txpipe_client::broker::v1::ProduceRequest {
+    txpipe_client::broker::v1::ProduceRequest {
+        stream: stream.into(),
+        producer_id: r.producer_id,
+        epoch: r.epoch,
+        sequence,
+        position,
+        records,
+    }
+}
+
+#[tokio::test]
+async fn a_reused_name_gets_a_new_epoch_that_fences_the_old_producer() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(test_config(dir.path()));
+    let mut c = b.client().await;
+    let old = init_producer(&mut c, "transactions", "job-a")
+        .await
+        .unwrap();
+    assert_eq!((old.epoch, old.last_position, old.next_sequence), (1, 0, 1));
+    produce(
+        &mut c,
+        vec![reg_batch(
+            "transactions",
+            &old,
+            1,
+            10,
+            vec![rec("tx-1", "a")],
+        )],
+    )
+    .await
+    .unwrap();
+    // The same name again (a restarted process): same id, next epoch, its last position.
+    let new = init_producer(&mut c, "transactions", "job-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        (new.producer_id, new.epoch, new.last_position),
+        (old.producer_id, 2, 10)
+    );
+    let other = init_producer(&mut c, "transactions", "job-b")
+        .await
+        .unwrap();
+    assert_ne!(other.producer_id, old.producer_id);
+    // The old instance is fenced, also for a batch it would legitimately send next.
+    let err = produce(
+        &mut c,
+        vec![reg_batch(
+            "transactions",
+            &old,
+            2,
+            20,
+            vec![rec("tx-2", "a")],
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message().contains("fenced")
+            && err.message().contains("epoch 1")
+            && err.message().contains("epoch 2"),
+        "{err}"
+    );
+    // The new one starts its sequences at 1.
+    let r = produce(
+        &mut c,
+        vec![reg_batch(
+            "transactions",
+            &new,
+            1,
+            20,
+            vec![rec("tx-2", "a")],
+        )],
+    )
+    .await
+    .unwrap();
+    assert!(!r[0].duplicate);
+    assert_eq!(stream_info(&mut c, "transactions").await.end_offset, 2);
+    // The registration and the position survive a crash.
+    b.crash();
+    let b = TestBroker::start(test_config(dir.path()));
+    let mut c = b.client().await;
+    let again = init_producer(&mut c, "transactions", "job-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.producer_id, again.epoch, again.last_position),
+        (old.producer_id, 3, 20)
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_sequence_with_different_records_is_rejected_and_an_exact_retry_is_a_duplicate()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(test_config(dir.path()));
+    let mut c = b.client().await;
+    let p = init_producer(&mut c, "labels", "p").await.unwrap();
+    let first = vec![
+        reg_batch("labels", &p, 1, 1, vec![rec("a", "1")]),
+        reg_batch("labels", &p, 2, 2, vec![rec("b", "1")]),
+        reg_batch("labels", &p, 3, 3, vec![rec("c", "1")]),
+    ];
+    produce(&mut c, first.clone()).await.unwrap();
+    // Exact retry of the last batches: duplicates with the original offsets.
+    let retry = produce(&mut c, first[1..].to_vec()).await.unwrap();
+    assert!(retry.iter().all(|r| r.duplicate), "{retry:?}");
+    assert_eq!(
+        retry.iter().map(|r| r.base_offset).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    // The same id restarting at 1 with other records (issue 12, case 2): rejected.
+    let err = produce(
+        &mut c,
+        vec![reg_batch("labels", &p, 1, 4, vec![rec("z", "new")])],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message()
+            .contains("sequence 1 reused with different records"),
+        "{err}"
+    );
+    // An unknown id is told to register.
+    let stranger = txpipe_client::broker::v1::InitProducerResponse {
+        producer_id: 999,
+        epoch: 1,
+        ..Default::default()
+    };
+    let err = produce(
+        &mut c,
+        vec![reg_batch("labels", &stranger, 1, 0, vec![rec("y", "1")])],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message()
+            .contains("unknown producer id 999 on stream \"labels\": call InitProducer"),
+        "{err}"
+    );
+    assert_eq!(stream_info(&mut c, "labels").await.end_offset, 3);
+    let names: Vec<_> = fetch_all(&mut c, "labels")
+        .await
+        .iter()
+        .map(|f| f.record.as_ref().unwrap().key.clone())
+        .collect();
+    assert_eq!(names, [&b"a"[..], b"b", b"c"]);
 }

@@ -147,13 +147,11 @@ async fn acknowledged_writes_survive_a_leader_crash_and_the_node_catches_up_on_r
         200,
         "no acknowledged record lost"
     );
-    // The idempotent producer's retry of batch 20 on the new leader is a duplicate.
-    let r = produce(
-        &mut c2,
-        vec![batch("labels", 9, 20, vec![rec("k20-0", "v")])],
-    )
-    .await
-    .unwrap();
+    // The idempotent producer's exact retry of batch 20 on the new leader is a duplicate.
+    let recs = (0..10).map(|i| rec(&format!("k20-{i}"), "v")).collect();
+    let r = produce(&mut c2, vec![batch("labels", 9, 20, recs)])
+        .await
+        .unwrap();
     assert!(r[0].duplicate, "{r:?}");
     let r = produce(&mut c2, vec![batch("labels", 9, 21, vec![rec("k21", "v")])])
         .await

@@ -1,10 +1,24 @@
 //! Idempotent, pipelined producer.
 //!
-//! A [`Producer`] appends batches of records to one stream. Each batch gets the next sequence
-//! number of this producer's `producer_id`; up to `max_in_flight` batches are on the wire at
-//! once. The broker answers batches it already stored with `duplicate = true` instead of
-//! storing them again (Kafka's idempotent producer uses the same producer-id + sequence scheme,
-//! KIP-98).
+//! A [`Producer`] appends batches of records to one stream. It first registers with the
+//! stream's leader (`InitProducer`, Kafka's `InitProducerId` of KIP-98) and gets a producer id
+//! and an epoch from the stream's replicated state; each batch then carries `(producer id,
+//! epoch, sequence)`, sequences counting 1, 2, ... within the epoch; up to `max_in_flight`
+//! batches are on the wire at once. The broker answers an exact retry of a batch it already
+//! stored with `duplicate = true` instead of storing it again.
+//!
+//! # Identity, fencing and resume
+//!
+//! With [`ProducerIdentity::Named`] the registration is under a stable name: the first one
+//! assigns the id, every later one (a restarted process) bumps the epoch, which **fences** the
+//! previous holder of the name — its next batch fails with `FAILED_PRECONDITION` and the
+//! producer stops with [`ProduceError::Fenced`]. Each batch may carry a producer-defined
+//! `position` ([`Producer::send_at`], monotonic, for example the index of the batch's last
+//! input record + 1); the registration returns the highest acknowledged one
+//! ([`Registration::last_position`]), so a restarted producer continues right after the last
+//! batch the broker stored and stores nothing twice. [`ProducerIdentity::Anonymous`] (the
+//! default) registers a fresh id for this session only; [`ProducerIdentity::NonIdempotent`]
+//! sends producer id 0 (tools and benchmarks: a retried batch may be stored twice).
 //!
 //! # Failover
 //!
@@ -13,8 +27,8 @@
 //! (a follower's "not the leader" answer, a leader that lost leadership before committing a
 //! batch, a node shutting down) or a transport error (the leader died), the producer follows
 //! the `txpipe-leader` hint, or else the next broker address, with backoff (50 ms doubling to
-//! 1 s), and resends every unacknowledged batch on the new leader **with the same producer id and
-//! sequence numbers, in order**. The dedupe table is part of the replicated state, so a batch
+//! 1 s), and resends every unacknowledged batch on the new leader **with the same producer id,
+//! epoch, sequence numbers and records, in order**. The dedupe table is part of the replicated state, so a batch
 //! the old leader committed but could not acknowledge is answered `duplicate = true` and stored
 //! once. Each [`Receipt`] resolves exactly once: with the first acknowledgement of its batch,
 //! or with the error that stopped the producer.
@@ -23,7 +37,7 @@
 //! bounded by `reconnect_deadline` (default 60 s); past it the producer stops with
 //! [`ProduceError::Unreachable`]. A status that is not about leadership or availability
 //! (`INVALID_ARGUMENT`, `NOT_FOUND`, `RESOURCE_EXHAUSTED`, `FAILED_PRECONDITION`) stops it at
-//! once with [`ProduceError::Rejected`], without retry.
+//! once with [`ProduceError::Rejected`] (or [`ProduceError::Fenced`]), without retry.
 //!
 //! [`Producer::send`] returns a [`Receipt`] that resolves once the batch is durable on the
 //! broker; callers that only need throughput can drop receipts and call [`Producer::close`].
@@ -37,8 +51,33 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::broker::v1::{ProduceRequest, ProduceResponse, Record};
+use crate::broker::v1::{InitProducerRequest, ProduceRequest, ProduceResponse, Record};
 use crate::leader::{Failover, LeaderError, LeaderRouter, Target};
+
+/// A producer's registration on one stream: what `InitProducer` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Registration {
+    /// Producer id on the stream (0: non-idempotent).
+    pub producer_id: u64,
+    /// Epoch sent with every batch (≥ 1 for a registered producer).
+    pub epoch: u64,
+    /// Highest position of the name's acknowledged batches when it registered (0: none).
+    pub last_position: u64,
+}
+
+/// How a producer identifies itself to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProducerIdentity {
+    /// Register under a stable name (at most 256 bytes): a later registration of the same
+    /// name fences this producer, and a restarted producer learns where this one stopped.
+    Named(String),
+    /// Register anonymously: a fresh producer id for this session only (the default).
+    Anonymous,
+    /// Use a registration obtained elsewhere as is (no `InitProducer` call).
+    Registered(Registration),
+    /// Producer id 0: no deduplication of retried batches (a retry may be stored twice).
+    NonIdempotent,
+}
 
 /// Producer settings.
 #[derive(Debug, Clone)]
@@ -47,9 +86,8 @@ pub struct ProducerConfig {
     pub addrs: Vec<String>,
     /// Target stream.
     pub stream: String,
-    /// Idempotent producer id; must be unique per producer session (sequences restart at 1).
-    /// 0 disables broker-side deduplication of retried batches.
-    pub producer_id: u64,
+    /// How the producer registers. Default [`ProducerIdentity::Anonymous`].
+    pub identity: ProducerIdentity,
     /// Batches sent but not yet acknowledged, at most. Default 16.
     pub max_in_flight: usize,
     /// How long a failover may last (from a broken Produce call to the first acknowledgement on
@@ -59,37 +97,52 @@ pub struct ProducerConfig {
 }
 
 impl ProducerConfig {
-    /// A config with defaults for `stream` on `addrs`, with a fresh random producer id.
+    /// A config with defaults for `stream` on `addrs`, registering anonymously.
     pub fn new(addrs: Vec<String>, stream: impl Into<String>) -> Self {
         Self {
             addrs,
             stream: stream.into(),
-            producer_id: random_producer_id(),
+            identity: ProducerIdentity::Anonymous,
             max_in_flight: 16,
             reconnect_deadline: Duration::from_secs(60),
         }
     }
+
+    /// A config with defaults for `stream` on `addrs`, registering under `name`.
+    pub fn named(addrs: Vec<String>, stream: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            identity: ProducerIdentity::Named(name.into()),
+            ..Self::new(addrs, stream)
+        }
+    }
 }
 
-/// A producer id that is unique with overwhelming probability: time, pid and a process-local
-/// counter mixed with SplitMix64 (Steele et al., "Fast splittable pseudorandom number
-/// generators", OOPSLA 2014). Never 0.
-pub fn random_producer_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mut z = t
-        ^ ((std::process::id() as u64) << 32)
-        ^ COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    z.max(1)
+/// Registers producer `name` (empty: anonymous) on `stream` with the stream's leader, following
+/// leader hints and retrying unavailable nodes until `deadline` (from now).
+///
+/// Errors: [`ProduceError::Rejected`] when the broker refuses (unknown stream, name too long);
+/// [`ProduceError::Unreachable`] when no leader answered in time.
+pub async fn init_producer(
+    router: &LeaderRouter,
+    stream: &str,
+    name: &str,
+    deadline: Duration,
+) -> Result<Registration, ProduceError> {
+    let resp = router
+        .call(stream, deadline, |mut client| {
+            let req = InitProducerRequest {
+                stream: stream.to_string(),
+                name: name.to_string(),
+            };
+            async move { client.init_producer(req).await }
+        })
+        .await
+        .map_err(|e| failover_error(stream, 0, e))?;
+    Ok(Registration {
+        producer_id: resp.producer_id,
+        epoch: resp.epoch,
+        last_position: resp.last_position,
+    })
 }
 
 /// Errors of a [`Producer`]. After one, the producer is closed.
@@ -109,6 +162,15 @@ pub enum ProduceError {
         /// gRPC status code.
         code: Code,
         /// The broker's message.
+        message: String,
+    },
+    /// A newer producer registered the same name: this one is fenced and must stop (the
+    /// broker's `FAILED_PRECONDITION` "fenced" answer).
+    #[error("producer fenced on stream {stream}: {message}")]
+    Fenced {
+        /// Stream name.
+        stream: String,
+        /// The broker's message (current and rejected epoch).
         message: String,
     },
     /// The broker answered out of order (a protocol violation).
@@ -144,14 +206,16 @@ pub struct ProducerStats {
 /// Resolves when the batch is durable on the broker (or the producer failed).
 pub type Receipt = oneshot::Receiver<Result<ProduceResponse, ProduceError>>;
 
-/// A queued batch and where to report its outcome.
+/// A queued batch, its position and where to report its outcome.
 type Submission = (
     Vec<Record>,
+    u64,
     oneshot::Sender<Result<ProduceResponse, ProduceError>>,
 );
 
 struct Pending {
     sequence: u64,
+    position: u64,
     records: Arc<Vec<Record>>,
     done: Option<oneshot::Sender<Result<ProduceResponse, ProduceError>>>,
 }
@@ -161,15 +225,17 @@ pub struct Producer {
     tx: mpsc::Sender<Submission>,
     task: JoinHandle<Result<ProducerStats, ProduceError>>,
     stats: watch::Receiver<ProducerStats>,
-    producer_id: u64,
+    registration: Registration,
 }
 
 impl Producer {
-    /// Connects (waiting up to `reconnect_deadline` for a broker to accept a connection) and
-    /// starts the producer task. The stream's leader is found with the first batch.
+    /// Connects (waiting up to `reconnect_deadline` for a broker to accept a connection),
+    /// registers as `config.identity` says (with the stream's leader) and starts the producer
+    /// task.
     ///
     /// Errors: [`ProduceError::Unreachable`] for an invalid address list or when no broker
-    /// accepts a connection within `reconnect_deadline`.
+    /// accepts a connection (or no leader registers the producer) within
+    /// `reconnect_deadline`; [`ProduceError::Rejected`] when the registration is refused.
     pub async fn connect(config: ProducerConfig) -> Result<Self, ProduceError> {
         let router = LeaderRouter::new(config.addrs.clone())
             .map_err(|e| ProduceError::Unreachable(e.to_string()))?;
@@ -179,8 +245,7 @@ impl Producer {
     /// Like [`Producer::connect`], but over an existing router (sharing its channels and
     /// leader knowledge); `config.addrs` is ignored.
     ///
-    /// Errors: [`ProduceError::Unreachable`] when no broker accepts a connection within
-    /// `reconnect_deadline`.
+    /// Errors: as [`Producer::connect`].
     pub async fn connect_with(
         router: LeaderRouter,
         config: ProducerConfig,
@@ -189,29 +254,58 @@ impl Producer {
             .connect(&config.stream, config.reconnect_deadline)
             .await
             .map_err(|e| ProduceError::Unreachable(e.to_string()))?;
+        let name = match &config.identity {
+            ProducerIdentity::Named(n) => Some(n.as_str()),
+            ProducerIdentity::Anonymous => Some(""),
+            ProducerIdentity::Registered(_) | ProducerIdentity::NonIdempotent => None,
+        };
+        let registration = match (name, &config.identity) {
+            (Some(name), _) => {
+                init_producer(&router, &config.stream, name, config.reconnect_deadline).await?
+            }
+            (None, ProducerIdentity::Registered(r)) => *r,
+            (None, _) => Registration::default(),
+        };
         let (tx, rx) = mpsc::channel(1);
         let (stats_tx, stats) = watch::channel(ProducerStats::default());
-        let producer_id = config.producer_id;
-        let task = tokio::spawn(run(config, router, target, rx, stats_tx));
+        let task = tokio::spawn(run(config, registration, router, target, rx, stats_tx));
         Ok(Self {
             tx,
             task,
             stats,
-            producer_id,
+            registration,
         })
     }
 
-    /// This producer's id.
+    /// This producer's id (0: non-idempotent).
     pub fn producer_id(&self) -> u64 {
-        self.producer_id
+        self.registration.producer_id
     }
 
-    /// Queues a batch. Waits while `max_in_flight` batches are unacknowledged (back-pressure).
-    /// Returns a receipt that resolves when the batch is durable.
+    /// The registration: id, epoch, and the position the name's last acknowledged batch
+    /// carried when this producer registered (where to resume).
+    pub fn registration(&self) -> Registration {
+        self.registration
+    }
+
+    /// Queues a batch without a position (the broker keeps the last one). Waits while
+    /// `max_in_flight` batches are unacknowledged (back-pressure). Returns a receipt that
+    /// resolves when the batch is durable.
     pub async fn send(&self, records: Vec<Record>) -> Result<Receipt, ProduceError> {
+        self.send_at(records, 0).await
+    }
+
+    /// Queues a batch that brings the producer to `position` (producer-defined, monotonic;
+    /// 0 = none): once it is acknowledged, a later registration of the same name returns it
+    /// as [`Registration::last_position`]. Otherwise as [`Producer::send`].
+    pub async fn send_at(
+        &self,
+        records: Vec<Record>,
+        position: u64,
+    ) -> Result<Receipt, ProduceError> {
         let (done, receipt) = oneshot::channel();
         self.tx
-            .send((records, done))
+            .send((records, position, done))
             .await
             .map_err(|_| ProduceError::Closed)?;
         Ok(receipt)
@@ -253,6 +347,14 @@ async fn next_response(
 /// The producer error for a failover that ended with `e`.
 fn failover_error(stream: &str, sequence: u64, e: LeaderError) -> ProduceError {
     match e {
+        LeaderError::Rejected(status)
+            if status.code() == Code::FailedPrecondition && status.message().contains("fenced") =>
+        {
+            ProduceError::Fenced {
+                stream: stream.to_string(),
+                message: status.message().to_string(),
+            }
+        }
         LeaderError::Rejected(status) => ProduceError::Rejected {
             stream: stream.to_string(),
             sequence,
@@ -265,6 +367,7 @@ fn failover_error(stream: &str, sequence: u64, e: LeaderError) -> ProduceError {
 
 async fn run(
     config: ProducerConfig,
+    reg: Registration,
     router: LeaderRouter,
     mut target: Target,
     mut rx: mpsc::Receiver<Submission>,
@@ -293,8 +396,10 @@ async fn run(
         let (out_tx, out_rx) = mpsc::channel::<ProduceRequest>(config.max_in_flight + 1);
         let mk = |p: &Pending| ProduceRequest {
             stream: config.stream.clone(),
-            producer_id: config.producer_id,
+            producer_id: reg.producer_id,
+            epoch: reg.epoch,
             sequence: p.sequence,
+            position: p.position,
             records: p.records.as_ref().clone(),
         };
         for p in &unacked {
@@ -328,8 +433,8 @@ async fn run(
                     },
                     msg = rx.recv(), if room => match msg {
                         None => input_open = false,
-                        Some((records, done)) => {
-                            let p = Pending { sequence: next_seq, records: Arc::new(records), done: Some(done) };
+                        Some((records, position, done)) => {
+                            let p = Pending { sequence: next_seq, position, records: Arc::new(records), done: Some(done) };
                             next_seq += 1;
                             let req = mk(&p);
                             unacked.push_back(p);

@@ -9,13 +9,19 @@ use common::{FakeBroker, Node, Role, batch, dead_addr, wait_for};
 use tonic::Code;
 use txpipe_client::broker::v1::{GetStreamRequest, ProduceResponse};
 use txpipe_client::leader::{LeaderConfig, LeaderError, LeaderRouter};
-use txpipe_client::produce::{ProduceError, Producer, ProducerConfig, Receipt};
+use txpipe_client::produce::{
+    ProduceError, Producer, ProducerConfig, ProducerIdentity, Receipt, Registration,
+};
 
 const S: &str = "transactions";
 
 fn config(addrs: Vec<String>, producer_id: u64, in_flight: usize) -> ProducerConfig {
     ProducerConfig {
-        producer_id,
+        identity: ProducerIdentity::Registered(Registration {
+            producer_id,
+            epoch: 1,
+            last_position: 0,
+        }),
         max_in_flight: in_flight,
         reconnect_deadline: Duration::from_secs(20),
         ..ProducerConfig::new(addrs, S)
@@ -334,4 +340,38 @@ async fn without_a_leader_calls_give_up_at_the_deadline() {
         Err(ProduceError::Unreachable(_))
     ));
     assert!(matches!(p.close().await, Err(ProduceError::Unreachable(_))));
+}
+
+#[tokio::test]
+async fn a_named_producer_registers_with_the_leader_and_sends_its_id_epoch_and_positions() {
+    let b = Node::start(FakeBroker::new("b")).await;
+    let a = FakeBroker::new("a");
+    a.set_role(S, Role::NotLeader(Some(b.addr.clone())));
+    let a = Node::start(a).await;
+    let cfg = ProducerConfig {
+        max_in_flight: 4,
+        reconnect_deadline: Duration::from_secs(20),
+        ..ProducerConfig::named(vec![a.uri(), b.uri()], S, "job-1")
+    };
+    let p = Producer::connect(cfg.clone()).await.unwrap();
+    assert_eq!(
+        p.registration(),
+        Registration {
+            producer_id: 100,
+            epoch: 1,
+            last_position: 0
+        }
+    );
+    let r = p.send_at(batch(1), 10).await.unwrap();
+    r.await.unwrap().unwrap();
+    p.close().await.unwrap();
+    // A second registration of the name gets the next epoch.
+    let p2 = Producer::connect(cfg).await.unwrap();
+    assert_eq!((p2.producer_id(), p2.registration().epoch), (101, 2));
+    p2.close().await.unwrap();
+    assert_eq!(b.fake.st().registrations, ["job-1", "job-1"]);
+    assert!(a.fake.st().registrations.is_empty());
+    let batches = b.fake.st().batches.clone();
+    assert_eq!(batches.len(), 1);
+    assert_eq!((batches[0].producer_id, batches[0].epoch), (100, 1));
 }

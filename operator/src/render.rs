@@ -209,6 +209,16 @@ pub fn producer_job_name(p: &TransactionPipeline) -> String {
     format!("{}-producer", p.name_any())
 }
 
+/// `<namespace>/<n>/seed-<seed>`: the name the producer Job registers under on the broker
+/// (`PRODUCER_NAME`). It depends only on what decides the generated records (the pipeline and
+/// the seed), so a Job pod that is deleted or fails and is started again, or a Job recreated
+/// for the same pipeline, resumes after the last acknowledged transaction instead of storing
+/// the run twice; a larger `count` continues where the previous Job stopped; a new seed is a
+/// new sequence and starts from the first transaction.
+pub fn producer_name(p: &TransactionPipeline, seed: i64) -> String {
+    format!("{}/{}/seed-{seed}", namespace(p), p.name_any())
+}
+
 /// The `monitoring.coreos.com/v1` `ServiceMonitor` resource (for `Api::namespaced_with`).
 pub fn service_monitor_api_resource() -> ApiResource {
     ApiResource {
@@ -1002,6 +1012,7 @@ fn render_producer(p: &TransactionPipeline) -> Option<Job> {
         env("PRODUCER_COUNT", spec.count),
         env("PRODUCER_RATE", spec.rate),
         env("PRODUCER_SEED", spec.seed),
+        env("PRODUCER_NAME", producer_name(p, spec.seed)),
         env("PRODUCER_PROGRESS", "never"),
         env("PRODUCER_LOG_FORMAT", "json"),
     ];
@@ -1559,6 +1570,48 @@ mod tests {
             })
             .count();
         assert_eq!(pan_refs, 2);
+    }
+
+    #[test]
+    fn the_producer_job_registers_under_a_name_that_survives_restarts_and_spec_changes() {
+        let env_of = |p: &TransactionPipeline| -> Vec<(String, String)> {
+            let job = render(p, &RenderContext::default())
+                .expect("render")
+                .producer
+                .expect("producer job");
+            let pod = job.spec.unwrap().template.spec.unwrap();
+            pod.containers[0]
+                .env
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.name, e.value.unwrap_or_default()))
+                .collect()
+        };
+        let name_of = |p: &TransactionPipeline| {
+            env_of(p)
+                .into_iter()
+                .find(|(k, _)| k == "PRODUCER_NAME")
+                .map(|(_, v)| v)
+                .expect("PRODUCER_NAME set")
+        };
+        let mut p = pipeline("fraud");
+        p.metadata.namespace = Some("payments".into());
+        p.spec.producer = Some(ProducerSpec {
+            count: 1000,
+            rate: 0,
+            seed: 42,
+        });
+        assert_eq!(name_of(&p), "payments/fraud/seed-42");
+        // Rendering again (a restarted pod, a recreated Job) or other spec changes: same name.
+        let mut q = p.clone();
+        q.metadata.generation = Some(7);
+        q.spec.producer.as_mut().unwrap().count = 5000;
+        q.spec.producer.as_mut().unwrap().rate = 100;
+        assert_eq!(name_of(&q), name_of(&p));
+        // Another seed is another sequence of transactions.
+        q.spec.producer.as_mut().unwrap().seed = 7;
+        assert_eq!(name_of(&q), "payments/fraud/seed-7");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `txpipe-producer`: generates (or reads) card transactions and publishes them to a txpipe
 //! broker. Every flag is also an environment variable (`PRODUCER_*`; the PAN key is
 //! `TXPIPE_PAN_KEY`). Exit status 0 on success, 1 on any error (bad flags, unreachable or
-//! rejecting broker, bad input row with `--on-bad-row stop`), 130 when interrupted.
+//! rejecting broker, fenced by a newer instance of the same producer name, bad input row with
+//! `--on-bad-row stop`), 130 when interrupted. A restart with the same settings (or the same
+//! `--producer-name`) resumes after the last record the broker acknowledged.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -121,6 +123,9 @@ struct Args {
     /// How long to keep retrying an unreachable broker before failing, milliseconds.
     #[arg(long, env = "PRODUCER_RECONNECT_DEADLINE_MS", default_value_t = 60_000)]
     reconnect_deadline_ms: u64,
+    /// Name the producer registers under on each stream (1-256 bytes). A restart with the same name resumes after the last acknowledged record and fences the previous instance. Default: derived from the settings that decide the records (generator: seed and the other generator flags; file: its absolute path, format and column settings; not --count).
+    #[arg(long, env = "PRODUCER_NAME")]
+    producer_name: Option<String>,
     /// Log format.
     #[arg(long, env = "PRODUCER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -217,6 +222,7 @@ fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
     config.progress = args.progress;
     config.summary_json = args.summary_json;
     config.reconnect_deadline = Duration::from_millis(args.reconnect_deadline_ms);
+    config.producer_name = args.producer_name;
     config.validate()?;
     Ok(config)
 }

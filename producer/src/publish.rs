@@ -3,6 +3,18 @@
 //! value = `Transaction`) and `labels` (key = tx id, value = `Label`) — then waits until both
 //! have every batch acknowledged.
 //!
+//! # Identity and resume
+//!
+//! Both producers register under the run's producer name ([`Config::producer_name`], default
+//! [`Config::default_producer_name`]) on their stream. Every input item (a generated
+//! transaction, or a data row of the file, bad ones included) has a position: its index + 1.
+//! Each batch carries the position of its last record; the broker returns the highest
+//! acknowledged one when the name registers again, and the run skips every item at or below
+//! it — per stream, since `transactions` and `labels` are acknowledged independently. A
+//! producer killed at any point and started again with the same settings therefore stores each
+//! transaction and each label exactly once. Registering bumps the name's epoch, which fences a
+//! still-running older instance: its next batch is refused and it exits with an error.
+//!
 //! Records are built on a blocking thread and handed to the async sender through a channel of 4
 //! batches, so generation overlaps with the network. `Record.timestamp_us` is stamped right
 //! before a batch is queued to the producer (after any rate-limit wait), so it measures
@@ -18,9 +30,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use txpipe_client::broker::v1::Record;
 use txpipe_client::pan::PanKey;
-use txpipe_client::produce::{
-    ProduceError, Producer, ProducerConfig, ProducerStats, random_producer_id,
-};
+use txpipe_client::produce::{ProduceError, Producer, ProducerConfig, ProducerStats};
 use txpipe_client::streams;
 
 use crate::features::FeatureColumns;
@@ -101,6 +111,9 @@ pub struct Config {
     pub transactions_stream: String,
     /// See `transactions_stream`.
     pub labels_stream: String,
+    /// Name both producers register under (at most 256 bytes); `None` =
+    /// [`Config::default_producer_name`].
+    pub producer_name: Option<String>,
 }
 
 impl Config {
@@ -123,7 +136,58 @@ impl Config {
             reconnect_deadline: Duration::from_secs(60),
             transactions_stream: streams::TRANSACTIONS.to_string(),
             labels_stream: streams::LABELS.to_string(),
+            producer_name: None,
         }
+    }
+
+    /// The producer name derived from the settings that decide the sequence of records, so
+    /// that the same command line resumes where it stopped: for the generator
+    /// `gen-s<seed>-<16 hex>` (a hash of seed, customers, merchants, fraud rate, start time,
+    /// id prefix, first counter and scenario weights), for a file `file-<file name>-<16 hex>` (a
+    /// hash of the absolute path, the format and, for features files, the column settings).
+    /// `--count`, the rate and the batch size are not part of it: a larger count continues
+    /// where a smaller one stopped.
+    pub fn default_producer_name(&self) -> String {
+        match &self.source {
+            Source::Generate(g) => format!(
+                "gen-s{}-{:016x}",
+                g.seed,
+                fnv1a(&format!(
+                    "seed={} customers={} merchants={} fraud_rate={} start={} prefix={:?} first={} weights={:?}",
+                    g.seed,
+                    g.customers,
+                    g.merchants,
+                    g.fraud_rate.to_bits(),
+                    g.start_time_us,
+                    g.id_prefix,
+                    g.first_counter,
+                    g.scenario_weights.map(f64::to_bits),
+                ))
+            ),
+            Source::File { path, format } => {
+                let abs = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                let features = if *format == InputFormat::Features {
+                    format!("{:?}", self.features)
+                } else {
+                    format!("prefix={:?}", self.features.id_prefix)
+                };
+                let file = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().chars().take(64).collect::<String>())
+                    .unwrap_or_default();
+                format!(
+                    "file-{file}-{:016x}",
+                    fnv1a(&format!("{} {format:?} {features}", abs.display()))
+                )
+            }
+        }
+    }
+
+    /// [`Config::producer_name`] or the default.
+    pub fn effective_producer_name(&self) -> String {
+        self.producer_name
+            .clone()
+            .unwrap_or_else(|| self.default_producer_name())
     }
 
     /// Checks cross-field rules (and [`FeatureColumns::validate`] for a features file).
@@ -138,6 +202,13 @@ impl Config {
         }
         if self.max_in_flight == 0 {
             return bad("max in-flight batches must be >= 1".into());
+        }
+        if let Some(n) = &self.producer_name
+            && (n.is_empty() || n.len() > 256)
+        {
+            return bad(format!(
+                "producer name {n:?} must be 1-256 bytes (--producer-name)"
+            ));
         }
         if !self.rate_per_s.is_finite() || self.rate_per_s < 0.0 {
             return bad(format!(
@@ -227,10 +298,21 @@ pub struct Summary {
     pub elapsed_s: f64,
     /// `transactions_acked / elapsed_s`.
     pub rate_per_s: f64,
+    /// Name both producers registered under.
+    pub producer_name: String,
     /// Idempotent producer id of the `transactions` producer.
     pub transactions_producer_id: u64,
+    /// Its epoch (registrations of the name on `transactions` so far).
+    pub transactions_epoch: u64,
+    /// Position (input items) `transactions` resumed after: items up to it were stored by
+    /// earlier runs of the same name and were skipped.
+    pub transactions_resumed_from: u64,
     /// Idempotent producer id of the `labels` producer (0 if labels are off).
     pub labels_producer_id: u64,
+    /// Its epoch.
+    pub labels_epoch: u64,
+    /// Position `labels` resumed after.
+    pub labels_resumed_from: u64,
     /// Batches the broker answered as duplicates of stored ones (retries after a reconnect).
     pub duplicate_batches: u64,
     /// Reconnections of both producers.
@@ -245,6 +327,10 @@ pub struct Summary {
 struct Batch {
     tx: Vec<Record>,
     labels: Vec<Record>,
+    /// Position of the last record in `tx` (input item index + 1).
+    tx_position: u64,
+    /// Position of the last record in `labels`.
+    labels_position: u64,
     fraud: u64,
     bad_rows: Vec<BadRow>,
     /// Rows skipped by the time window since the previous batch.
@@ -261,12 +347,29 @@ fn record(key: &str, value: Vec<u8>) -> Record {
     }
 }
 
+/// 64-bit FNV-1a of `s` (Fowler, Noll, Vo): stable across versions and platforms.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Where each stream resumes: items at or below these positions are not sent again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Resume {
+    tx: u64,
+    labels: u64,
+}
+
 /// Reads the source on the calling (blocking) thread and sends batches until `limit` records,
-/// the end of the source, an error, or the receiver goes away.
-fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
+/// the end of the source, an error, or the receiver goes away. Records at or below their
+/// stream's `resume` position are skipped (counted towards `limit`, never sent).
+fn read_source(config: &Config, limit: u64, resume: Resume, out: mpsc::Sender<Batch>) {
     let new_batch = || Batch {
         tx: Vec::with_capacity(config.batch_size),
         labels: Vec::with_capacity(if config.labels { config.batch_size } else { 0 }),
+        tx_position: 0,
+        labels_position: 0,
         fraud: 0,
         bad_rows: Vec::new(),
         filtered: 0,
@@ -274,21 +377,27 @@ fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
     };
     let mut batch = new_batch();
     let mut sent = 0u64;
+    // Input items read so far (the position of the item just read).
+    let mut position = 0u64;
     let flush = |batch: Batch| out.blocking_send(batch).is_ok();
+    let full = |b: &Batch| b.tx.len() >= config.batch_size || b.labels.len() >= config.batch_size;
     match &config.source {
         Source::Generate(g) => {
             let generator = Generator::with_shared_key(g.clone(), config.pan_key.clone());
             for r in generator.take(limit as usize) {
-                if r.label.is_fraud {
-                    batch.fraud += 1;
-                }
-                if config.labels {
+                position += 1;
+                if config.labels && position > resume.labels {
                     batch.labels.push(record(&r.tx.id, r.label.encode_to_vec()));
+                    batch.labels_position = position;
                 }
-                batch.tx.push(record(&r.tx.id, r.tx.encode_to_vec()));
-                if batch.tx.len() >= config.batch_size
-                    && !flush(std::mem::replace(&mut batch, new_batch()))
-                {
+                if position > resume.tx {
+                    if r.label.is_fraud {
+                        batch.fraud += 1;
+                    }
+                    batch.tx.push(record(&r.tx.id, r.tx.encode_to_vec()));
+                    batch.tx_position = position;
+                }
+                if full(&batch) && !flush(std::mem::replace(&mut batch, new_batch())) {
                     return;
                 }
             }
@@ -310,12 +419,15 @@ fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
                 let Some(item) = source.next() else { break };
                 batch.filtered += source.skipped_by_filter() - filtered;
                 filtered = source.skipped_by_filter();
+                position += 1;
+                let (send_tx, send_label) = (position > resume.tx, position > resume.labels);
                 match item {
                     Err(fatal) => {
                         batch.error = Some(fatal.into());
                         flush(batch);
                         return;
                     }
+                    Ok(Err(_)) if !send_tx => {} // Reported by the run that sent past it.
                     Ok(Err(bad)) => {
                         tracing::warn!(line = bad.line, column = bad.column.as_deref().unwrap_or(""), reason = %bad.reason, "bad input row");
                         if config.on_bad_row == OnBadRow::Stop {
@@ -327,18 +439,20 @@ fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
                     }
                     Ok(Ok(rec)) => {
                         if let Some(label) = rec.label {
-                            if label.is_fraud {
+                            if label.is_fraud && send_tx {
                                 batch.fraud += 1;
                             }
-                            if config.labels {
+                            if config.labels && send_label {
                                 batch.labels.push(record(&rec.tx.id, label.encode_to_vec()));
+                                batch.labels_position = position;
                             }
                         }
-                        batch.tx.push(record(&rec.tx.id, rec.tx.encode_to_vec()));
+                        if send_tx {
+                            batch.tx.push(record(&rec.tx.id, rec.tx.encode_to_vec()));
+                            batch.tx_position = position;
+                        }
                         sent += 1;
-                        if batch.tx.len() >= config.batch_size
-                            && !flush(std::mem::replace(&mut batch, new_batch()))
-                        {
+                        if full(&batch) && !flush(std::mem::replace(&mut batch, new_batch())) {
                             return;
                         }
                     }
@@ -347,7 +461,11 @@ fn read_source(config: &Config, limit: u64, out: mpsc::Sender<Batch>) {
             batch.filtered += source.skipped_by_filter() - filtered;
         }
     }
-    if !batch.tx.is_empty() || !batch.bad_rows.is_empty() || batch.filtered > 0 {
+    if !batch.tx.is_empty()
+        || !batch.labels.is_empty()
+        || !batch.bad_rows.is_empty()
+        || batch.filtered > 0
+    {
         flush(batch);
     }
 }
@@ -391,11 +509,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
 
 fn producer_config(config: &Config, stream: &str) -> ProducerConfig {
     ProducerConfig {
-        addrs: config.brokers.clone(),
-        stream: stream.to_string(),
-        producer_id: random_producer_id(),
         max_in_flight: config.max_in_flight,
         reconnect_deadline: config.reconnect_deadline,
+        ..ProducerConfig::named(
+            config.brokers.clone(),
+            stream,
+            config.effective_producer_name(),
+        )
     }
 }
 
@@ -409,18 +529,29 @@ async fn run_inner(
         let stream = stream.to_string();
         move |source| Error::Produce { stream, source }
     };
+    summary.producer_name = config.effective_producer_name();
     let tx_producer = Producer::connect(producer_config(config, &config.transactions_stream))
         .await
         .map_err(produce_err(&config.transactions_stream))?;
-    summary.transactions_producer_id = tx_producer.producer_id();
+    let reg = tx_producer.registration();
+    summary.transactions_producer_id = reg.producer_id;
+    summary.transactions_epoch = reg.epoch;
+    summary.transactions_resumed_from = reg.last_position;
     let label_producer = if config.labels {
         let p = Producer::connect(producer_config(config, &config.labels_stream))
             .await
             .map_err(produce_err(&config.labels_stream))?;
-        summary.labels_producer_id = p.producer_id();
+        let reg = p.registration();
+        summary.labels_producer_id = reg.producer_id;
+        summary.labels_epoch = reg.epoch;
+        summary.labels_resumed_from = reg.last_position;
         Some(p)
     } else {
         None
+    };
+    let resume = Resume {
+        tx: summary.transactions_resumed_from,
+        labels: summary.labels_resumed_from,
     };
     let limit = match (&config.source, config.count) {
         (_, Some(n)) => n,
@@ -432,17 +563,22 @@ async fn run_inner(
         limit,
         rate_per_s = config.rate_per_s,
         batch_size = config.batch_size,
+        producer_name = %summary.producer_name,
         transactions_producer_id = summary.transactions_producer_id,
+        transactions_epoch = summary.transactions_epoch,
+        transactions_resumed_from = resume.tx,
         labels_producer_id = summary.labels_producer_id,
+        labels_resumed_from = resume.labels,
         "producing"
     );
 
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(4);
     let reader_config = config.clone();
-    let reader = tokio::task::spawn_blocking(move || read_source(&reader_config, limit, batch_tx));
+    let reader =
+        tokio::task::spawn_blocking(move || read_source(&reader_config, limit, resume, batch_tx));
     let progress = Progress::start(
         config.progress,
-        (limit != u64::MAX).then_some(limit),
+        (limit != u64::MAX).then_some(limit.saturating_sub(resume.tx)),
         tx_producer.watch_stats(),
     );
 
@@ -472,7 +608,7 @@ async fn run_inner(
                 summary.bad_row_samples.push(bad);
             }
         }
-        if !batch.tx.is_empty() {
+        if !batch.tx.is_empty() || !batch.labels.is_empty() {
             if let Some(bucket) = bucket.as_mut() {
                 let wait = bucket.reserve(batch.tx.len() as f64, started.elapsed().as_secs_f64());
                 if wait > 0.0 {
@@ -492,7 +628,7 @@ async fn run_inner(
                 r.timestamp_us = now;
             }
             let (n_tx, n_labels) = (txs.len() as u64, labels.len() as u64);
-            if tx_producer.send(txs).await.is_err() {
+            if !txs.is_empty() && tx_producer.send_at(txs, batch.tx_position).await.is_err() {
                 break; // The producer failed; close() below reports why.
             }
             summary.transactions_sent += n_tx;
@@ -500,7 +636,7 @@ async fn run_inner(
             if let Some(lp) = &label_producer
                 && !labels.is_empty()
             {
-                if lp.send(labels).await.is_err() {
+                if lp.send_at(labels, batch.labels_position).await.is_err() {
                     break;
                 }
                 summary.labels_sent += n_labels;

@@ -32,6 +32,8 @@ struct State {
     stored_batches: Vec<(String, u64, u64)>,
     /// Crash (end every produce stream, do not answer) right after storing this many batches.
     crash_after_batches: Option<usize>,
+    /// (stream, name) → (producer id, epoch, last position), like the broker's registrations.
+    registered: HashMap<(String, String), (u64, u64, u64)>,
 }
 
 #[derive(Clone)]
@@ -76,7 +78,17 @@ impl Broker for FakeBroker {
                     } else {
                         let k = (req.stream.clone(), req.producer_id);
                         let last = s.last_seq.get(&k).copied().unwrap_or(0);
-                        if req.sequence <= last {
+                        let current = s
+                            .registered
+                            .values()
+                            .find(|r| r.0 == req.producer_id)
+                            .map(|r| r.1);
+                        if current != Some(req.epoch) {
+                            Err(Status::failed_precondition(format!(
+                                "fenced: epoch {} vs {current:?}",
+                                req.epoch
+                            )))
+                        } else if req.sequence <= last {
                             Ok(ProduceResponse {
                                 stream: req.stream.clone(),
                                 sequence: req.sequence,
@@ -91,6 +103,11 @@ impl Broker for FakeBroker {
                             let base = list.len() as u64;
                             list.extend(req.records);
                             s.last_seq.insert(k, req.sequence);
+                            if let Some(r) =
+                                s.registered.values_mut().find(|r| r.0 == req.producer_id)
+                            {
+                                r.2 = r.2.max(req.position);
+                            }
                             s.stored_batches.push((
                                 req.stream.clone(),
                                 req.producer_id,
@@ -128,6 +145,33 @@ impl Broker for FakeBroker {
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let req = request.into_inner();
+        if req.stream != "transactions" && req.stream != "labels" {
+            return Err(Status::not_found(format!("unknown stream {}", req.stream)));
+        }
+        let mut s = self.state.lock().unwrap();
+        let next_id = s.registered.len() as u64 + 1;
+        let r = s
+            .registered
+            .entry((req.stream.clone(), req.name))
+            .or_insert((next_id, 0, 0));
+        r.1 += 1;
+        let (producer_id, epoch, last_position) = *r;
+        // Sequences restart at 1 with the new epoch.
+        s.last_seq.remove(&(req.stream.clone(), producer_id));
+        Ok(Response::new(InitProducerResponse {
+            stream: req.stream,
+            producer_id,
+            epoch,
+            last_position,
+            next_sequence: 1,
+        }))
+    }
+
     async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
@@ -303,6 +347,8 @@ async fn a_file_with_bad_rows_is_skipped_row_by_row_or_stopped_at_the_first() {
     assert_eq!(lines, [3, 5, 6, 9]);
     assert_eq!(summary.labels_acked, 0, "the file has no label columns");
 
+    // Another name: the same name would resume after the end and send nothing.
+    cfg.producer_name = Some("second-run".into());
     cfg.on_bad_row = OnBadRow::Stop;
     let dir = tempfile::tempdir().unwrap();
     cfg.summary_json = Some(dir.path().join("s.json"));
@@ -476,6 +522,7 @@ async fn the_time_window_and_count_limit_what_a_features_file_sends() {
     // --count stops after 10 sent rows: the 160 rows before the window were skipped, nothing
     // after the 10th sent row was read.
     cfg.count = Some(10);
+    cfg.producer_name = Some("second-run".into());
     let summary = txpipe_producer::run(cfg, std::future::pending())
         .await
         .unwrap();
@@ -535,8 +582,90 @@ async fn bad_rows_of_a_features_file_are_skipped_and_counted_or_stop_the_run() {
     );
 
     cfg.on_bad_row = OnBadRow::Stop;
+    cfg.producer_name = Some("second-run".into());
     match txpipe_producer::run(cfg, std::future::pending()).await {
         Err(Error::BadRow(b)) => assert_eq!((b.line, b.column.as_deref()), (3, Some("V3"))),
         other => panic!("expected a bad-row stop, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_interrupted_run_started_again_resumes_per_stream_and_stores_everything_once() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (port, _server) = start(state.clone()).await;
+    let mut cfg = config(port, 6_000);
+    cfg.rate_per_s = 20_000.0;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(txpipe_producer::run(cfg.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while stored(&state, "transactions").len() < 500 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    stop_tx.send(()).unwrap();
+    let first = run.await.unwrap().unwrap();
+    assert!(
+        first.interrupted && first.transactions_acked < 6_000,
+        "{first:?}"
+    );
+    // Make the streams uneven, as a kill between the two producers' acks does: the labels
+    // stream lost its last batch's acknowledgement position.
+    {
+        let mut s = state.lock().unwrap();
+        let keep = s.records["labels"].len() - 250;
+        s.records.get_mut("labels").unwrap().truncate(keep);
+        for r in s.registered.iter_mut().filter(|(k, _)| k.0 == "labels") {
+            r.1.2 = keep as u64;
+        }
+    }
+    cfg.rate_per_s = 0.0;
+    let second = txpipe_producer::run(cfg, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(second.producer_name, first.producer_name);
+    assert_eq!(second.transactions_epoch, 2);
+    assert_eq!(second.transactions_resumed_from, first.transactions_acked);
+    assert_eq!(
+        second.transactions_resumed_from + second.transactions_acked,
+        6_000
+    );
+    let (txs, labels) = decoded(&state);
+    let ids: Vec<String> = (0..6_000).map(|i| format!("tx-{i:020}")).collect();
+    assert_eq!(txs.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        labels
+            .iter()
+            .map(|l| l.transaction_id.clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+}
+
+#[test]
+fn the_default_producer_name_depends_on_the_records_not_on_count_or_rate() {
+    let a = config(1, 100);
+    let mut b = config(2, 5_000);
+    b.rate_per_s = 10.0;
+    assert_eq!(a.default_producer_name(), b.default_producer_name());
+    assert!(a.default_producer_name().starts_with("gen-s42-"));
+    let mut c = config(1, 100);
+    c.source = Source::Generate(GeneratorConfig {
+        seed: 7,
+        customers: 500,
+        merchants: 200,
+        ..GeneratorConfig::default()
+    });
+    assert_ne!(a.default_producer_name(), c.default_producer_name());
+    let mut d = config(1, 100);
+    d.source = Source::File {
+        path: testdata("bad.csv"),
+        format: InputFormat::Csv,
+    };
+    assert!(d.default_producer_name().starts_with("file-bad.csv-"));
+    d.producer_name = Some("mine".into());
+    assert_eq!(d.effective_producer_name(), "mine");
 }

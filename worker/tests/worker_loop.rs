@@ -363,6 +363,23 @@ impl Broker for FakeBroker {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let req = request.into_inner();
+        if let Some(s) = self.refuse(&req.stream) {
+            return Err(s);
+        }
+        Ok(Response::new(InitProducerResponse {
+            stream: req.stream,
+            producer_id: 1,
+            epoch: 1,
+            last_position: 0,
+            next_sequence: 1,
+        }))
+    }
+
     async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }

@@ -266,7 +266,9 @@ mod tests {
                 cmds: vec![
                     Command::Append {
                         producer_id: 9,
+                        epoch: 1,
                         sequence: 3,
+                        position: 0,
                         records: vec![Record {
                             key: b"k".to_vec().into(),
                             value: b"v".to_vec().into(),

@@ -223,11 +223,54 @@ pub fn rec(key: &str, value: &str) -> Record {
     }
 }
 
+thread_local! {
+    /// Registrations made by [`produce`] in this test: (stream, test producer id) → (id, epoch).
+    static REGISTERED: std::cell::RefCell<std::collections::HashMap<(String, u64), (u64, u64)>> =
+        Default::default();
+}
+
+/// Registers `name` on `stream` (InitProducer).
+pub async fn init_producer(
+    client: &mut BrokerClient<Channel>,
+    stream: &str,
+    name: &str,
+) -> Result<InitProducerResponse, tonic::Status> {
+    client
+        .init_producer(InitProducerRequest {
+            stream: stream.into(),
+            name: name.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// One Produce call: sends `batches` and collects the answers (or the error status).
+///
+/// A batch with a non-zero producer id and epoch 0 names a *test* producer: the first use of
+/// `(stream, id)` in this test (thread) registers it as `test-<id>` and every batch of it is
+/// sent with the registered id and epoch. Batches with an epoch are sent as they are.
 pub async fn produce(
     client: &mut BrokerClient<Channel>,
-    batches: Vec<ProduceRequest>,
+    mut batches: Vec<ProduceRequest>,
 ) -> Result<Vec<ProduceResponse>, tonic::Status> {
+    for b in batches.iter_mut() {
+        if b.producer_id == 0 || b.epoch != 0 {
+            continue;
+        }
+        let key = (b.stream.clone(), b.producer_id);
+        let known = REGISTERED.with(|r| r.borrow().get(&key).copied());
+        let (id, epoch) = match known {
+            Some(r) => r,
+            None => {
+                let r =
+                    init_producer(client, &b.stream, &format!("test-{}", b.producer_id)).await?;
+                REGISTERED.with(|m| m.borrow_mut().insert(key, (r.producer_id, r.epoch)));
+                (r.producer_id, r.epoch)
+            }
+        };
+        b.producer_id = id;
+        b.epoch = epoch;
+    }
     let n = batches.len();
     let mut inbound = client
         .produce(tokio_stream::iter(batches))
@@ -255,6 +298,7 @@ pub fn batch(
         producer_id,
         sequence,
         records,
+        ..Default::default()
     }
 }
 

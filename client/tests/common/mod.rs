@@ -41,6 +41,8 @@ pub struct Batch {
     pub stream: String,
     /// Producer id.
     pub producer_id: u64,
+    /// Producer epoch.
+    pub epoch: u64,
     /// Sequence.
     pub sequence: u64,
     /// Records in the batch.
@@ -67,6 +69,8 @@ pub struct NodeState {
     pub step_down_after: Option<(usize, Option<String>)>,
     /// Batches acked.
     pub acked: usize,
+    /// Names registered with InitProducer as leader, in order (the id is 100 + index).
+    pub registrations: Vec<String>,
     /// Dedupe table: last stored sequence per (stream, producer id). Tests pre-fill it to
     /// play "the old leader committed these batches but its acks were lost".
     pub last_sequence: HashMap<(String, u64), u64>,
@@ -83,6 +87,7 @@ impl Default for NodeState {
             ack_limit: None,
             step_down_after: None,
             acked: 0,
+            registrations: Vec::new(),
             last_sequence: HashMap::new(),
         }
     }
@@ -186,6 +191,7 @@ impl FakeBroker {
         st.batches.push(Batch {
             stream: req.stream.clone(),
             producer_id: req.producer_id,
+            epoch: req.epoch,
             sequence: req.sequence,
             records: req.records.len(),
         });
@@ -305,6 +311,27 @@ impl Broker for FakeBroker {
             next_offset: req.start_offset + 1,
             end_offset: req.start_offset + 1,
             start_offset: 0,
+        }))
+    }
+
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let req = request.into_inner();
+        let mut st = self.st();
+        if let Some(s) = status_for(&self.name, &req.stream, &st.role(&req.stream)) {
+            return Err(s);
+        }
+        st.registrations.push(req.name.clone());
+        let epoch = st.registrations.iter().filter(|n| **n == req.name).count() as u64;
+        let producer_id = 100 + st.registrations.len() as u64 - 1;
+        Ok(Response::new(InitProducerResponse {
+            stream: req.stream,
+            producer_id,
+            epoch,
+            last_position: 0,
+            next_sequence: 1,
         }))
     }
 
