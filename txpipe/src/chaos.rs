@@ -388,13 +388,13 @@ impl Chaos {
                     ..ChaosKill::default()
                 }));
             }
-            // A broker kill waits until the previous killed broker has rejoined.
-            None if self.outage.is_none() => {
-                if self.kill_leader(tick, resolved, "progress", out) {
+            // A broker kill waits until the previous killed broker has rejoined; without a
+            // leader in sight it is retried at the next tick.
+            None => {
+                if self.outage.is_none() && self.kill_leader(tick, resolved, "progress", out) {
                     self.schedule.pop();
                 }
             }
-            None => {}
         }
     }
 
