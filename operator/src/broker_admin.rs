@@ -148,24 +148,33 @@ impl BrokerAdmin for HttpBrokerAdmin {
 mod tests {
     use super::*;
 
-    /// The shape `broker::BrokerStatus` serializes to (see broker/src/broker.rs).
-    const READY: &str = r#"{
-        "node_id": 2, "ready": true, "uptime_s": 12, "fsyncs_total": 5, "streams": [],
-        "raft": {
-            "transactions": {"term": 3, "leader_id": 2, "leader_addr": "b-2:9100", "is_leader": true,
-                "commit_index": 40, "applied_index": 39, "last_log_index": 41,
-                "voters": [0, 1, 2], "learners": []},
-            "decisions": {"term": 3, "leader_id": null, "leader_addr": null, "is_leader": false,
-                "commit_index": 7, "applied_index": 7, "last_log_index": 7,
-                "voters": [0, 1], "learners": [2]}
+    /// What a ready node 2 answers: it leads `transactions`; node 2 is a learner of
+    /// `decisions`, whose leader it does not know.
+    fn ready() -> BrokerNodeStatus {
+        let group = |is_leader: bool, voters: &[u64], learners: &[u64]| StreamRaftStatus {
+            term: 3,
+            leader_id: is_leader.then_some(2),
+            is_leader,
+            voters: voters.iter().copied().collect(),
+            learners: learners.iter().copied().collect(),
+            ..StreamRaftStatus::default()
+        };
+        BrokerNodeStatus {
+            node_id: Some(2),
+            ready: true,
+            raft: BTreeMap::from([
+                ("transactions".to_string(), group(true, &[0, 1, 2], &[])),
+                ("decisions".to_string(), group(false, &[0, 1], &[2])),
+            ]),
+            ..BrokerNodeStatus::default()
         }
-    }"#;
+    }
 
     /// Serves the two admin routes on 127.0.0.1 (port chosen by the OS).
     async fn serve(voters_status: u16) -> (String, tokio::task::JoinHandle<()>) {
         use axum::routing::{get, post};
         let app = axum::Router::new()
-            .route("/status.json", get(|| async { READY }))
+            .route("/status.json", get(|| async { axum::Json(ready()) }))
             .route(
                 "/cluster/voters",
                 post(move |body: axum::Json<serde_json::Value>| async move {
@@ -190,10 +199,7 @@ mod tests {
     async fn http_admin_reads_status_and_posts_voters() {
         let (addr, task) = serve(200).await;
         let admin = HttpBrokerAdmin::new();
-        let s = admin.status(&addr).await.unwrap();
-        assert_eq!(s.known_node_id(), Some(2));
-        assert!(s.raft["transactions"].is_leader);
-        assert_eq!(s.raft["decisions"].learners, [2].into());
+        assert_eq!(admin.status(&addr).await.unwrap(), ready());
         let out = admin
             .set_voters(&addr, &["a:9200".into(), "b:9200".into()])
             .await

@@ -399,23 +399,31 @@ pub async fn run_local(mut args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         .await
         .context("running the audit")?;
     sup.stop_brokers(STOP_GRACE).await;
-    let report = RunReport::build(Measured {
-        count: args.count,
-        from_file: args.input.is_some(),
+    let cpu_limit_note = sup.cpu_limit_note().map(str::to_string);
+    let report = RunReport {
+        count: if args.input.is_some() {
+            outcome.resolved
+        } else {
+            args.count
+        },
         brokers: args.brokers,
         workers: args.workers,
-        worker_cpus: args.worker_cpus,
-        cpu_limit_note: sup.cpu_limit_note().map(str::to_string),
-        resolved: outcome.resolved,
-        elapsed: outcome.elapsed,
-        total_cpu: children_cpu(),
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        worker_cpus: (cpu_limit_note.is_none() && args.worker_cpus > 0.0)
+            .then_some(args.worker_cpus),
+        cpu_limit_note,
         roles: sup.usage(),
         chaos_kills: outcome.kills,
         audit,
         data_dir: layout.dir.display().to_string(),
         model_card,
         min_auprc: args.min_auprc,
+        ..RunReport::default()
+    }
+    .with_measured(Measured {
+        resolved: outcome.resolved,
+        elapsed: outcome.elapsed,
+        total_cpu: children_cpu(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
     drop(sup); // removes the cgroups, now that every process has exited
     if let Some(p) = &args.report_json {

@@ -130,57 +130,27 @@ impl RunReport {
     }
 }
 
-/// What a finished run measured, for [`RunReport::build`].
-#[derive(Debug, Clone, Default)]
+/// What a finished run measured, for [`RunReport::with_measured`].
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Measured {
-    /// Transactions requested (`--count`).
-    pub count: u64,
-    /// The transactions came from a file (the report's count is then what was resolved).
-    pub from_file: bool,
-    /// Broker replicas.
-    pub brokers: u32,
-    /// Worker processes.
-    pub workers: u32,
-    /// `--worker-cpus`.
-    pub worker_cpus: f64,
-    /// Why the CPU quota was not applied, when it was not.
-    pub cpu_limit_note: Option<String>,
     /// Transactions resolved.
     pub resolved: u64,
-    /// Producer start to last transaction resolved.
+    /// Producer start to the last transaction resolved.
     pub elapsed: Duration,
     /// CPU of every child process.
     pub total_cpu: Duration,
     /// Cores on this machine.
     pub cores: usize,
-    /// Per-process usage.
-    pub roles: Vec<RoleUsage>,
-    /// Chaos kills performed.
-    pub chaos_kills: Vec<ChaosKill>,
-    /// The audit.
-    pub audit: AuditReport,
-    /// Where data and logs are.
-    pub data_dir: String,
-    /// The vector model's own figures.
-    pub model_card: Option<ModelCard>,
-    /// `--min-auprc`.
-    pub min_auprc: Option<f64>,
 }
 
 impl RunReport {
-    /// The report of `m`: rates per second and per transaction, and the efficiency against
-    /// the `cores`-core bound.
-    pub fn build(m: Measured) -> Self {
+    /// The report with the figures derived from `m`: elapsed time, rate, CPU per
+    /// transaction, and the efficiency against the `cores`-core bound.
+    pub fn with_measured(self, m: Measured) -> Self {
         let elapsed_s = m.elapsed.as_secs_f64();
         let tx_per_s = m.resolved as f64 / elapsed_s.max(1e-6);
         let cpu_per_tx = m.total_cpu.as_secs_f64() / m.resolved.max(1) as f64;
         Self {
-            count: if m.from_file { m.resolved } else { m.count },
-            brokers: m.brokers,
-            workers: m.workers,
-            worker_cpus: (m.cpu_limit_note.is_none() && m.worker_cpus > 0.0)
-                .then_some(m.worker_cpus),
-            cpu_limit_note: m.cpu_limit_note,
             elapsed_s,
             tx_per_s,
             total_cpu_s: m.total_cpu.as_secs_f64(),
@@ -191,12 +161,7 @@ impl RunReport {
             } else {
                 0.0
             },
-            roles: m.roles,
-            chaos_kills: m.chaos_kills,
-            audit: m.audit,
-            data_dir: m.data_dir,
-            model_card: m.model_card,
-            min_auprc: m.min_auprc,
+            ..self
         }
     }
 }
@@ -356,32 +321,26 @@ mod tests {
 
     #[test]
     fn the_report_derives_rates_from_what_was_measured() {
-        let m = Measured {
+        let r = RunReport {
             count: 1000,
-            brokers: 3,
-            workers: 2,
-            worker_cpus: 0.5,
+            cpu_limit_note: Some("no cgroup".into()),
+            ..RunReport::default()
+        }
+        .with_measured(Measured {
             resolved: 1000,
             elapsed: Duration::from_secs(2),
             total_cpu: Duration::from_secs(1),
             cores: 2,
-            ..Measured::default()
-        };
-        let r = RunReport::build(m.clone());
+        });
         assert_eq!(
-            (r.count, r.tx_per_s, r.cpu_per_tx_us),
-            (1000, 500.0, 1000.0)
+            (r.tx_per_s, r.cpu_per_tx_us, r.total_cpu_s),
+            (500.0, 1000.0, 1.0)
         );
         // 2 cores at 1 ms per transaction could do 2000/s; 500/s is a quarter of that.
         assert_eq!(r.efficiency, 0.25);
-        assert_eq!(r.worker_cpus, Some(0.5));
-        let r = RunReport::build(Measured {
-            from_file: true,
-            resolved: 700,
-            cpu_limit_note: Some("no cgroup".into()),
-            ..m
-        });
-        assert_eq!((r.count, r.worker_cpus), (700, None));
+        assert!(render(&r).contains("throughput: 500 transactions/s over 2.00 s"));
         assert!(render(&r).contains("no CPU quota (no cgroup)"));
+        let idle = RunReport::default().with_measured(Measured::default());
+        assert_eq!((idle.tx_per_s, idle.efficiency), (0.0, 0.0));
     }
 }
