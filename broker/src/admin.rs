@@ -113,11 +113,13 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 async fn status_json(State(s): State<AdminState>) -> Response {
     match s.broker.get() {
         Some(b) => axum::Json(b.status()).into_response(),
-        None => axum::Json(serde_json::json!({
-            "ready": false,
-            "waiting_for_peers": s.waiting_for_peers.load(std::sync::atomic::Ordering::Relaxed),
-            "streams": []
-        }))
+        None => axum::Json(crate::broker::BrokerStatus {
+            ready: false,
+            waiting_for_peers: s
+                .waiting_for_peers
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ..Default::default()
+        })
         .into_response(),
     }
 }

@@ -11,7 +11,7 @@ use txpipe_client::broker::v1::{RetentionPolicy, StreamInfo};
 use txpipe_client::streams;
 
 use crate::config::Config;
-use crate::delivery::{ConsumerInfo, DeliveryConfig, DeliveryHandle};
+use crate::delivery::{DeliveryConfig, DeliveryHandle};
 use crate::error::{Error, Result};
 use crate::health::{HealthReport, HealthTracker, StreamProbe};
 use crate::metrics::Metrics;
@@ -74,86 +74,9 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Live figures of one stream for the status page and `/status.json`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct StreamStatus {
-    /// Stream name.
-    pub name: String,
-    /// `work_queue` or `limits`.
-    pub retention: String,
-    /// First stored offset.
-    pub start_offset: u64,
-    /// Next offset.
-    pub end_offset: u64,
-    /// Unresolved records (work queue).
-    pub pending: u64,
-    /// Delivered, unacked.
-    pub in_flight: u64,
-    /// Connected consumers.
-    pub consumers: u64,
-    /// Open Produce calls that wrote here.
-    pub producers: i64,
-    /// Records stored per second (last sampling interval).
-    pub produce_per_s: f64,
-    /// Deliveries per second.
-    pub deliver_per_s: f64,
-    /// Durable acks per second.
-    pub ack_per_s: f64,
-    /// Redeliveries so far.
-    pub redelivered_total: u64,
-    /// Dead letters so far.
-    pub dead_lettered_total: u64,
-    /// Acks so far.
-    pub acked_total: u64,
-    /// Records dropped by key dedupe so far.
-    pub deduplicated_total: u64,
-    /// Segment files.
-    pub segments: usize,
-    /// Segment bytes.
-    pub bytes: u64,
-    /// Consumers of the group.
-    pub consumer_list: Vec<ConsumerInfo>,
-}
-
-/// Raft view of one stream's group on this node.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RaftStatus {
-    /// Current term.
-    pub term: u64,
-    /// Leader's node id, when known.
-    pub leader_id: Option<u64>,
-    /// Leader's client address, when known.
-    pub leader_addr: Option<String>,
-    /// Whether this node leads the group.
-    pub is_leader: bool,
-    /// Highest committed-and-applied log index on this node.
-    pub commit_index: u64,
-    /// Highest applied log index.
-    pub applied_index: u64,
-    /// Last log index.
-    pub last_log_index: u64,
-    /// Voter ids.
-    pub voters: Vec<u64>,
-    /// Learner ids.
-    pub learners: Vec<u64>,
-}
-
-/// Whole-broker status.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct BrokerStatus {
-    /// This node's Raft id.
-    pub node_id: u64,
-    /// Raft view of every stream's group.
-    pub raft: BTreeMap<String, RaftStatus>,
-    /// Recovery finished and gRPC is serving.
-    pub ready: bool,
-    /// Seconds since start.
-    pub uptime_s: u64,
-    /// fdatasync calls so far.
-    pub fsyncs_total: u64,
-    /// Streams, by name.
-    pub streams: Vec<StreamStatus>,
-}
+/// `/status.json` and its parts: defined once in [`txpipe_client::status`] and read by the
+/// operator and `txpipe` through the same types.
+pub use txpipe_client::status::{BrokerStatus, RaftStatus, StreamStatus};
 
 /// The broker. See the module docs.
 pub struct Broker {
@@ -477,11 +400,7 @@ impl Broker {
         st.fsyncs_total = syncs;
         st.streams = out;
         st.raft = raft;
-        st.node_id = self
-            .streams
-            .values()
-            .next()
-            .map_or(0, |s| s.replica.node_id);
+        st.node_id = self.streams.values().next().map(|s| s.replica.node_id);
     }
 
     /// Snapshot of every stream that changed, then a retention pass on each.

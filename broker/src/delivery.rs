@@ -121,20 +121,8 @@ pub enum Event {
     Stop,
 }
 
-/// Status of one consumer, for the status page.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ConsumerInfo {
-    /// Consumer id.
-    pub id: u64,
-    /// Name given at subscribe.
-    pub name: String,
-    /// Window.
-    pub window: u32,
-    /// Unacked deliveries.
-    pub in_flight: u32,
-    /// Deliveries so far.
-    pub delivered: u64,
-}
+/// Status of one consumer, for the status page (defined in [`txpipe_client::status`]).
+pub use txpipe_client::status::ConsumerInfo;
 
 /// Live figures of a group.
 #[derive(Debug, Default)]

@@ -12,13 +12,18 @@
 //! - [`pan`]: field encryption of card numbers (AES-256-GCM), shared by producer and worker.
 //! - [`time`]: calendar conversions of `*_us` timestamps (Hinnant's algorithms).
 //! - [`streams`]: the names of the standard streams.
+//! - [`status`]: the broker's admin `/status.json` (written by the broker, read by the operator
+//!   and `txpipe`).
+//! - [`summary`]: the producer's run summary (written by the producer, read by `txpipe`).
 
 pub mod connect;
 pub mod features;
 pub mod leader;
 pub mod pan;
 pub mod produce;
+pub mod status;
 pub mod streams;
+pub mod summary;
 pub mod time;
 
 /// Generated protobuf and gRPC code for `txpipe.broker.v1`.

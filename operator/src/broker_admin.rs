@@ -5,12 +5,10 @@
 //! The controller talks to the brokers through the [`BrokerAdmin`] trait so that the
 //! reconcile tests can substitute a fake; [`HttpBrokerAdmin`] is the real implementation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::{Error, Result};
 
@@ -43,60 +41,14 @@ pub trait BrokerAdmin: Send + Sync {
     ) -> AdminFuture<'a, VotersOutcome>;
 }
 
-/// The fields of a broker's `/status.json` the operator uses (unknown fields are ignored).
-///
-/// A recovering broker answers `{"ready": false, "streams": []}`: no node id and no Raft view.
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct BrokerNodeStatus {
-    /// Recovery finished and gRPC is serving.
-    #[serde(default)]
-    pub ready: bool,
-    /// This node's Raft id (absent while recovering).
-    #[serde(default)]
-    pub node_id: Option<u64>,
-    /// Raft view of every stream's group on this node, by stream name (empty while
-    /// recovering or before the first status sample).
-    #[serde(default)]
-    pub raft: BTreeMap<String, StreamRaftStatus>,
-}
+/// A broker's `/status.json`, as the broker writes it ([`txpipe_client::status`]: one
+/// definition for broker, operator and `txpipe`; unknown fields are ignored, missing ones
+/// default). A recovering broker answers `{"ready": false, "streams": []}`: no node id and no
+/// Raft view; [`BrokerNodeStatus::known_node_id`] is the id once it is known.
+pub use txpipe_client::status::BrokerStatus as BrokerNodeStatus;
 
-impl BrokerNodeStatus {
-    /// The node id, when the broker is ready and has reported its Raft view (before its first
-    /// status sample a ready broker reports `node_id: 0` and an empty `raft` map).
-    pub fn known_node_id(&self) -> Option<u64> {
-        if self.ready && !self.raft.is_empty() {
-            self.node_id
-        } else {
-            None
-        }
-    }
-}
-
-/// One stream's Raft group as seen by one broker.
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct StreamRaftStatus {
-    /// Whether this node leads the group.
-    #[serde(default)]
-    pub is_leader: bool,
-    /// The leader's node id, when known.
-    #[serde(default)]
-    pub leader_id: Option<u64>,
-    /// Current term.
-    #[serde(default)]
-    pub term: u64,
-    /// Voter node ids.
-    #[serde(default)]
-    pub voters: BTreeSet<u64>,
-    /// Learner node ids.
-    #[serde(default)]
-    pub learners: BTreeSet<u64>,
-    /// Highest committed log index known to this node.
-    #[serde(default)]
-    pub commit_index: u64,
-    /// Highest log index applied by this node.
-    #[serde(default)]
-    pub applied_index: u64,
-}
+/// One stream's Raft group as seen by one broker (`raft.<stream>` of `/status.json`).
+pub use txpipe_client::status::RaftStatus as StreamRaftStatus;
 
 /// [`BrokerAdmin`] over plain HTTP (reqwest, no TLS: the admin port is cluster-internal).
 #[derive(Clone, Debug)]
@@ -196,57 +148,33 @@ impl BrokerAdmin for HttpBrokerAdmin {
 mod tests {
     use super::*;
 
-    /// The shape `broker::BrokerStatus` serializes to (see broker/src/broker.rs).
-    const READY: &str = r#"{
-        "node_id": 2, "ready": true, "uptime_s": 12, "fsyncs_total": 5, "streams": [],
-        "raft": {
-            "transactions": {"term": 3, "leader_id": 2, "leader_addr": "b-2:9100", "is_leader": true,
-                "commit_index": 40, "applied_index": 39, "last_log_index": 41,
-                "voters": [0, 1, 2], "learners": []},
-            "decisions": {"term": 3, "leader_id": null, "leader_addr": null, "is_leader": false,
-                "commit_index": 7, "applied_index": 7, "last_log_index": 7,
-                "voters": [0, 1], "learners": [2]}
+    /// What a ready node 2 answers: it leads `transactions`; node 2 is a learner of
+    /// `decisions`, whose leader it does not know.
+    fn ready() -> BrokerNodeStatus {
+        let group = |is_leader: bool, voters: &[u64], learners: &[u64]| StreamRaftStatus {
+            term: 3,
+            leader_id: is_leader.then_some(2),
+            is_leader,
+            voters: voters.iter().copied().collect(),
+            learners: learners.iter().copied().collect(),
+            ..StreamRaftStatus::default()
+        };
+        BrokerNodeStatus {
+            node_id: Some(2),
+            ready: true,
+            raft: BTreeMap::from([
+                ("transactions".to_string(), group(true, &[0, 1, 2], &[])),
+                ("decisions".to_string(), group(false, &[0, 1], &[2])),
+            ]),
+            ..BrokerNodeStatus::default()
         }
-    }"#;
-
-    #[test]
-    fn a_ready_status_parses_with_its_raft_view() {
-        let s: BrokerNodeStatus = serde_json::from_str(READY).unwrap();
-        assert!(s.ready);
-        assert_eq!(s.known_node_id(), Some(2));
-        let t = &s.raft["transactions"];
-        assert!(t.is_leader);
-        assert_eq!(t.leader_id, Some(2));
-        assert_eq!((t.term, t.commit_index, t.applied_index), (3, 40, 39));
-        assert_eq!(t.voters, BTreeSet::from([0, 1, 2]));
-        let d = &s.raft["decisions"];
-        assert_eq!(d.leader_id, None);
-        assert_eq!(d.learners, BTreeSet::from([2]));
-    }
-
-    #[test]
-    fn a_recovering_status_parses_without_node_id() {
-        let s: BrokerNodeStatus =
-            serde_json::from_str(r#"{"ready": false, "waiting_for_peers": true, "streams": []}"#)
-                .unwrap();
-        assert!(!s.ready);
-        assert_eq!(s.node_id, None);
-        assert_eq!(s.known_node_id(), None);
-        assert!(s.raft.is_empty());
-    }
-
-    #[test]
-    fn a_ready_status_before_its_first_sample_has_no_known_node_id() {
-        let s: BrokerNodeStatus =
-            serde_json::from_str(r#"{"ready": true, "node_id": 0, "raft": {}}"#).unwrap();
-        assert_eq!(s.known_node_id(), None);
     }
 
     /// Serves the two admin routes on 127.0.0.1 (port chosen by the OS).
     async fn serve(voters_status: u16) -> (String, tokio::task::JoinHandle<()>) {
         use axum::routing::{get, post};
         let app = axum::Router::new()
-            .route("/status.json", get(|| async { READY }))
+            .route("/status.json", get(|| async { axum::Json(ready()) }))
             .route(
                 "/cluster/voters",
                 post(move |body: axum::Json<serde_json::Value>| async move {
@@ -271,8 +199,7 @@ mod tests {
     async fn http_admin_reads_status_and_posts_voters() {
         let (addr, task) = serve(200).await;
         let admin = HttpBrokerAdmin::new();
-        let s = admin.status(&addr).await.unwrap();
-        assert_eq!(s.node_id, Some(2));
+        assert_eq!(admin.status(&addr).await.unwrap(), ready());
         let out = admin
             .set_voters(&addr, &["a:9200".into(), "b:9200".into()])
             .await

@@ -134,7 +134,7 @@ pub struct PodState {
 }
 
 /// What the controller observed about broker ordinal `ordinal`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BrokerObservation {
     /// StatefulSet ordinal.
     pub ordinal: i32,
@@ -1348,6 +1348,7 @@ mod tests {
                 ready: true,
                 node_id: Some(id),
                 raft,
+                ..Default::default()
             }),
         }
     }

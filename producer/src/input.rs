@@ -91,16 +91,45 @@ pub const REQUIRED_COLUMNS: &[&str] = &[
     "entry_mode",
 ];
 
-/// A row that does not match the schema.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
-#[error("line {line}{}: {reason}", column.as_ref().map(|c| format!(", column {c}")).unwrap_or_default())]
-pub struct BadRow {
-    /// 1-based line number in the file (CSV: the line where the record starts).
-    pub line: u64,
-    /// The offending column, when one is to blame.
-    pub column: Option<String>,
-    /// What is wrong.
-    pub reason: String,
+/// A row that does not match the schema (defined with the run summary it is reported in).
+pub use txpipe_client::summary::BadRow;
+
+/// Data rows of `path` in `format`, without parsing them: CSV records after the header
+/// ([`InputFormat::Csv`], [`InputFormat::Features`]) or non-blank lines
+/// ([`InputFormat::Jsonl`]). The producer reports it up front as the run's planned length
+/// (see [`txpipe_client::summary::Summary::planned`]). Errors: [`InputError::Io`] when the
+/// file cannot be read, [`InputError::Csv`] when the CSV reader fails.
+pub fn count_rows(path: &Path, format: InputFormat) -> Result<u64, InputError> {
+    let io = |source| InputError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = BufReader::with_capacity(1 << 16, File::open(path).map_err(io)?);
+    let mut n = 0u64;
+    match format {
+        InputFormat::Jsonl => {
+            for line in file.lines() {
+                n += u64::from(!line.map_err(io)?.trim().is_empty());
+            }
+        }
+        InputFormat::Csv | InputFormat::Features => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(file);
+            let mut record = csv::ByteRecord::new();
+            while reader
+                .read_byte_record(&mut record)
+                .map_err(|e| InputError::Csv {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Errors that stop reading a file.
@@ -642,6 +671,23 @@ pub(crate) fn csv_header<R: std::io::Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_are_counted_as_the_reader_sees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("t.csv");
+        std::fs::write(&csv, "id,note\n1,plain\n2,\"two\nlines\"\n3,x\n").unwrap();
+        assert_eq!(count_rows(&csv, InputFormat::Csv).unwrap(), 3);
+        assert_eq!(count_rows(&csv, InputFormat::Features).unwrap(), 3);
+        let jsonl = dir.path().join("t.jsonl");
+        std::fs::write(&jsonl, "{\"id\":1}\n\n  \n{\"id\":2}\n").unwrap();
+        assert_eq!(count_rows(&jsonl, InputFormat::Jsonl).unwrap(), 2);
+        let missing = dir.path().join("missing.csv");
+        assert!(matches!(
+            count_rows(&missing, InputFormat::Csv),
+            Err(InputError::Io { .. })
+        ));
+    }
 
     #[test]
     fn times_parse_from_rfc3339_with_offsets_and_from_microseconds() {

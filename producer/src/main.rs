@@ -117,7 +117,8 @@ struct Args {
     /// Progress display: a bar on a terminal (auto), always, or log lines only (never).
     #[arg(long, env = "PRODUCER_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
-    /// Write a JSON summary (counts, elapsed, rate, producer ids, bad rows) to this file.
+    /// Write a JSON summary to this file: the planned count before sending, then the totals
+    /// (counts, elapsed, rate, producer ids, bad rows) at the end.
     #[arg(long, env = "PRODUCER_SUMMARY_JSON")]
     summary_json: Option<PathBuf>,
     /// How long to keep retrying an unreachable broker before failing, milliseconds.

@@ -271,57 +271,9 @@ pub enum Error {
 /// Result of this crate's fallible operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Totals of a run, written by `--summary-json`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Summary {
-    /// `"generator"` or the input file path.
-    pub source: String,
-    /// Transactions read from the source and queued (valid rows or generated records).
-    pub transactions_sent: u64,
-    /// Transaction records the broker acknowledged.
-    pub transactions_acked: u64,
-    /// Transaction records stored (excludes batches the broker recognised as retries).
-    pub transactions_stored: u64,
-    /// Label records queued.
-    pub labels_sent: u64,
-    /// Label records acknowledged.
-    pub labels_acked: u64,
-    /// Records labelled as fraud.
-    pub fraud_labelled: u64,
-    /// Rows rejected by the schema.
-    pub bad_rows: u64,
-    /// Rows of a features file outside `--time-from`/`--time-until` (not sent, not bad).
-    pub skipped_by_filter: u64,
-    /// The first 100 bad rows.
-    pub bad_row_samples: Vec<BadRow>,
-    /// Wall time from start to the last acknowledgement, seconds.
-    pub elapsed_s: f64,
-    /// `transactions_acked / elapsed_s`.
-    pub rate_per_s: f64,
-    /// Name both producers registered under.
-    pub producer_name: String,
-    /// Idempotent producer id of the `transactions` producer.
-    pub transactions_producer_id: u64,
-    /// Its epoch (registrations of the name on `transactions` so far).
-    pub transactions_epoch: u64,
-    /// Position (input items) `transactions` resumed after: items up to it were stored by
-    /// earlier runs of the same name and were skipped.
-    pub transactions_resumed_from: u64,
-    /// Idempotent producer id of the `labels` producer (0 if labels are off).
-    pub labels_producer_id: u64,
-    /// Its epoch.
-    pub labels_epoch: u64,
-    /// Position `labels` resumed after.
-    pub labels_resumed_from: u64,
-    /// Batches the broker answered as duplicates of stored ones (retries after a reconnect).
-    pub duplicate_batches: u64,
-    /// Reconnections of both producers.
-    pub reconnects: u64,
-    /// The run stopped early on the shutdown signal.
-    pub interrupted: bool,
-    /// The error that ended the run, if any.
-    pub error: Option<String>,
-}
+/// Totals of a run, written by `--summary-json` (defined in [`txpipe_client::summary`], which
+/// `txpipe` local mode reads it with).
+pub use txpipe_client::summary::Summary;
 
 /// One batch handed from the reader thread to the sender.
 struct Batch {
@@ -485,8 +437,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
             Source::Generate(_) => "generator".into(),
             Source::File { path, .. } => path.display().to_string(),
         },
+        planned: planned(&config),
         ..Summary::default()
     };
+    write_summary(&config, &summary)?;
     let result = run_inner(&config, shutdown, started, &mut summary).await;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     summary.rate_per_s = if summary.elapsed_s > 0.0 {
@@ -497,14 +451,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     if let Err(e) = &result {
         summary.error = Some(e.to_string());
     }
-    if let Some(path) = &config.summary_json {
-        let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
-        std::fs::write(path, json).map_err(|source| Error::Summary {
+    summary.finished = true;
+    write_summary(&config, &summary)?;
+    result.map(|()| summary)
+}
+
+/// Transactions the run is about to send ([`Summary::planned`]): `count` (default
+/// [`DEFAULT_COUNT`]) for the generator; a file's data rows, at most `count`. 0 when the file
+/// cannot be read: the reader then ends the run with that error, recorded in the summary.
+fn planned(config: &Config) -> u64 {
+    match &config.source {
+        Source::Generate(_) => config.count.unwrap_or(DEFAULT_COUNT),
+        Source::File { path, format } => match crate::input::count_rows(path, *format) {
+            Ok(rows) => config.count.map_or(rows, |n| n.min(rows)),
+            Err(_) => 0,
+        },
+    }
+}
+
+/// Writes `summary` to `--summary-json`, when set (atomically: see [`Summary::write`]).
+fn write_summary(config: &Config, summary: &Summary) -> Result<()> {
+    match &config.summary_json {
+        Some(path) => summary.write(path).map_err(|source| Error::Summary {
             path: path.clone(),
             source,
-        })?;
+        }),
+        None => Ok(()),
     }
-    result.map(|()| summary)
 }
 
 fn producer_config(config: &Config, stream: &str) -> ProducerConfig {

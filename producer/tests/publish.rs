@@ -271,10 +271,10 @@ async fn generated_transactions_and_their_labels_reach_their_own_streams() {
         fraud += u64::from(label.is_fraud);
     }
     assert_eq!(summary.fraud_labelled, fraud);
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
-    assert_eq!(json["transactions_acked"], 5_000);
-    assert_eq!(json["error"], serde_json::Value::Null);
+    let written = txpipe_client::summary::Summary::read(&dir.path().join("summary.json")).unwrap();
+    assert_eq!(written, summary);
+    assert_eq!((written.planned, written.finished), (5_000, true));
+    assert_eq!(written.error, None);
 }
 
 #[tokio::test]
@@ -343,6 +343,10 @@ async fn a_file_with_bad_rows_is_skipped_row_by_row_or_stopped_at_the_first() {
         .unwrap();
     assert_eq!(summary.transactions_acked, 4);
     assert_eq!(summary.bad_rows, 4);
+    assert_eq!(
+        summary.planned, 8,
+        "planned counts every data row, bad ones too"
+    );
     let lines: Vec<u64> = summary.bad_row_samples.iter().map(|b| b.line).collect();
     assert_eq!(lines, [3, 5, 6, 9]);
     assert_eq!(summary.labels_acked, 0, "the file has no label columns");
@@ -511,6 +515,10 @@ async fn the_time_window_and_count_limit_what_a_features_file_sends() {
         .unwrap();
     assert_eq!(summary.transactions_acked, 115);
     assert_eq!(summary.skipped_by_filter, 185, "{summary:?}");
+    assert_eq!(
+        summary.planned, 300,
+        "an upper bound: the window is applied while reading"
+    );
     assert_eq!(summary.bad_rows, 0);
     assert_eq!(summary.fraud_labelled, 25);
     let (txs, _) = decoded(&state);
@@ -529,6 +537,7 @@ async fn the_time_window_and_count_limit_what_a_features_file_sends() {
     assert_eq!(summary.transactions_acked, 10);
     assert_eq!(summary.labels_acked, 10);
     assert_eq!(summary.skipped_by_filter, 160);
+    assert_eq!(summary.planned, 10);
 }
 
 #[tokio::test]

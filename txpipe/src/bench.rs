@@ -31,7 +31,8 @@ use txpipe_client::broker::v1::{
 use txpipe_client::produce::{Producer, ProducerConfig};
 use txpipe_client::streams;
 
-use crate::cluster::{BrokerCluster, every_stream_led, free_port};
+use crate::cluster::{BrokerCluster, every_stream_led};
+use crate::supervisor::free_port;
 
 /// Settings of `txpipe bench broker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -401,7 +402,7 @@ pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<Ben
         bail!("--replicas must be 1 or 3, got {}", args.replicas);
     }
     let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let exe = crate::local::service_binary(&bin_dir, "broker")?;
+    let exe = crate::supervisor::service_binary(&bin_dir, "broker")?;
     let mut results = vec![run_txpipe(&args, &exe, true).await?];
     if args.no_fsync_run {
         results.push(run_txpipe(&args, &exe, false).await?);
@@ -536,7 +537,7 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
         bail!("--kills and --batch must be at least 1");
     }
     let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let exe = crate::local::service_binary(&bin_dir, "broker")?;
+    let exe = crate::supervisor::service_binary(&bin_dir, "broker")?;
     let dir = tempfile::Builder::new()
         .prefix("txpipe-failover-")
         .tempdir()?;
@@ -710,38 +711,20 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
 /// leader reports: the next kill then starts from a healthy cluster, as a kill in production
 /// would (a kill right after a restart measures catch-up, not failover).
 async fn caught_up(cluster: &crate::cluster::BrokerCluster, victim: usize) -> bool {
-    let t = Duration::from_millis(500);
-    let mut all = Vec::new();
-    for n in &cluster.nodes {
-        all.push(
-            match crate::cluster::http_get(&n.admin_addr, "/status.json", t).await {
-                Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).ok(),
-                _ => None,
-            },
-        );
-    }
+    let all = futures::future::join_all((0..cluster.nodes.len()).map(|i| cluster.status(i))).await;
     let Some(me) = all[victim].as_ref() else {
         return false;
     };
-    let Some(groups) = me["raft"].as_object() else {
-        return true;
-    };
-    for (stream, g) in groups {
-        let applied = g["applied_index"].as_u64().unwrap_or(0);
-        let Some(leader) = g["leader_id"].as_u64() else {
-            return false;
-        };
-        let commit = all
-            .iter()
-            .flatten()
-            .find(|v| v["node_id"].as_u64() == Some(leader))
-            .and_then(|v| v["raft"][stream]["commit_index"].as_u64());
-        match commit {
-            Some(c) if applied >= c => {}
-            _ => return false,
-        }
-    }
-    true
+    me.raft.iter().all(|(stream, g)| {
+        let commit = g.leader_id.and_then(|leader| {
+            all.iter()
+                .flatten()
+                .find(|st| st.node_id == Some(leader))
+                .and_then(|st| st.raft.get(stream))
+                .map(|r| r.commit_index)
+        });
+        commit.is_some_and(|c| g.applied_index >= c)
+    })
 }
 
 #[cfg(test)]

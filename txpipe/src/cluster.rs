@@ -1,310 +1,54 @@
-//! Supervised child processes and a local cluster of broker replicas, shared by local mode
-//! ([`crate::local`]) and the benchmarks ([`crate::bench`]).
+//! A local cluster of broker replicas, shared by local mode ([`crate::local`]) and the
+//! benchmarks ([`crate::bench`]).
 //!
-//! [`BrokerCluster`] starts N `txpipe-broker` processes on loopback, each with its own data
-//! directory and three free ports (client gRPC `--listen`, Raft `--peer-listen`, admin HTTP
-//! `--admin-listen`), and reads their admin `/readyz` and `/status.json` to tell when the
-//! cluster serves: every replica is ready and every stream has a leader. The `"raft"` object
-//! of `/status.json` (per stream: term, leader id and address, whether this node leads) is
-//! parsed by [`parse_raft`]; a broker without it is a single-node broker, whose only node
-//! leads every stream.
+//! [`BrokerCluster`] starts N `txpipe-broker` processes on loopback (each a supervised
+//! [`Proc`] with its own data directory and three free ports: client gRPC `--listen`, Raft
+//! `--peer-listen`, admin HTTP `--admin-listen`), and reads their admin `/readyz` and
+//! `/status.json` (with `reqwest`, into the typed [`BrokerStatus`] the broker writes) to tell
+//! when the cluster serves: every replica is ready and every stream has a leader. The leader
+//! of a stream is the running replica that says it leads, with the highest term.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use txpipe_client::broker::v1::{GetStreamRequest, StreamInfo};
 use txpipe_client::leader::{LeaderConfig, LeaderRouter};
+use txpipe_client::status::BrokerStatus;
 use txpipe_client::streams;
 
-use crate::procstat::{self, ProcSample};
+use crate::supervisor::{Proc, free_port};
 
-/// CPU and memory of one role over the run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RoleUsage {
-    /// Role name ("broker-0", "worker-0", "producer").
-    pub name: String,
-    /// CPU seconds (user + system), summed over restarts.
-    pub cpu_s: f64,
-    /// Peak RSS of any incarnation, MiB.
-    pub peak_rss_mib: f64,
-    /// Times the process was (re)started.
-    pub starts: u32,
-}
-
-/// A supervised child process: started, sampled (CPU, RSS), killed and restarted with the
-/// same arguments; output appended to `<dir>/<role>.log`.
-pub(crate) struct Proc {
-    pub(crate) role: String,
-    exe: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    pid: u32,
-    usage: RoleUsage,
-    last: ProcSample,
-    cpu_done: Duration,
-}
-
-impl Proc {
-    pub(crate) fn new(role: &str, exe: PathBuf, args: Vec<String>, dir: &Path) -> Self {
-        Self {
-            role: role.to_string(),
-            exe,
-            args,
-            log: dir.join(format!("{role}.log")),
-            child: None,
-            pid: 0,
-            usage: RoleUsage {
-                name: role.to_string(),
-                ..Default::default()
-            },
-            last: ProcSample::default(),
-            cpu_done: Duration::ZERO,
-        }
-    }
-
-    /// Starts the process; returns its pid.
-    pub(crate) fn start(&mut self) -> Result<u32> {
-        let exe = self.exe.clone();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new(&exe)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} ({})", self.role, exe.display()))?;
-        self.pid = child.id().unwrap_or(0);
-        self.child = Some(child);
-        self.usage.starts += 1;
-        self.last = ProcSample::default();
-        Ok(self.pid)
-    }
-
-    /// True while a started process has not been seen to exit.
-    pub(crate) fn running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub(crate) fn sample(&mut self) {
-        if self.child.is_some()
-            && let Some(s) = procstat::sample(self.pid)
-        {
-            self.last = s;
-            self.usage.peak_rss_mib = self
-                .usage
-                .peak_rss_mib
-                .max(s.peak_rss_bytes as f64 / (1 << 20) as f64);
-        }
-    }
-
-    /// Exit status if the process has exited.
-    pub(crate) fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
-        let st = self.child.as_mut()?.try_wait().ok().flatten()?;
-        self.retire();
-        Some(st)
-    }
-
-    fn retire(&mut self) {
-        self.cpu_done += self.last.cpu;
-        self.last = ProcSample::default();
-        self.child = None;
-    }
-
-    /// SIGKILL, and reap.
-    pub(crate) async fn kill9(&mut self) {
-        self.sample();
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill().await;
-        }
-        self.retire();
-    }
-
-    /// SIGTERM, then wait up to `grace` before SIGKILL.
-    pub(crate) async fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
-        self.sample();
-        let pid = self.pid;
-        let c = self.child.as_mut()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let st = match tokio::time::timeout(grace, c.wait()).await {
-            Ok(Ok(st)) => Some(st),
-            _ => {
-                let _ = c.kill().await;
-                None
-            }
-        };
-        self.retire();
-        st
-    }
-
-    /// CPU (over every incarnation so far), peak RSS and starts.
-    pub(crate) fn finish_usage(&self) -> RoleUsage {
-        let mut u = self.usage.clone();
-        u.cpu_s = (self.cpu_done + self.last.cpu).as_secs_f64();
-        u
-    }
-
-    pub(crate) fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let v: Vec<&str> = text.lines().collect();
-        v[v.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-/// A loopback port that was free a moment ago (bind to port 0, read it, release it).
-pub(crate) fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// `GET path` over HTTP/1.0 from `addr` (`host:port`); returns the status code and body.
-/// Errors when the connection fails, the answer is not HTTP, or `timeout` passes.
-pub(crate) async fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        parse_http_response(&buf)
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .with_context(|| format!("GET http://{addr}{path}: no answer within {timeout:?}"))?
-        .with_context(|| format!("GET http://{addr}{path}"))
-}
-
-/// Status code and body of a raw HTTP/1.x response (de-chunking a chunked body).
-fn parse_http_response(raw: &[u8]) -> Result<(u16, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("truncated HTTP response ({} bytes)", raw.len());
-    };
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
-    let code: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad HTTP status line {status_line:?}"))?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if !chunked {
-        return Ok((code, body.to_string()));
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .with_context(|| format!("bad chunk size {size:?}"))?;
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    Ok((code, out))
-}
-
-/// One stream's Raft state as a node reports it in `/status.json`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StreamRaft {
-    /// Current term.
-    pub term: u64,
-    /// Leader's node id, when this node knows one.
-    pub leader_id: Option<u64>,
-    /// Leader's client address `host:port`, when known.
-    pub leader_addr: Option<String>,
-    /// This node is the stream's leader.
-    pub is_leader: bool,
-    /// Highest log index known committed.
-    pub commit_index: u64,
-}
-
-/// The `"raft"` object of a broker's `/status.json`: stream name to its Raft state; `None`
-/// when the object is absent (a broker without replication).
-pub fn parse_raft(status: &serde_json::Value) -> Option<BTreeMap<String, StreamRaft>> {
-    let obj = status.get("raft")?.as_object()?;
-    Some(
-        obj.iter()
-            .map(|(name, v)| {
-                let u = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
-                (
-                    name.clone(),
-                    StreamRaft {
-                        term: u("term").unwrap_or(0),
-                        leader_id: u("leader_id"),
-                        leader_addr: v
-                            .get("leader_addr")
-                            .and_then(serde_json::Value::as_str)
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_string),
-                        is_leader: v
-                            .get("is_leader")
-                            .and_then(serde_json::Value::as_bool)
-                            .unwrap_or(false),
-                        commit_index: u("commit_index").unwrap_or(0),
-                    },
-                )
-            })
-            .collect(),
-    )
-}
+/// Timeout of one admin HTTP request (`/readyz`, `/status.json`).
+const ADMIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What one node says about itself.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeView {
     /// `/readyz` answered 200.
     pub ready: bool,
-    /// Parsed `"raft"` object; `None` without replication (or when unreachable).
-    pub raft: Option<BTreeMap<String, StreamRaft>>,
+    /// Its `/status.json`; `None` when unreachable or not ready.
+    pub status: Option<BrokerStatus>,
 }
 
 impl NodeView {
-    /// Ready, and (with replication) it knows a leader of every stream.
+    /// Ready, and it knows a leader of every stream.
     pub fn knows_all_leaders(&self) -> bool {
         self.ready
             && self
-                .raft
+                .status
                 .as_ref()
-                .is_none_or(|r| !r.is_empty() && r.values().all(|s| s.leader_id.is_some()))
+                .is_some_and(BrokerStatus::knows_all_leaders)
     }
 
-    /// Streams this node leads (every stream for a ready broker without replication).
+    /// Streams this node leads.
     pub fn leads(&self) -> Vec<String> {
-        match &self.raft {
-            Some(r) => r
-                .iter()
-                .filter(|(_, s)| s.is_leader)
-                .map(|(n, _)| n.clone())
-                .collect(),
-            None if self.ready => vec!["all streams (single node)".to_string()],
-            None => Vec::new(),
-        }
+        self.status
+            .as_ref()
+            .map(BrokerStatus::leads)
+            .unwrap_or_default()
     }
 }
-
 /// One broker replica of a [`BrokerCluster`].
 pub(crate) struct BrokerNode {
     /// The process (role `broker-<i>`).
@@ -321,6 +65,7 @@ pub(crate) struct BrokerNode {
 pub(crate) struct BrokerCluster {
     pub nodes: Vec<BrokerNode>,
     router: LeaderRouter,
+    http: reqwest::Client,
 }
 
 impl BrokerCluster {
@@ -368,7 +113,15 @@ impl BrokerCluster {
                 ..LeaderConfig::default()
             },
         )?;
-        Ok(Self { nodes, router })
+        let http = reqwest::Client::builder()
+            .timeout(ADMIN_TIMEOUT)
+            .build()
+            .context("building the admin HTTP client")?;
+        Ok(Self {
+            nodes,
+            router,
+            http,
+        })
     }
 
     /// Client addresses, comma-separated (what producer, workers and audit take).
@@ -396,21 +149,28 @@ impl BrokerCluster {
         }
     }
 
+    /// `GET http://<admin address of node i><path>` within [`ADMIN_TIMEOUT`]; the response
+    /// when it is a 2xx, `None` when the node is unreachable or answers otherwise.
+    async fn admin_get(&self, i: usize, path: &str) -> Option<reqwest::Response> {
+        let url = format!("http://{}{path}", self.nodes[i].admin_addr);
+        let resp = self.http.get(url).send().await.ok()?;
+        resp.status().is_success().then_some(resp)
+    }
+
+    /// `/status.json` of node `i`; `None` when unreachable or not a status.
+    pub async fn status(&self, i: usize) -> Option<BrokerStatus> {
+        self.admin_get(i, "/status.json").await?.json().await.ok()
+    }
+
     /// `/readyz` and `/status.json` of node `i`; a default (not ready) view when unreachable.
     pub async fn view(&self, i: usize) -> NodeView {
-        let addr = &self.nodes[i].admin_addr;
-        let t = Duration::from_millis(500);
-        let ready = matches!(http_get(addr, "/readyz", t).await, Ok((200, _)));
-        if !ready {
+        if self.admin_get(i, "/readyz").await.is_none() {
             return NodeView::default();
         }
-        let raft = match http_get(addr, "/status.json", t).await {
-            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| parse_raft(&v)),
-            _ => None,
-        };
-        NodeView { ready, raft }
+        NodeView {
+            ready: true,
+            status: self.status(i).await,
+        }
     }
 
     /// Views of every running node (`None` for a node that is down).
@@ -426,8 +186,8 @@ impl BrokerCluster {
     }
 
     /// The node that leads `stream` and its term: the running node that says it is the
-    /// leader, with the highest term; without replication (one node, no `"raft"` object),
-    /// node 0 once ready. `None` while no node claims it (an election is under way).
+    /// leader, with the highest term. `None` while no node claims it (an election is under
+    /// way).
     pub async fn leader_of(&self, stream: &str) -> Option<(usize, u64)> {
         leader_in(&self.views().await, stream)
     }
@@ -478,9 +238,7 @@ impl BrokerCluster {
                 self.check_alive(i)?;
             }
             let views = self.views().await;
-            let replicated = views.iter().flatten().any(|v| v.raft.is_some());
-            let leaders_ok = !replicated || every_stream_led(&views);
-            if leaders_ok
+            if every_stream_led(&views)
                 && views
                     .iter()
                     .all(|v| v.as_ref().is_some_and(NodeView::knows_all_leaders))
@@ -544,18 +302,14 @@ pub(crate) fn every_stream_led(views: &[Option<NodeView>]) -> bool {
 pub(crate) fn leader_in(views: &[Option<NodeView>], stream: &str) -> Option<(usize, u64)> {
     let mut best: Option<(usize, u64)> = None;
     for (i, v) in views.iter().enumerate() {
-        let Some(v) = v else { continue };
-        match &v.raft {
-            Some(r) => {
-                if let Some(s) = r.get(stream)
-                    && s.is_leader
-                    && best.is_none_or(|(_, t)| s.term > t)
-                {
-                    best = Some((i, s.term));
-                }
-            }
-            None if v.ready && views.len() == 1 => best = Some((i, 0)),
-            None => {}
+        if let Some(s) = v
+            .as_ref()
+            .and_then(|v| v.status.as_ref())
+            .and_then(|st| st.raft.get(stream))
+            && s.is_leader
+            && best.is_none_or(|(_, t)| s.term > t)
+        {
+            best = Some((i, s.term));
         }
     }
     best
@@ -563,52 +317,92 @@ pub(crate) fn leader_in(views: &[Option<NodeView>], stream: &str) -> Option<(usi
 
 #[cfg(test)]
 mod tests {
+    use txpipe_client::status::RaftStatus;
+
     use super::*;
 
-    #[test]
-    fn http_responses_are_parsed_plain_and_chunked() {
-        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        assert_eq!(parse_http_response(plain).unwrap(), (200, "ok".into()));
-        let chunked =
-            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_http_response(chunked).unwrap(), (503, "abcde".into()));
-        assert!(parse_http_response(b"garbage").is_err());
-    }
-
-    fn view(raft: serde_json::Value) -> Option<NodeView> {
+    /// A ready node whose `transactions` group is in `term`, led by `leader`.
+    fn view(term: u64, leader: Option<u64>, is_leader: bool) -> Option<NodeView> {
+        let mut status = BrokerStatus {
+            ready: true,
+            ..BrokerStatus::default()
+        };
+        status.raft.insert(
+            "transactions".into(),
+            RaftStatus {
+                term,
+                leader_id: leader,
+                is_leader,
+                voters: [0, 1, 2].into(),
+                ..RaftStatus::default()
+            },
+        );
         Some(NodeView {
             ready: true,
-            raft: parse_raft(&serde_json::json!({ "raft": raft })),
+            status: Some(status),
         })
     }
 
     #[test]
     fn the_leader_is_the_node_that_claims_it_with_the_highest_term() {
-        let f = |term: u64, leader: Option<u64>, is_leader: bool| {
-            serde_json::json!({"transactions": {"term": term, "leader_id": leader,
-                "leader_addr": "127.0.0.1:1", "is_leader": is_leader, "commit_index": 5,
-                "applied_index": 5, "voters": [0, 1, 2], "learners": []}})
-        };
         // Node 0 is a deposed leader of term 3 that has not heard of term 4 yet.
         let views = vec![
-            view(f(3, Some(0), true)),
-            view(f(4, Some(2), false)),
-            view(f(4, Some(2), true)),
+            view(3, Some(0), true),
+            view(4, Some(2), false),
+            view(4, Some(2), true),
         ];
         assert_eq!(leader_in(&views, "transactions"), Some((2, 4)));
         assert_eq!(leader_in(&views, "decisions"), None);
         assert!(views[1].as_ref().unwrap().knows_all_leaders());
         assert_eq!(views[2].as_ref().unwrap().leads(), vec!["transactions"]);
         // During an election nobody leads and a follower knows no leader.
-        let electing = vec![view(f(5, None, false)), None, view(f(5, None, false))];
+        let electing = vec![view(5, None, false), None, view(5, None, false)];
         assert_eq!(leader_in(&electing, "transactions"), None);
         assert!(!electing[0].as_ref().unwrap().knows_all_leaders());
-        // A single broker without replication leads everything once ready.
-        let single = vec![Some(NodeView {
+        // A ready node whose status could not be read knows nothing.
+        let unread = NodeView {
             ready: true,
-            raft: None,
-        })];
-        assert_eq!(leader_in(&single, "transactions"), Some((0, 0)));
-        assert!(single[0].as_ref().unwrap().knows_all_leaders());
+            status: None,
+        };
+        assert!(!unread.knows_all_leaders());
+        assert_eq!(leader_in(&[Some(unread)], "transactions"), None);
+    }
+
+    #[tokio::test]
+    async fn a_node_view_is_read_over_http_and_an_unreachable_node_is_not_ready() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = listener.local_addr().unwrap().to_string();
+        let body = r#"{"node_id": 0, "ready": true, "raft": {"transactions":
+            {"term": 2, "leader_id": 0, "is_leader": true}}, "streams": []}"#;
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut req = [0u8; 1024];
+                let n = s.read(&mut req).await.unwrap();
+                let head = String::from_utf8_lossy(&req[..n]).to_string();
+                let payload = if head.starts_with("GET /readyz") {
+                    "ready\n"
+                } else {
+                    body
+                };
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
+                    payload.len()
+                );
+                s.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster =
+            BrokerCluster::new(Path::new("/nonexistent"), 2, dir.path(), &[]).unwrap();
+        cluster.nodes[0].admin_addr = admin_addr;
+        let v = cluster.view(0).await;
+        assert!(v.knows_all_leaders(), "{v:?}");
+        assert_eq!(v.leads(), vec!["transactions"]);
+        assert_eq!(cluster.status(0).await.unwrap().known_node_id(), Some(0));
+        // Node 1's admin port has nothing listening.
+        let down = cluster.view(1).await;
+        assert!(!down.ready && down.status.is_none());
     }
 }

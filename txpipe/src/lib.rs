@@ -2,9 +2,10 @@
 //!
 //! - [`local`]: runs broker replicas, workers (CPU-limited with [`cgroup`]) and producer as
 //!   processes on one machine, optionally with seeded kill -9 chaos, and prints a
-//!   [`local::RunReport`].
-//! - [`cluster`]: supervised child processes and a local cluster of broker replicas (ports,
-//!   readiness, leader lookup from the admin `/status.json`).
+//!   [`report::RunReport`]. Its parts: [`supervisor`] (the processes), [`chaos`] (the chaos
+//!   schedule, a pure state machine), [`progress`] (the display) and [`report`].
+//! - [`cluster`]: a local cluster of broker replicas (ports, readiness, leader lookup from the
+//!   admin `/status.json`).
 //! - [`audit`]: reads the streams back and checks exactly-once decisions.
 //! - [`bench`]: broker benchmark against NATS JetStream (1 or 3 replicas each) and the
 //!   leader-failover benchmark.
@@ -13,6 +14,10 @@
 pub mod audit;
 pub mod bench;
 pub mod cgroup;
+pub mod chaos;
 pub mod cluster;
 pub mod local;
 pub mod procstat;
+pub mod progress;
+pub mod report;
+pub mod supervisor;

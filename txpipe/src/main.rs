@@ -75,7 +75,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 r = txpipe::local::run_local(*args, exe) => r?,
                 sig = shutdown_signal() => anyhow::bail!("{sig} received; stopped every process of the run"),
             };
-            print!("{}", txpipe::local::render(&report));
+            print!("{}", txpipe::report::render(&report));
             Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {

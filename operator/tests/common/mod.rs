@@ -463,6 +463,7 @@ pub fn broker_status(id: u64, voters: &[u64], leader: bool, applied: u64) -> Bro
                     learners: Default::default(),
                     commit_index: 1000,
                     applied_index: applied,
+                    ..Default::default()
                 },
             )
         })
@@ -471,5 +472,6 @@ pub fn broker_status(id: u64, voters: &[u64], leader: bool, applied: u64) -> Bro
         ready: true,
         node_id: Some(id),
         raft,
+        ..Default::default()
     }
 }
