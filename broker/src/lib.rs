@@ -26,6 +26,8 @@ pub mod config;
 pub mod datadir;
 pub mod delivery;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod health;
 pub mod log;
 pub mod metrics;

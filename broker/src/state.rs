@@ -237,10 +237,13 @@ impl StreamState {
                 .get(&producer_id)
                 .map_or(0, |p| p.last_sequence);
             if sequence <= last {
-                let memo = self.producers[&producer_id]
-                    .recent
-                    .iter()
-                    .find(|m| m.sequence == sequence)
+                // `get`, not indexing: sequence 0 of a producer never seen is "at or below"
+                // its last sequence too (found by the `state` fuzz target; a log entry must
+                // never panic the state machine, even one the gRPC service would refuse).
+                let memo = self
+                    .producers
+                    .get(&producer_id)
+                    .and_then(|p| p.recent.iter().find(|m| m.sequence == sequence))
                     .cloned();
                 return ApplyOutcome::Appended {
                     base_offset: memo.as_ref().map_or(0, |m| m.base_offset),
