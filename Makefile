@@ -38,6 +38,17 @@ k8s: pydeps
 	$(CARGO) build -p txpipe-operator
 	$(PY) scripts/validate_k8s.py target/debug/txpipe-operator
 
+## Fuzz targets of every broker decoder (docs/fuzzing.md): libFuzzer via cargo-fuzz (installed
+## when missing), each target FUZZ_SECONDS on a temporary copy of its committed corpus plus its
+## recorded crashes; fails on any crash. fuzz-ci is the bounded run of `make test`.
+FUZZ_SECONDS ?= 20
+.PHONY: fuzz fuzz-ci
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-ci:
+	bash scripts/fuzz.sh 10
+
 ## Regenerate the CRD in crds/ (a test fails when it drifts from the Rust types).
 crds:
 	$(CARGO) run -q -p txpipe-operator -- crd > crds/transactionpipelines.txpipe.io.yaml
