@@ -30,9 +30,14 @@ cargo fuzz build -O
 built=$(date +%s)
 echo "fuzz: targets built in $((built - started)) s"
 
-work=$(mktemp -d)
+# The segment and transfer checks write scratch directories (and fsync) under TMPDIR: in
+# memory when /dev/shm is there.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  work=$(mktemp -d -p /dev/shm txpipe-fuzz.XXXXXX)
+else
+  work=$(mktemp -d)
+fi
 trap 'rm -rf "$work"' EXIT
-# The segment and transfer checks make scratch directories under TMPDIR.
 mkdir -p "$work/tmp"
 export TMPDIR="$work/tmp"
 
@@ -49,7 +54,7 @@ for target in $(cargo fuzz list); do
   t0=$(date +%s)
   if cargo fuzz run -O "$target" "${dirs[@]}" -- \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$work/crash-$target-" >"$log" 2>&1; then
+    -artifact_prefix="$work/$target-" >"$log" 2>&1; then
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
     echo "fuzz: $target ok: $runs inputs in $(($(date +%s) - t0)) s ($cov)"
@@ -57,7 +62,7 @@ for target in $(cargo fuzz list); do
     echo "fuzz: $target FAILED; the end of its log:"
     tail -n 60 "$log"
     mkdir -p fuzz/artifacts/"$target"
-    for a in "$work"/crash-"$target"-*; do
+    for a in "$work/$target"-*; do
       [ -e "$a" ] || continue
       cp "$a" fuzz/artifacts/"$target"/
       echo "fuzz: reproducing input saved as fuzz/artifacts/$target/$(basename "$a")"

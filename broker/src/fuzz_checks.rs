@@ -608,7 +608,11 @@ fn install(
         dead_letter_stream: None,
     };
     let (log, _) = SegmentedLog::open(log_config(&dir.join("log"), 4096)).expect("open log");
-    let metrics = crate::metrics::Metrics::new().stream("s");
+    // One registry for the whole run: building one per input dominated the target's time.
+    static METRICS: std::sync::OnceLock<crate::metrics::Metrics> = std::sync::OnceLock::new();
+    let metrics = METRICS
+        .get_or_init(crate::metrics::Metrics::new)
+        .stream("s");
     let sh = Shared::open(spec, dir, log, 0, metrics).expect("open stream");
     let path = dir.join("transfer.recv");
     std::fs::write(&path, file).expect("write transfer");
