@@ -17,7 +17,7 @@ release:
 	$(CARGO) build --release --workspace
 
 ## Everything CI checks except system packages: lint, unit + integration tests, end-to-end runs.
-test: lint unit k8s chart e2e compose-test compose-chaos dashboards ulb
+test: lint unit fuzz-ci k8s chart e2e compose-test compose-chaos dashboards ulb
 
 lint:
 	$(CARGO) fmt --all --check
@@ -38,6 +38,18 @@ pydeps:
 k8s: pydeps
 	$(CARGO) build -p txpipe-operator
 	$(PY) scripts/validate_k8s.py target/debug/txpipe-operator
+
+## Fuzz targets of every broker decoder (docs/fuzzing.md): libFuzzer via cargo-fuzz (installed
+## when missing), each target FUZZ_SECONDS on a temporary copy of its committed corpus plus its
+## recorded crashes; fails on any crash. fuzz-ci is the bounded run of `make test` (10 s a
+## target; most of its time is building the targets with sanitizer instrumentation).
+FUZZ_SECONDS ?= 20
+.PHONY: fuzz fuzz-ci
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-ci:
+	bash scripts/fuzz.sh 10
 
 ## Regenerate the CRD in crds/ (a test fails when it drifts from the Rust types).
 crds:

@@ -27,6 +27,8 @@ pub mod datadir;
 pub mod delivery;
 pub mod error;
 pub mod failpoints;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod health;
 pub mod log;
 pub mod metrics;

@@ -122,13 +122,7 @@ impl<H: PeerHandler> PeerService<H> {
         let raft = self.route(&req).inspect_err(|status| {
             tracing::debug!(rpc, group = %req.group, from = req.from, to = req.to, %status, "peer RPC refused");
         })?;
-        let msg: Req = postcard::from_bytes(&req.payload).map_err(|e| {
-            tracing::debug!(rpc, group = %req.group, from = req.from, error = %e, "undecodable peer RPC");
-            Status::invalid_argument(format!(
-                "{rpc} payload for group '{}' does not decode: {e}",
-                req.group
-            ))
-        })?;
+        let msg: Req = decode_request(rpc, &req)?;
         let result = f(raft, msg).await;
         if let Err(e) = &result {
             tracing::debug!(rpc, group = %req.group, from = req.from, error = ?e, "Raft refused a peer RPC");
@@ -139,6 +133,25 @@ impl<H: PeerHandler> PeerService<H> {
             payload: Bytes::from(payload),
         }))
     }
+}
+
+/// Decodes the payload of a Raft RPC envelope as openraft's request `Req` (postcard), as
+/// the peer service does before handing it to the group (also the entry point of the
+/// `peer_request` fuzz target, see docs/fuzzing.md).
+///
+/// Errors: INVALID_ARGUMENT naming the RPC, the group and postcard's reason.
+#[allow(clippy::result_large_err)] // tonic's Status, returned as is.
+pub fn decode_request<Req: DeserializeOwned>(
+    rpc: &'static str,
+    req: &RaftRequest,
+) -> Result<Req, Status> {
+    postcard::from_bytes(&req.payload).map_err(|e| {
+        tracing::debug!(rpc, group = %req.group, from = req.from, error = %e, "undecodable peer RPC");
+        Status::invalid_argument(format!(
+            "{rpc} payload for group '{}' does not decode: {e}",
+            req.group
+        ))
+    })
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,7 @@
+//! Fuzz target `peer_reply`: `txpipe_broker::fuzz_checks::peer_reply` on every input (what it checks:
+//! docs/fuzzing.md).
+#![no_main]
+
+use txpipe_fuzz as _; // the allocation cap
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| txpipe_broker::fuzz_checks::peer_reply(data));
