@@ -17,6 +17,12 @@
 //! - **Interval kills**: with `--chaos-kill-interval-ms`, the leader of `transactions` again
 //!   every interval (seeded jitter 0.5-1.5x), counted from the previous killed broker's rejoin
 //!   and only once the run has resolved more since; none after 95% of the run.
+//! - **Producer kills**: `--chaos-producer-kills` kills of the producer at seeded fractions
+//!   (10-80%) of the run's transactions *stored* (the `transactions` end offset), each
+//!   followed at once by a restart with the same command line, as a Kubernetes Job restarts
+//!   its pod. The restarted producer registers under the same name, fences the old epoch and
+//!   resumes after its last acknowledged position (issue 12), so the audit still finds every
+//!   transaction stored once. Kills due after the producer has finished are dropped.
 //! - **One broker down at a time**: a broker kill waits until the previous killed broker has
 //!   rejoined (ready, knowing a leader of every stream), so a quorum always survives. With no
 //!   leader in sight (an election under way) the kill is retried at the next tick.
@@ -50,6 +56,8 @@ pub enum Target {
     Broker(usize),
     /// Worker `i` (role `worker-<i>`), restarted in its cgroup.
     Worker(u32),
+    /// The producer (role `producer`), restarted with the same command line.
+    Producer,
 }
 
 impl Target {
@@ -58,6 +66,7 @@ impl Target {
         match self {
             Self::Broker(i) => format!("broker-{i}"),
             Self::Worker(i) => format!("worker-{i}"),
+            Self::Producer => "producer".into(),
         }
     }
 }
@@ -164,6 +173,10 @@ pub struct Tick<'a> {
     pub resolved: Option<u64>,
     /// The run's length in transactions (the producer's planned count once known).
     pub total: u64,
+    /// Transactions stored so far (the `transactions` end offset); `None` when unknown.
+    pub stored: Option<u64>,
+    /// The producer is still running (it has not exited successfully).
+    pub producer_running: bool,
     /// The replicas' view; given when [`Chaos::needs_cluster`] said so.
     pub cluster: Option<&'a ClusterView>,
 }
@@ -189,6 +202,8 @@ pub struct ChaosConfig {
     pub interval: Duration,
     /// `--chaos-restart-delay-ms`: the longest restart delay.
     pub max_restart_delay: Duration,
+    /// `--chaos-producer-kills`: kills (and restarts) of the producer.
+    pub producer_kills: u32,
 }
 
 /// A chaos kill planned at a fraction of resolved transactions.
@@ -225,6 +240,18 @@ pub fn chaos_schedule(
         })
         .collect();
     v.sort_by(|a, b| a.at_fraction.total_cmp(&b.at_fraction));
+    v
+}
+
+/// The seeded producer kills: `kills` fractions of the stored transactions in 10%-80%,
+/// ascending. A stream of its own (`seed` mixed with a constant), so adding producer kills
+/// leaves the other kills of a seed where they were.
+pub fn producer_kill_schedule(seed: u64, kills: u32) -> Vec<f64> {
+    let mut s = seed ^ 0x9D0D_0CE5_0000_0001;
+    let mut v: Vec<f64> = (0..kills)
+        .map(|_| 0.1 + 0.7 * unit(splitmix(&mut s)))
+        .collect();
+    v.sort_by(f64::total_cmp);
     v
 }
 
@@ -276,6 +303,8 @@ struct Outage {
 pub struct Chaos {
     /// Progress kills still to come, the next one last.
     schedule: Vec<ChaosEvent>,
+    /// Producer kills still to come (fractions of stored transactions), the next one last.
+    producer_schedule: Vec<f64>,
     rng: ChaosRng,
     interval: Duration,
     max_delay: Duration,
@@ -304,11 +333,18 @@ impl Chaos {
             Vec::new()
         };
         schedule.reverse();
+        let mut producer_schedule = if cfg.enabled {
+            producer_kill_schedule(cfg.seed, cfg.producer_kills)
+        } else {
+            Vec::new()
+        };
+        producer_schedule.reverse();
         let mut rng = ChaosRng(cfg.seed ^ 0x5EED_C4A0_5000_0000);
         let next_interval =
             (cfg.enabled && !cfg.interval.is_zero()).then(|| rng.interval(cfg.interval));
         Self {
             schedule,
+            producer_schedule,
             rng,
             interval: cfg.interval,
             max_delay: cfg.max_restart_delay,
@@ -355,7 +391,32 @@ impl Chaos {
             self.progress_kill(tick, resolved, &mut out);
             self.interval_kill(tick, resolved, &mut out);
         }
+        self.producer_kill(tick, &mut out);
         out
+    }
+
+    /// Kills and restarts the producer when the next producer kill is due.
+    fn producer_kill(&mut self, tick: &Tick<'_>, out: &mut Vec<Action>) {
+        if !tick.producer_running {
+            self.producer_schedule.clear();
+            return;
+        }
+        let (Some(stored), Some(&at)) = (tick.stored, self.producer_schedule.last()) else {
+            return;
+        };
+        if tick.total == 0 || (stored as f64) < at * tick.total as f64 {
+            return;
+        }
+        self.producer_schedule.pop();
+        out.push(Action::Kill(Target::Producer));
+        out.push(Action::Restart(Target::Producer));
+        out.push(Action::Finished(ChaosKill {
+            target: Target::Producer.role(),
+            trigger: "progress".into(),
+            at_s: tick.now.as_secs_f64(),
+            at_resolved: self.resolved,
+            ..ChaosKill::default()
+        }));
     }
 
     fn progress_kill_due(&self, resolved: u64, total: u64) -> Option<&ChaosEvent> {
@@ -537,8 +598,52 @@ mod tests {
             now: ms(now),
             resolved,
             total: 1000,
+            stored: None,
+            producer_running: false,
             cluster,
         }
+    }
+
+    #[test]
+    fn producer_kills_fire_at_their_stored_fractions_and_stop_once_the_producer_is_done() {
+        let cfg = ChaosConfig {
+            producer_kills: 2,
+            ..config(3)
+        };
+        let plan = producer_kill_schedule(cfg.seed, 2);
+        assert_eq!(plan.len(), 2);
+        assert!(plan.iter().all(|f| (0.1..0.8).contains(f)) && plan[0] <= plan[1]);
+        let mut c = Chaos::new(&cfg);
+        let at = |stored: u64, running: bool| Tick {
+            stored: Some(stored),
+            producer_running: running,
+            ..tick(0, Some(0), None)
+        };
+        let first = (plan[0] * 1000.0).ceil() as u64;
+        assert!(kinds(&c.step(&at(first - 1, true))).is_empty());
+        assert_eq!(
+            kinds(&c.step(&at(first, true))),
+            ["kill producer", "restart producer", "finished producer"]
+        );
+        // Not twice for the same fraction.
+        assert!(kinds(&c.step(&at(first, true))).is_empty());
+        // The producer finished before the second kill: it is dropped.
+        assert!(kinds(&c.step(&at(1000, false))).is_empty());
+        assert!(kinds(&c.step(&at(1000, true))).is_empty());
+    }
+
+    #[test]
+    fn producer_kills_leave_the_other_kills_of_a_seed_unchanged() {
+        let a = chaos_schedule(7, 5, 4, false, false);
+        let cfg = ChaosConfig {
+            seed: 7,
+            events: 5,
+            workers: 4,
+            producer_kills: 3,
+            ..config(3)
+        };
+        let _ = Chaos::new(&cfg);
+        assert_eq!(a, chaos_schedule(7, 5, 4, false, false));
     }
 
     fn kinds(actions: &[Action]) -> Vec<String> {

@@ -96,6 +96,12 @@ pub struct LocalArgs {
         conflicts_with = "chaos_workers_only"
     )]
     pub chaos_broker_only: bool,
+    /// With --chaos: kill -9 the producer this many times, at seeded points of the stored
+    /// transactions (10-80%), restarting it at once with the same command line; it resumes
+    /// after its last acknowledged transaction (none with --chaos-workers-only or
+    /// --chaos-broker-only).
+    #[arg(long, env = "TXPIPE_CHAOS_PRODUCER_KILLS", default_value_t = 2)]
+    pub chaos_producer_kills: u32,
     /// With --chaos: also kill -9 the leader of `transactions` every this many milliseconds
     /// (seeded jitter, 0.5-1.5x), until 95% of the run is resolved; 0 = off. Minimum 500.
     #[arg(
@@ -236,6 +242,11 @@ impl LocalArgs {
             broker_only: self.chaos_broker_only,
             interval: Duration::from_millis(self.chaos_kill_interval_ms),
             max_restart_delay: Duration::from_millis(self.chaos_restart_delay_ms),
+            producer_kills: if self.chaos_workers_only || self.chaos_broker_only {
+                0
+            } else {
+                self.chaos_producer_kills
+            },
         }
     }
 
@@ -459,6 +470,10 @@ struct Monitor<'a> {
     planned_known: bool,
     /// The producer has exited successfully.
     producer_done: bool,
+    /// Transactions stored (`transactions` end offset) at the last read.
+    stored: u64,
+    /// Take [`Self::target`] from the next read of the stream (see `watch_producer`).
+    target_from_stream: bool,
     /// Transactions that must be resolved: `--count` until the producer's final summary.
     target: u64,
     resolved: u64,
@@ -477,6 +492,8 @@ impl<'a> Monitor<'a> {
             kills: Vec::new(),
             planned_known: false,
             producer_done: false,
+            stored: 0,
+            target_from_stream: false,
             target: args.count,
             resolved: 0,
             last_progress: (0, Instant::now()),
@@ -535,13 +552,24 @@ impl<'a> Monitor<'a> {
         }
         self.producer_done = true;
         let s = Summary::read(&self.summary).context("reading the producer's final summary")?;
-        self.target = s.transactions_acked;
+        if s.transactions_resumed_from == 0 {
+            self.target = s.transactions_acked;
+        } else {
+            // A chaos-killed producer: earlier processes stored part of the run. Every
+            // transaction is acknowledged now, so the stream's end offset at the next read
+            // is the run's total.
+            self.target_from_stream = true;
+        }
         Ok(())
     }
 
     /// Shows the progress; errors when nothing was resolved for `--stall-timeout-s`.
     fn note_progress(&mut self, info: &StreamInfo) -> Result<()> {
         self.resolved = info.acked_total + info.dead_lettered_total;
+        self.stored = info.end_offset;
+        if std::mem::take(&mut self.target_from_stream) {
+            self.target = info.end_offset;
+        }
         self.progress.show(self.resolved, info);
         if self.resolved > self.last_progress.0 {
             self.last_progress = (self.resolved, Instant::now());
@@ -572,6 +600,8 @@ impl<'a> Monitor<'a> {
             now,
             resolved,
             total,
+            stored: fresh.then_some(self.stored),
+            producer_running: !self.producer_done,
             cluster: view.as_ref(),
         };
         for action in self.chaos.step(&tick) {

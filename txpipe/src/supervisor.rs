@@ -331,6 +331,7 @@ impl Supervisor {
         match t {
             Target::Broker(i) => &self.cluster.nodes[i].proc,
             Target::Worker(i) => &self.workers[i as usize],
+            Target::Producer => &self.producer,
         }
     }
 
@@ -339,6 +340,7 @@ impl Supervisor {
         match t {
             Target::Broker(i) => self.cluster.nodes[i].proc.kill9().await,
             Target::Worker(i) => self.workers[i as usize].kill9().await,
+            Target::Producer => self.producer.kill9().await,
         }
     }
 
@@ -347,6 +349,7 @@ impl Supervisor {
         match t {
             Target::Broker(i) => self.cluster.nodes[i].proc.start().map(drop),
             Target::Worker(i) => self.start_worker(i as usize),
+            Target::Producer => self.start_producer(),
         }
     }
 
