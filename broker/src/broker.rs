@@ -106,6 +106,8 @@ pub struct StreamStatus {
     pub acked_total: u64,
     /// Records dropped by key dedupe so far.
     pub deduplicated_total: u64,
+    /// Key dedupe window and keys (streams that deduplicate by key).
+    pub dedupe: Option<crate::dedupe::DedupeStatus>,
     /// Segment files.
     pub segments: usize,
     /// Segment bytes.
@@ -226,6 +228,7 @@ impl Broker {
             max_age: config.limits_max_age,
             retain_acked: config.retain_acked,
             max_inflight_entries: config.max_inflight_entries,
+            dedupe: config.dedupe(),
         };
         let raft_config = Arc::new(raft_config(&config)?);
         let mut replicas: BTreeMap<String, Arc<Replica>> = BTreeMap::new();
@@ -418,6 +421,7 @@ impl Broker {
                 dead_lettered_total: info.dead_lettered_total,
                 acked_total: info.acked_total,
                 deduplicated_total: s.replica.with_core(|c| c.state.deduplicated_total()),
+                dedupe: crate::dedupe::status(&s.replica),
                 segments: info.segments as usize,
                 bytes: info.bytes,
                 consumer_list: s

@@ -14,6 +14,7 @@
 //! | `Attempts` (kind 3) | `n: u32`, `n` × (`offset: u64`, `attempts: u32`) |
 //! | `DeadLettered` (kind 4) | `n: u32`, `n` × `offset: u64`, `reason: bytes` |
 //! | `Trim` (kind 5) | `start_offset: u64` |
+//! | `Clock` (kind 6) | `unix_ms: u64`, `dedupe_max_age_ms: u64`, `dedupe_max_keys: u64` |
 //!
 //! Decoding an `Append` slices keys and values out of the entry's buffer without copying.
 
@@ -57,6 +58,17 @@ pub enum Command {
         /// New first offset of the stream.
         start_offset: u64,
     },
+    /// The leader's wall clock and key-dedupe window, put first in every entry of a stream
+    /// that deduplicates by key: the state machine's only source of time
+    /// ([`crate::dedupe`]).
+    Clock {
+        /// Leader's clock, ms since the Unix epoch.
+        unix_ms: u64,
+        /// Keys older than this are forgotten, ms.
+        dedupe_max_age_ms: u64,
+        /// At most this many keys are remembered.
+        dedupe_max_keys: u64,
+    },
 }
 
 const APPEND: u8 = 1;
@@ -64,6 +76,7 @@ const ACK: u8 = 2;
 const ATTEMPTS: u8 = 3;
 const DEAD_LETTERED: u8 = 4;
 const TRIM: u8 = 5;
+const CLOCK: u8 = 6;
 
 impl Command {
     /// Encodes the command (see the module docs for the layout).
@@ -113,6 +126,16 @@ impl Command {
                 out.push(TRIM);
                 out.extend_from_slice(&start_offset.to_le_bytes());
             }
+            Command::Clock {
+                unix_ms,
+                dedupe_max_age_ms,
+                dedupe_max_keys,
+            } => {
+                out.push(CLOCK);
+                for v in [unix_ms, dedupe_max_age_ms, dedupe_max_keys] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
         }
         Bytes::from(out)
     }
@@ -130,6 +153,7 @@ impl Command {
             Command::Attempts { entries } => 4 + 12 * entries.len(),
             Command::DeadLettered { offsets, reason } => 8 + 8 * offsets.len() + reason.len(),
             Command::Trim { .. } => 8,
+            Command::Clock { .. } => 24,
         }
     }
 
@@ -194,6 +218,11 @@ impl Command {
             }
             TRIM => Command::Trim {
                 start_offset: r.u64()?,
+            },
+            CLOCK => Command::Clock {
+                unix_ms: r.u64()?,
+                dedupe_max_age_ms: r.u64()?,
+                dedupe_max_keys: r.u64()?,
             },
             k => return Err(format!("unknown command kind {k}")),
         };
@@ -328,6 +357,11 @@ mod tests {
                 reason: "ack deadline exceeded".into(),
             },
             Command::Trim { start_offset: 42 },
+            Command::Clock {
+                unix_ms: 1_700_000_000_000,
+                dedupe_max_age_ms: 7,
+                dedupe_max_keys: 9,
+            },
         ];
         for c in cmds {
             let b = c.encode();
