@@ -315,9 +315,7 @@ impl DedupeIndex {
         let mut crc = 0u32;
         let mut buf = Vec::with_capacity(ROW_BYTES * 1024);
         let mut expect = cursor;
-        let rows = order
-            .range(cursor..next)
-            .map_err(|e| err(&self.path, e))?;
+        let rows = order.range(cursor..next).map_err(|e| err(&self.path, e))?;
         for row in rows {
             let (seq, v) = row.map_err(|e| err(&self.path, e))?;
             let (seq, (hash, time, offset)) = (seq.value(), v.value());
@@ -466,8 +464,10 @@ struct Counters {
 /// transaction of the entries being applied. See the module docs.
 pub struct KeyDedupe {
     c: Counters,
-    index: Option<Arc<DedupeIndex>>,
+    // Declared before `index`: fields drop in order, and dropping the last handle of a redb
+    // database waits for its write transaction to end.
     txn: Option<WriteTransaction>,
+    index: Option<Arc<DedupeIndex>>,
     failed: Option<String>,
     /// Migrated from an old snapshot, inserted at [`Self::attach`].
     legacy: Vec<(u128, u64)>,
@@ -656,7 +656,7 @@ impl KeyDedupe {
             let mut c = cursor;
             for row in order.range(cursor..next)? {
                 let (seq, v) = row?;
-                if v.value().1.max(first) >= limit {
+                if v.value().1.max(first) > limit {
                     break;
                 }
                 c = seq.value() + 1;
@@ -682,7 +682,11 @@ impl KeyDedupe {
     /// `base_offset`: `keys[i]` is the 128-bit hash of record `i`'s key (`None`: no key,
     /// always stored). Returns, per record, `Some(original offset)` when it is dropped as a
     /// duplicate. Keys inserted here are live for the later records of the same batch.
-    pub fn check_and_insert(&mut self, base_offset: u64, keys: &[Option<u128>]) -> Vec<Option<u64>> {
+    pub fn check_and_insert(
+        &mut self,
+        base_offset: u64,
+        keys: &[Option<u128>],
+    ) -> Vec<Option<u64>> {
         if self.failed.is_some() {
             return vec![None; keys.len()];
         }
@@ -827,7 +831,8 @@ pub fn attach_at_open(
 pub fn publish_metrics(m: &crate::metrics::StreamMetrics, d: &KeyDedupe) {
     let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
     m.dedupe_keys.set(clamp(d.live_keys()));
-    m.dedupe_window_seconds.set(clamp(d.window().max_age_ms / 1000));
+    m.dedupe_window_seconds
+        .set(clamp(d.window().max_age_ms / 1000));
     m.dedupe_window_keys.set(clamp(d.window().max_keys));
     let bump = |c: &prometheus::IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
     bump(&m.dedupe_evictions, d.evictions);
@@ -1025,11 +1030,13 @@ mod tests {
         s.dedupe_mut().commit().unwrap();
         let d = s.dedupe();
         let mut buf = Vec::new();
-        assert_eq!(ix.write_rows(d.cursor(), d.inserted(), &mut buf).unwrap(), 3);
+        assert_eq!(
+            ix.write_rows(d.cursor(), d.inserted(), &mut buf).unwrap(),
+            3
+        );
         assert_eq!(buf.len(), 8 + 3 * ROW_BYTES + 4);
         let path = dir.path().join("copy.redb");
-        DedupeIndex::build_file(&path, 1 << 20, &mut &buf[..], d.cursor(), d.inserted())
-            .unwrap();
+        DedupeIndex::build_file(&path, 1 << 20, &mut &buf[..], d.cursor(), d.inserted()).unwrap();
         let mut f = StreamState::decode(Bytes::from(s.encode())).unwrap();
         f.dedupe_mut()
             .attach(DedupeIndex::open(&path, 1 << 20).unwrap())
@@ -1075,7 +1082,9 @@ mod tests {
             if self.first == 0 {
                 self.first = self.clock;
             }
-            self.cursor = self.cursor.max(self.inserted.len().saturating_sub(max as usize));
+            self.cursor = self
+                .cursor
+                .max(self.inserted.len().saturating_sub(max as usize));
             while self.cursor < self.inserted.len()
                 && self.inserted[self.cursor].1.max(self.first) + age <= self.clock
             {
@@ -1089,7 +1098,9 @@ mod tests {
                     dup += 1;
                 } else {
                     self.inserted.push((k, self.clock));
-                    self.cursor = self.cursor.max(self.inserted.len().saturating_sub(max as usize));
+                    self.cursor = self
+                        .cursor
+                        .max(self.inserted.len().saturating_sub(max as usize));
                     stored += 1;
                 }
             }

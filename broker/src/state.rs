@@ -275,7 +275,9 @@ impl StreamState {
                 stored += 1;
             }
             // A batch of duplicates only is answered with the original offset.
-            if stored == 0 && let Some(o) = first_dup {
+            if stored == 0
+                && let Some(o) = first_dup
+            {
                 base_offset = o;
             }
         } else {
@@ -740,7 +742,7 @@ mod tests {
         assert_eq!(
             s.apply(5, &append(0, 0, &["c"])),
             ApplyOutcome::Appended {
-                base_offset: 3,
+                base_offset: 2,
                 stored: 0,
                 deduplicated: 1,
                 duplicate: false,

@@ -205,7 +205,10 @@ impl Shared {
         let purged: Option<LogId<NodeId>> = snapshot::read_json(&raft_dir, PURGED_FILE)?;
         // The dedupe index must hold the snapshot's live keys (see crate::dedupe).
         let index = match spec.dedupe_by_key {
-            true => Some(DedupeIndex::open(&dir.join(dedupe::FILE_NAME), dedupe.cache_bytes)?),
+            true => Some(DedupeIndex::open(
+                &dir.join(dedupe::FILE_NAME),
+                dedupe.cache_bytes,
+            )?),
             false => None,
         };
         let index_ok = match (&index, &mut snap) {
@@ -963,11 +966,7 @@ pub fn install_transfer(
     if sh.spec.dedupe_by_key {
         let (cursor, next) = (state.dedupe().cursor(), state.dedupe().inserted());
         let no_rows = [0u8; 12];
-        let rows: &mut dyn Read = if with_keys {
-            &mut r
-        } else {
-            &mut &no_rows[..]
-        };
+        let rows: &mut dyn Read = if with_keys { &mut r } else { &mut &no_rows[..] };
         DedupeIndex::build_file(
             &recv_index,
             sh.dedupe.cache_bytes,
@@ -1033,10 +1032,7 @@ pub fn install_transfer(
             .and_then(|d| d.sync_all())
             .map_err(|e| format!("{}: {e}", sh.dir.display()))?;
         let ix = DedupeIndex::open(&path, sh.dedupe.cache_bytes).map_err(|e| e.to_string())?;
-        state
-            .dedupe_mut()
-            .attach(ix)
-            .map_err(|e| e.to_string())?;
+        state.dedupe_mut().attach(ix).map_err(|e| e.to_string())?;
     }
     snapshot::write_atomic(&sh.dir, &file).map_err(|e| e.to_string())?;
     snapshot::write_json(&sh.raft_dir, PURGED_FILE, &smeta.meta.last_log_id)
