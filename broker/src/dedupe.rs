@@ -167,7 +167,7 @@ impl DedupeIndex {
             db,
             path: path.to_path_buf(),
         };
-        ix.write(|txn| open_tables(txn), Durability::Immediate)?;
+        ix.write(open_tables, Durability::Immediate)?;
         Ok(Arc::new(ix))
     }
 
@@ -180,7 +180,7 @@ impl DedupeIndex {
             db,
             path: PathBuf::from("<memory>"),
         };
-        ix.write(|txn| open_tables(txn), Durability::None)
+        ix.write(open_tables, Durability::None)
             .expect("in-memory tables");
         Arc::new(ix)
     }
