@@ -151,6 +151,7 @@ impl Broker {
             max_age: config.limits_max_age,
             retain_acked: config.retain_acked,
             max_inflight_entries: config.max_inflight_entries,
+            dedupe: config.dedupe(),
         };
         let raft_config = Arc::new(raft_config(&config)?);
         let mut replicas: BTreeMap<String, Arc<Replica>> = BTreeMap::new();
@@ -375,6 +376,7 @@ impl Broker {
                 dead_lettered_total: info.dead_lettered_total,
                 acked_total: info.acked_total,
                 deduplicated_total: s.replica.with_core(|c| c.state.deduplicated_total()),
+                dedupe: crate::dedupe::status(&s.replica),
                 segments: info.segments as usize,
                 bytes: info.bytes,
                 consumer_list: s

@@ -22,6 +22,7 @@
 //! as an `Append` with `epoch` 0 and `position` 0, which the state machine applies with the
 //! rules of that time (see [`crate::state`]). New entries always use kind 6. A broker of an
 //! older version cannot read kinds 6 and 7: upgrade every replica of a cluster together.
+//! | `Clock` (kind 8) | `unix_ms: u64`, `dedupe_max_age_ms: u64`, `dedupe_max_keys: u64` |
 //!
 //! Decoding an `Append` slices keys and values out of the entry's buffer without copying.
 
@@ -75,6 +76,17 @@ pub enum Command {
         /// New first offset of the stream.
         start_offset: u64,
     },
+    /// The leader's wall clock and key-dedupe window, put first in every entry of a stream
+    /// that deduplicates by key: the state machine's only source of time
+    /// ([`crate::dedupe`]).
+    Clock {
+        /// Leader's clock, ms since the Unix epoch.
+        unix_ms: u64,
+        /// Keys older than this are forgotten, ms.
+        dedupe_max_age_ms: u64,
+        /// At most this many keys are remembered.
+        dedupe_max_keys: u64,
+    },
 }
 
 const APPEND_V1: u8 = 1;
@@ -84,6 +96,7 @@ const DEAD_LETTERED: u8 = 4;
 const TRIM: u8 = 5;
 const APPEND: u8 = 6;
 const INIT_PRODUCER: u8 = 7;
+const CLOCK: u8 = 8;
 
 impl Command {
     /// Encodes the command (see the module docs for the layout).
@@ -140,6 +153,16 @@ impl Command {
                 out.push(INIT_PRODUCER);
                 put_bytes(&mut out, name.as_bytes());
             }
+            Command::Clock {
+                unix_ms,
+                dedupe_max_age_ms,
+                dedupe_max_keys,
+            } => {
+                out.push(CLOCK);
+                for v in [unix_ms, dedupe_max_age_ms, dedupe_max_keys] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
         }
         Bytes::from(out)
     }
@@ -158,6 +181,7 @@ impl Command {
             Command::DeadLettered { offsets, reason } => 8 + 8 * offsets.len() + reason.len(),
             Command::Trim { .. } => 8,
             Command::InitProducer { name } => 4 + name.len(),
+            Command::Clock { .. } => 24,
         }
     }
 
@@ -232,6 +256,11 @@ impl Command {
             INIT_PRODUCER => Command::InitProducer {
                 name: String::from_utf8(r.bytes()?.to_vec())
                     .map_err(|_| "producer name is not UTF-8".to_string())?,
+            },
+            CLOCK => Command::Clock {
+                unix_ms: r.u64()?,
+                dedupe_max_age_ms: r.u64()?,
+                dedupe_max_keys: r.u64()?,
             },
             k => return Err(format!("unknown command kind {k}")),
         };
@@ -397,6 +426,11 @@ mod tests {
                 reason: "ack deadline exceeded".into(),
             },
             Command::Trim { start_offset: 42 },
+            Command::Clock {
+                unix_ms: 1_700_000_000_000,
+                dedupe_max_age_ms: 7,
+                dedupe_max_keys: 9,
+            },
         ];
         for c in cmds {
             let b = c.encode();

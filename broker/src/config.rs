@@ -61,6 +61,19 @@ pub struct Config {
     /// Age limit of limits streams' segments (humantime, e.g. `7d`, `12h`).
     #[arg(long, env = "BROKER_LIMITS_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub limits_max_age: Duration,
+    /// Key dedupe of `decisions` and `transactions.dlq`: a key is remembered for this long after
+    /// it was first stored, by the leader's clock, whatever retention removed (humantime,
+    /// e.g. `7d`). The leader's value applies to every replica.
+    #[arg(long, env = "BROKER_DEDUPE_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub dedupe_max_age: Duration,
+    /// Key dedupe: at most this many keys are remembered per stream (the oldest go first),
+    /// keys. On disk about 130 bytes a key.
+    #[arg(long, env = "BROKER_DEDUPE_MAX_KEYS", default_value_t = crate::dedupe::DEFAULT_MAX_KEYS)]
+    pub dedupe_max_keys: u64,
+    /// Key dedupe: page cache of each stream's on-disk key index, bytes (the index's memory
+    /// bound, whatever the window).
+    #[arg(long, env = "BROKER_DEDUPE_CACHE_BYTES", default_value_t = crate::dedupe::DEFAULT_CACHE_BYTES)]
+    pub dedupe_cache_bytes: usize,
     /// Keep acked work-queue records until the limits-stream size/age limits instead of
     /// deleting their segments once resolved (so an audit can read `transactions` back).
     #[arg(long, env = "BROKER_RETAIN_ACKED", default_value_t = false, action = clap::ArgAction::Set)]
@@ -140,6 +153,9 @@ impl Config {
             decisions_max_bytes: 8 << 30,
             limits_max_age: Duration::from_secs(7 * 24 * 3600),
             retain_acked: false,
+            dedupe_max_age: Duration::from_millis(crate::dedupe::DEFAULT_MAX_AGE_MS),
+            dedupe_max_keys: crate::dedupe::DEFAULT_MAX_KEYS,
+            dedupe_cache_bytes: crate::dedupe::DEFAULT_CACHE_BYTES,
             snapshot_interval_ms: 30_000,
             ack_flush_ms: 2,
             cache_bytes: 64 << 20,
@@ -227,6 +243,22 @@ impl Config {
         if self.limits_max_age.is_zero() {
             return bad("--limits-max-age must be greater than zero".into());
         }
+        if self.dedupe_max_age < Duration::from_secs(1) {
+            return bad(format!(
+                "--dedupe-max-age {} is below the minimum of 1s",
+                humantime::format_duration(self.dedupe_max_age)
+            ));
+        }
+        if self.dedupe_max_keys == 0 {
+            return bad("--dedupe-max-keys 0: must be at least 1".into());
+        }
+        if self.dedupe_cache_bytes < (1 << 20) {
+            return bad(format!(
+                "--dedupe-cache-bytes {} is below the minimum of {}",
+                self.dedupe_cache_bytes,
+                1 << 20
+            ));
+        }
         if self.snapshot_interval_ms < 10 {
             return bad(format!(
                 "--snapshot-interval-ms {} is below the minimum of 10",
@@ -274,6 +306,17 @@ impl Config {
         Ok(())
     }
 
+    /// Key-dedupe settings of the streams that deduplicate by key.
+    pub fn dedupe(&self) -> crate::dedupe::DedupeConfig {
+        crate::dedupe::DedupeConfig {
+            window: crate::dedupe::Window {
+                max_age_ms: self.dedupe_max_age.as_millis().min(u128::from(u64::MAX)) as u64,
+                max_keys: self.dedupe_max_keys,
+            },
+            cache_bytes: self.dedupe_cache_bytes,
+        }
+    }
+
     /// Ack deadline as a duration.
     pub fn ack_deadline(&self) -> Duration {
         Duration::from_millis(u64::from(self.ack_deadline_ms))
@@ -297,6 +340,15 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--max-deliveries 0")
+        );
+        assert_eq!(c.dedupe().window.max_age_ms, 7 * 24 * 3600 * 1000);
+        let mut b = c.clone();
+        b.dedupe_max_keys = 0;
+        assert!(
+            b.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--dedupe-max-keys 0")
         );
         let mut b = c.clone();
         b.segment_bytes = 10;

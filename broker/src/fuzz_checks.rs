@@ -623,7 +623,15 @@ fn install(
     let metrics = METRICS
         .get_or_init(crate::metrics::Metrics::new)
         .stream("s");
-    let sh = Shared::open(spec, dir, log, 0, metrics).expect("open stream");
+    let sh = Shared::open(
+        spec,
+        dir,
+        log,
+        0,
+        metrics,
+        crate::dedupe::DedupeConfig::default(),
+    )
+    .expect("open stream");
     let path = dir.join("transfer.recv");
     std::fs::write(&path, file).expect("write transfer");
     let f = std::fs::File::open(&path).expect("open transfer");

@@ -7,6 +7,7 @@
 //! - [`command`]: the commands a stream's log entries hold, and their binary encoding.
 //! - [`state`]: the pure, deterministic state machine of a stream (offsets, idempotent
 //!   producers, key dedupe, ack floor) — unit-tested table style.
+//! - [`dedupe`]: the on-disk key-dedupe index and its window (age and count).
 //! - [`snapshot`]: atomic snapshot files of a stream's state.
 //! - [`replica`]: one stream = log + state + the single-node replicator seam
 //!   ([`replica::Replica::propose`]), recovery, reads, snapshots and retention. Issue
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod command;
 pub mod config;
 pub mod datadir;
+pub mod dedupe;
 pub mod delivery;
 pub mod error;
 pub mod failpoints;

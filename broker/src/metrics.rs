@@ -44,6 +44,13 @@ pub struct Metrics {
     snapshots: IntCounterVec,
     snapshot_bytes: IntGaugeVec,
     lag: IntGaugeVec,
+    dedupe_keys: IntGaugeVec,
+    dedupe_window_seconds: IntGaugeVec,
+    dedupe_window_keys: IntGaugeVec,
+    dedupe_index_bytes: IntGaugeVec,
+    dedupe_evictions: IntCounterVec,
+    dedupe_lookups: IntCounterVec,
+    dedupe_hits: IntCounterVec,
 }
 
 /// Handles of one stream's metrics (label lookups done once).
@@ -106,6 +113,20 @@ pub struct StreamMetrics {
     pub snapshots: IntCounter,
     /// Size of the newest snapshot file, bytes.
     pub snapshot_bytes: IntGauge,
+    /// Keys remembered by key dedupe (streams that deduplicate by key).
+    pub dedupe_keys: IntGauge,
+    /// Age window of key dedupe in force, seconds.
+    pub dedupe_window_seconds: IntGauge,
+    /// Count window of key dedupe in force, keys.
+    pub dedupe_window_keys: IntGauge,
+    /// Size of the key-dedupe index file, bytes.
+    pub dedupe_index_bytes: IntGauge,
+    /// Keys forgotten by the dedupe window (age or count), applied by this node.
+    pub dedupe_evictions: IntCounter,
+    /// Keyed records looked up in the dedupe index.
+    pub dedupe_lookups: IntCounter,
+    /// Lookups that found the key (records dropped as duplicates).
+    pub dedupe_hits: IntCounter,
     lag: IntGaugeVec,
     batches: IntCounterVec,
     name: String,
@@ -156,6 +177,37 @@ impl Metrics {
             .expect("register");
         register_process_collector(&registry);
         Self {
+            dedupe_keys: gv(
+                "txpipe_broker_dedupe_keys",
+                "Keys remembered by key dedupe (within the window)",
+            ),
+            dedupe_window_seconds: gv(
+                "txpipe_broker_dedupe_window_seconds",
+                "Age window of key dedupe in force (the leader's), seconds",
+            ),
+            dedupe_window_keys: gv(
+                "txpipe_broker_dedupe_window_keys",
+                "Count window of key dedupe in force (the leader's), keys",
+            ),
+            dedupe_index_bytes: gv(
+                "txpipe_broker_dedupe_index_bytes",
+                "Size of the on-disk key-dedupe index file",
+            ),
+            dedupe_evictions: cv(
+                "txpipe_broker_dedupe_evictions_total",
+                "Keys forgotten by the dedupe window (age or count)",
+                &["stream"],
+            ),
+            dedupe_lookups: cv(
+                "txpipe_broker_dedupe_lookups_total",
+                "Keyed records looked up in the dedupe index",
+                &["stream"],
+            ),
+            dedupe_hits: cv(
+                "txpipe_broker_dedupe_hits_total",
+                "Dedupe lookups that found the key (record dropped)",
+                &["stream"],
+            ),
             produced: cv(
                 "txpipe_broker_produced_records_total",
                 "Records stored",
@@ -317,6 +369,13 @@ impl Metrics {
             raft_leader_changes: self.raft_leader_changes.with_label_values(l),
             snapshots: self.snapshots.with_label_values(l),
             snapshot_bytes: self.snapshot_bytes.with_label_values(l),
+            dedupe_keys: self.dedupe_keys.with_label_values(l),
+            dedupe_window_seconds: self.dedupe_window_seconds.with_label_values(l),
+            dedupe_window_keys: self.dedupe_window_keys.with_label_values(l),
+            dedupe_index_bytes: self.dedupe_index_bytes.with_label_values(l),
+            dedupe_evictions: self.dedupe_evictions.with_label_values(l),
+            dedupe_lookups: self.dedupe_lookups.with_label_values(l),
+            dedupe_hits: self.dedupe_hits.with_label_values(l),
             lag: self.lag.clone(),
             batches: self.batches.clone(),
             name: stream.to_string(),

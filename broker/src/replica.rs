@@ -52,6 +52,8 @@ pub struct ReplicaConfig {
     pub retain_acked: bool,
     /// Raft entries in flight at once per stream leader.
     pub max_inflight_entries: usize,
+    /// Key dedupe (streams with `dedupe_by_key`): window stamped while leading, index cache.
+    pub dedupe: crate::dedupe::DedupeConfig,
 }
 
 struct Pending {
@@ -100,7 +102,14 @@ impl Replica {
         log_cfg.fsync = cfg.fsync;
         log_cfg.max_entry_bytes = cfg.max_entry_bytes;
         let (log, report) = SegmentedLog::open(log_cfg)?;
-        let shared = Shared::open(spec.clone(), dir, log, cfg.cache_bytes, metrics.clone())?;
+        let shared = Shared::open(
+            spec.clone(),
+            dir,
+            log,
+            cfg.cache_bytes,
+            metrics.clone(),
+            cfg.dedupe,
+        )?;
         let (next, floor, snap) = shared.with_core(|c| {
             (
                 c.state.next_offset(),
@@ -161,6 +170,7 @@ impl Replica {
             replica.spec.name.clone(),
             rx,
             cfg.max_inflight_entries.max(1),
+            replica.spec.dedupe_by_key.then_some(cfg.dedupe.window),
         ));
         Ok(replica)
     }
@@ -487,6 +497,7 @@ async fn proposer(
     stream: String,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     max_inflight: usize,
+    clock: Option<crate::dedupe::Window>,
 ) {
     type Replies = Vec<(usize, Option<oneshot::Sender<Result<Vec<ApplyOutcome>>>>)>;
     let mut inflight = FuturesUnordered::new();
@@ -498,6 +509,16 @@ async fn proposer(
                 let mut cmds: Vec<Command> = Vec::new();
                 let mut replies: Replies = Vec::new();
                 let mut bytes = 0usize;
+                if let Some(w) = clock {
+                    // The leader's clock and dedupe window lead the entry (crate::dedupe); its
+                    // outcome goes to no one.
+                    cmds.push(Command::Clock {
+                        unix_ms: crate::broker::unix_ms(),
+                        dedupe_max_age_ms: w.max_age_ms,
+                        dedupe_max_keys: w.max_keys,
+                    });
+                    replies.push((1, None));
+                }
                 let push = |p: Pending, cmds: &mut Vec<Command>, replies: &mut Replies, bytes: &mut usize| {
                     *bytes += p.cmds.iter().map(Command::encoded_len).sum::<usize>();
                     replies.push((p.cmds.len(), p.reply));

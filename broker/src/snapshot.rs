@@ -3,9 +3,11 @@
 //!
 //! Snapshot layout: `"TXPSNAP3"`, `meta_len: u32 LE`, meta (JSON of [`SnapMeta`]),
 //! `body_len: u64 LE`, the body ([`StreamState::encode`]), `crc32c: u32 LE` of everything
-//! before it. Files of the previous format, `"TXPSNAP2"` (the same frame around a state
-//! without producer registrations, issue 12), are still read ([`StreamState::decode_v2`]);
-//! new snapshots are always written as `TXPSNAP3`. Every file here is written to `<name>.tmp`, fsynced, renamed over `<name>`, then
+//! before it. Format 3 (`"TXPSNAP3"`) holds the producer registrations (issue 12) and only
+//! the key-dedupe window counters: the keys are in the stream's dedupe index
+//! ([`crate::dedupe`]). Format 2 (`"TXPSNAP2"`: no registrations, keys in the body) still
+//! loads ([`StreamState::decode_v2`]); its keys are migrated into the index when the stream
+//! opens. New snapshots are always written as format 3. Every file here is written to `<name>.tmp`, fsynced, renamed over `<name>`, then
 //! the directory is fsynced, so a crash leaves either the old or the new file.
 
 use std::fs::{self, File};
@@ -20,8 +22,9 @@ use crate::raft::{Node, NodeId};
 use crate::state::StreamState;
 
 const MAGIC: &[u8; 8] = b"TXPSNAP3";
-/// Magic of the previous format, read only.
 const MAGIC_V2: &[u8; 8] = b"TXPSNAP2";
+/// Snapshot format written (the last byte of the magic).
+pub const FORMAT: u8 = 3;
 /// File name of a stream's snapshot inside its directory.
 pub const FILE_NAME: &str = "snapshot.bin";
 
@@ -61,9 +64,12 @@ pub fn encode(meta: &SnapMeta, state_body: &[u8]) -> Vec<u8> {
 /// Errors: a description when truncated, of another format, or failing its CRC.
 pub fn decode(bytes: &[u8]) -> std::result::Result<(SnapMeta, StreamState), String> {
     if bytes.len() < 8 + 4 + 8 + 4 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V2) {
-        return Err("not a TXPSNAP3 or TXPSNAP2 snapshot (bad magic or too short)".into());
+        return Err(format!(
+            "not a TXPSNAP3 (or TXPSNAP2) snapshot (bad magic {:?} or too short)",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(8)])
+        ));
     }
-    let v2 = &bytes[..8] == MAGIC_V2;
+    let format = if &bytes[..8] == MAGIC { FORMAT } else { 2 };
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let want = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
     if crc32c::crc32c(body) != want {
@@ -80,13 +86,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<(SnapMeta, StreamState), Stri
     if body.len() != at + 8 + bl {
         return Err("state length does not match the file size".into());
     }
-    let state_bytes = Bytes::copy_from_slice(&body[at + 8..]);
-    let state = if v2 {
-        StreamState::decode_v2(state_bytes)
-    } else {
-        StreamState::decode(state_bytes)
-    }
-    .map_err(|e| format!("state: {e}"))?;
+    let state = StreamState::decode_format(Bytes::copy_from_slice(&body[at + 8..]), format)
+        .map_err(|e| format!("state: {e}"))?;
     Ok((meta, state))
 }
 

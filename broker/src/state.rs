@@ -3,7 +3,8 @@
 //! [`StreamState::apply`] takes `(log_index, &Command)` and returns an [`ApplyOutcome`]. It
 //! assigns dense offsets to appended records (offsets are not log indexes; the state keeps a
 //! compact map from offset ranges to the log index of the `Append` entry holding them), keeps the
-//! idempotent-producer table, the key set of streams that deduplicate by key, and the work-queue
+//! idempotent-producer table, the key-dedupe window of streams that deduplicate by key (its keys
+//! live on disk: [`crate::dedupe`]), and the work-queue
 //! ack state (an ack floor plus a bitmap of resolved offsets above it, persisted redelivery
 //! attempt counts). Everything a Raft follower needs to serve as leader is here; soft delivery
 //! state (who holds what, deadlines) lives in [`crate::delivery`].
@@ -41,11 +42,11 @@
 //! than [`MAX_PRODUCERS`] other producers of the stream have been active since it last was.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::{BufMut, Bytes};
 
 use crate::command::{Command, Reader, batch_checksum, key_hash};
+use crate::dedupe::KeyDedupe;
 
 /// Retention policy of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,8 @@ pub struct StreamSpec {
     pub name: String,
     /// Retention policy.
     pub retention: Retention,
-    /// Drop records whose non-empty key was already stored (and not yet removed by retention).
+    /// Drop records whose non-empty key was already stored within the dedupe window
+    /// ([`crate::dedupe`]; independent of retention).
     pub dedupe_by_key: bool,
     /// Consumer group (work-queue streams).
     pub group: String,
@@ -181,27 +183,6 @@ pub enum ProducerReject {
     },
 }
 
-/// Identity hasher for keys that are already hashes.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u128(&mut self, i: u128) {
-        self.0 = (i as u64) ^ ((i >> 64) as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = i;
-    }
-}
-type IdBuild = BuildHasherDefault<IdHasher>;
-
 /// Result of applying one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -261,7 +242,7 @@ pub struct StreamState {
     producer_names: HashMap<String, u64>,
     /// Next producer id to hand out (≥ 1).
     next_producer_id: u64,
-    keys: HashMap<u128, u64, IdBuild>,
+    dedupe: KeyDedupe,
     floor: u64,
     word_base: u64,
     resolved: VecDeque<u64>,
@@ -292,7 +273,7 @@ impl StreamState {
             producers: HashMap::new(),
             producer_names: HashMap::new(),
             next_producer_id: 1,
-            keys: HashMap::default(),
+            dedupe: KeyDedupe::default(),
             floor: 0,
             word_base: 0,
             resolved: VecDeque::new(),
@@ -355,6 +336,20 @@ impl StreamState {
             }
             Command::Trim { start_offset } => {
                 self.trim(*start_offset);
+                ApplyOutcome::Done
+            }
+            Command::Clock {
+                unix_ms,
+                dedupe_max_age_ms,
+                dedupe_max_keys,
+            } => {
+                if self.dedupe_by_key {
+                    let window = crate::dedupe::Window {
+                        max_age_ms: *dedupe_max_age_ms,
+                        max_keys: *dedupe_max_keys,
+                    };
+                    self.dedupe.clock(*unix_ms, window);
+                }
                 ApplyOutcome::Done
             }
         }
@@ -513,24 +508,32 @@ impl StreamState {
         } else {
             0
         };
-        let base_offset = self.next_offset;
+        let mut base_offset = self.next_offset;
         let mut kept: Option<Vec<u32>> = None;
         let mut stored = 0u32;
         if self.dedupe_by_key {
-            for (i, r) in records.iter().enumerate() {
-                if !r.key.is_empty() {
-                    let h = key_hash(&r.key);
-                    let offset = base_offset + u64::from(stored);
-                    if let Some(_existing) = self.keys.get(&h) {
-                        kept.get_or_insert_with(|| (0..i as u32).collect());
-                        continue;
-                    }
-                    self.keys.insert(h, offset);
+            let hashes: Vec<Option<u128>> = records
+                .iter()
+                .map(|r| (!r.key.is_empty()).then(|| key_hash(&r.key)))
+                .collect();
+            let dups = self.dedupe.check_and_insert(base_offset, &hashes);
+            let mut first_dup = None;
+            for (i, dup) in dups.into_iter().enumerate() {
+                if let Some(original) = dup {
+                    first_dup.get_or_insert(original);
+                    kept.get_or_insert_with(|| (0..i as u32).collect());
+                    continue;
                 }
                 if let Some(k) = kept.as_mut() {
                     k.push(i as u32);
                 }
                 stored += 1;
+            }
+            // A batch of duplicates only is answered with the original offset.
+            if stored == 0
+                && let Some(o) = first_dup
+            {
+                base_offset = o;
             }
         } else {
             stored = records.len() as u32;
@@ -623,9 +626,6 @@ impl StreamState {
                 break;
             }
         }
-        if self.dedupe_by_key {
-            self.keys.retain(|_, off| *off >= start);
-        }
         self.attempts = self.attempts.split_off(&start);
     }
 
@@ -711,15 +711,19 @@ impl StreamState {
     pub fn attempts(&self) -> &BTreeMap<u64, u32> {
         &self.attempts
     }
-    /// Keys remembered for deduplication.
-    pub fn key_count(&self) -> usize {
-        self.keys.len()
+    /// Key deduplication: window counters and index ([`crate::dedupe`]).
+    pub fn dedupe(&self) -> &KeyDedupe {
+        &self.dedupe
+    }
+    /// Mutable access to the key deduplication (attach the index, commit).
+    pub fn dedupe_mut(&mut self) -> &mut KeyDedupe {
+        &mut self.dedupe
     }
 
     /// Serialises the state (snapshot body; see [`crate::snapshot`]).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(
-            128 + self.keys.len() * 24 + self.chunks.len() * 24 + self.resolved.len() * 8,
+            128 + crate::dedupe::ENCODED_LEN + self.chunks.len() * 24 + self.resolved.len() * 8,
         );
         b.put_u8(u8::from(self.work_queue) | (u8::from(self.dedupe_by_key) << 1));
         for v in [
@@ -773,11 +777,7 @@ impl StreamState {
                 b.put_u64_le(m.checksum);
             }
         }
-        b.put_u64_le(self.keys.len() as u64);
-        for (h, o) in &self.keys {
-            b.put_u128_le(*h);
-            b.put_u64_le(*o);
-        }
+        self.dedupe.encode(&mut b);
         b.put_u64_le(self.resolved.len() as u64);
         for w in &self.resolved {
             b.put_u64_le(*w);
@@ -794,18 +794,24 @@ impl StreamState {
     ///
     /// Errors: a description of the first malformed field.
     pub fn decode(buf: Bytes) -> Result<Self, String> {
-        Self::decode_format(buf, true)
+        Self::decode_format(buf, crate::snapshot::FORMAT)
     }
 
     /// Decodes the state of a `TXPSNAP2` snapshot (before producer registration: producers
-    /// without epoch, position, name or checksums; they become legacy epoch-0 producers).
+    /// without epoch, position, name or checksums, which become legacy epoch-0 producers;
+    /// key-dedupe keys held in the state, migrated into the index when it is attached).
     ///
     /// Errors: a description of the first malformed field.
     pub fn decode_v2(buf: Bytes) -> Result<Self, String> {
-        Self::decode_format(buf, false)
+        Self::decode_format(buf, 2)
     }
 
-    fn decode_format(buf: Bytes, v3: bool) -> Result<Self, String> {
+    /// Decodes a body of snapshot format `format`: 2 (see [`Self::decode_v2`]) or 3 (producer
+    /// registrations; key-dedupe window counters only, the keys are in the index).
+    ///
+    /// Errors: a description of the first malformed field.
+    pub fn decode_format(buf: Bytes, format: u8) -> Result<Self, String> {
+        let v3 = format >= 3;
         let mut r = Reader { buf };
         let flags = r.u8()?;
         let mut s = StreamState {
@@ -822,7 +828,7 @@ impl StreamState {
             producers: HashMap::new(),
             producer_names: HashMap::new(),
             next_producer_id: 1,
-            keys: HashMap::default(),
+            dedupe: KeyDedupe::default(),
             resolved: VecDeque::new(),
             attempts: BTreeMap::new(),
         };
@@ -881,13 +887,15 @@ impl StreamState {
             }
             s.producers.insert(id, p);
         }
-        let n = r.u64()? as usize;
-        // Bounded by the bytes left (24 per key), not only by a constant: 2^26 keys was a
-        // 4 GiB table for a 100-byte input (found by the `state` fuzz target).
-        s.keys.reserve(n.min(r.buf.len() / 24));
-        for _ in 0..n {
-            let h = r.u128()?;
-            s.keys.insert(h, r.u64()?);
+        if format == 2 {
+            let n = r.u64()? as usize;
+            let mut keys = Vec::with_capacity(n.min(r.buf.len() / 24));
+            for _ in 0..n {
+                keys.push((r.u128()?, r.u64()?));
+            }
+            s.dedupe = KeyDedupe::from_legacy(keys);
+        } else {
+            s.dedupe = KeyDedupe::decode(&mut r)?;
         }
         let n = r.u64()? as usize;
         for _ in 0..n {
@@ -1168,17 +1176,28 @@ mod tests {
         // Empty keys are never deduplicated.
         assert_eq!(s.apply(2, &append(0, 0, &[""])), appended(5, 1, 0, false));
         assert_eq!(s.deduplicated_total(), 2);
-        // Retention forgets keys of trimmed records.
+        // Retention does not forget keys: the window is by age and count (crate::dedupe).
         s.apply(3, &Command::Trim { start_offset: 2 });
         assert_eq!(s.locate(1), None);
         assert_eq!(
-            s.apply(4, &append(0, 0, &["a", "c"])),
+            s.apply(4, &append(0, 0, &["a", "c", "e"])),
             ApplyOutcome::Appended {
                 base_offset: 6,
                 stored: 1,
+                deduplicated: 2,
+                duplicate: false,
+                kept: Some(vec![2].into_boxed_slice())
+            }
+        );
+        // A batch of duplicates only is answered with the original offset.
+        assert_eq!(
+            s.apply(5, &append(0, 0, &["c"])),
+            ApplyOutcome::Appended {
+                base_offset: 2,
+                stored: 0,
                 deduplicated: 1,
                 duplicate: false,
-                kept: Some(vec![0].into_boxed_slice())
+                kept: Some(Vec::new().into_boxed_slice())
             }
         );
     }

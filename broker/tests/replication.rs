@@ -467,3 +467,81 @@ async fn replicas_started_one_by_one_bootstrap_with_their_ordinals_and_a_lost_vo
         n.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_follower_that_installs_a_snapshot_gets_the_dedupe_keys_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfgs = cluster_configs(dir.path(), 3);
+    for (c, _) in cfgs.iter_mut() {
+        c.segment_bytes = 8 * 1024;
+        c.decisions_max_bytes = 8 * 1024;
+        c.snapshot_interval_ms = 100;
+    }
+    let configs: Vec<_> = cfgs.iter().map(|(c, _)| c.clone()).collect();
+    let mut nodes: Vec<Option<TestBroker>> = cfgs
+        .into_iter()
+        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
+        .collect();
+    let l = leader_of(&nodes, "decisions").await;
+    let f = (l + 1) % 3;
+    nodes[f].take().unwrap().crash();
+    let mut c = nodes[l].as_ref().unwrap().client().await;
+    let value = "d".repeat(300);
+    let leader = nodes[l].as_ref().unwrap();
+    let mut s = 0u64;
+    // Until retention removed the first decisions from the leader (and its log behind them).
+    wait_until(T, "leader trimmed decisions", || {
+        s += 1;
+        let recs = (0..20)
+            .map(|i| rec(&format!("tx-{s}-{i}"), &value))
+            .collect();
+        let mut c = c.clone();
+        async move {
+            produce(&mut c, vec![batch("decisions", 0, 0, recs)])
+                .await
+                .unwrap();
+            status(leader.admin)
+                .await
+                .and_then(|s| s["streams"].as_array().cloned())
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["name"] == "decisions" && x["start_offset"].as_u64() > Some(0))
+                })
+        }
+    })
+    .await;
+    nodes[f] = Some(restart(&configs, f));
+    let end_of = |i: usize| {
+        let admin = nodes[i].as_ref().unwrap().admin;
+        async move {
+            status(admin).await.and_then(|s| {
+                s["streams"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["name"] == "decisions")?["end_offset"]
+                    .as_u64()
+            })
+        }
+    };
+    // Every key again: the leader drops them all; the follower, applying the same entries with
+    // the index it received, must drop them too or its offsets would run ahead.
+    let again: Vec<_> = (0..20).map(|i| rec(&format!("tx-1-{i}"), &value)).collect();
+    let r = produce(&mut c, vec![batch("decisions", 0, 0, again)])
+        .await
+        .unwrap();
+    assert_eq!((r[0].stored, r[0].deduplicated), (0, 20));
+    // The leader's own figure (its /status.json is sampled once a second).
+    let want = stream_info(&mut c, "decisions").await.end_offset;
+    wait_until(T, "follower caught up with the same end offset", || async {
+        end_of(f).await == Some(want)
+    })
+    .await;
+    assert!(
+        dir.path()
+            .join(format!("node-{f}/streams/decisions/dedupe.redb"))
+            .exists()
+    );
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}

@@ -88,6 +88,20 @@ pub struct RaftStatus {
     pub learners: BTreeSet<u64>,
 }
 
+/// Key-dedupe figures of a stream (`StreamStatus::dedupe`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DedupeStatus {
+    /// Keys remembered now.
+    pub keys: u64,
+    /// Age window in force, seconds.
+    pub window_seconds: u64,
+    /// Count window in force, keys.
+    pub window_keys: u64,
+    /// Size of the on-disk index file, bytes.
+    pub index_bytes: u64,
+}
+
 /// Live figures of one stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -122,6 +136,8 @@ pub struct StreamStatus {
     pub acked_total: u64,
     /// Records dropped by key dedupe so far.
     pub deduplicated_total: u64,
+    /// Key dedupe window and keys (streams that deduplicate by key; `None` otherwise).
+    pub dedupe: Option<DedupeStatus>,
     /// Segment files.
     pub segments: usize,
     /// Segment bytes.

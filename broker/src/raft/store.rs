@@ -43,6 +43,7 @@ use txpipe_client::broker::v1::Record;
 
 use super::{EntryResponse, Node, NodeId, RaftEntry, TypeConfig, decode_entry, encode_entry};
 use crate::command::Command;
+use crate::dedupe::{self, DedupeConfig, DedupeIndex};
 use crate::log::SegmentedLog;
 use crate::log::group_commit::GroupCommit;
 use crate::metrics::StreamMetrics;
@@ -54,7 +55,9 @@ pub const MAX_COMMANDS_PER_ENTRY: usize = 1 << 16;
 const VOTE_FILE: &str = "vote.json";
 const PURGED_FILE: &str = "purged.json";
 const COMMITTED_FILE: &str = "committed.json";
-const XFER_MAGIC: &[u8; 8] = b"TXPXFER1";
+const XFER_MAGIC: &[u8; 8] = b"TXPXFER2";
+/// Transfer format of brokers before the dedupe index (no key rows); still installed.
+const XFER_MAGIC_V1: &[u8; 8] = b"TXPXFER1";
 
 /// Record locator of command `slot` of entry `index` (see the module docs).
 pub fn locator(index: u64, slot: usize) -> u64 {
@@ -161,6 +164,8 @@ pub struct Shared {
     pub end: watch::Sender<u64>,
     /// Metrics of the stream.
     pub metrics: StreamMetrics,
+    /// Key-dedupe settings (streams with `dedupe_by_key`).
+    pub dedupe: DedupeConfig,
     raft_dir: PathBuf,
     meta: Mutex<LogMeta>,
     snapshots_built: AtomicU64,
@@ -191,18 +196,31 @@ impl Shared {
         log: SegmentedLog,
         cache_bytes: usize,
         metrics: StreamMetrics,
+        dedupe: DedupeConfig,
     ) -> crate::Result<Arc<Self>> {
         let raft_dir = dir.join("raft");
         std::fs::create_dir_all(&raft_dir)?;
         let mut snap = snapshot::read(dir)?;
         let mut log = log;
         let purged: Option<LogId<NodeId>> = snapshot::read_json(&raft_dir, PURGED_FILE)?;
+        // The dedupe index must hold the snapshot's live keys (see crate::dedupe).
+        let index = match spec.dedupe_by_key {
+            true => Some(DedupeIndex::open(
+                &dir.join(dedupe::FILE_NAME),
+                dedupe.cache_bytes,
+            )?),
+            false => None,
+        };
+        let index_ok = match (&index, &mut snap) {
+            (Some(ix), Some((_, st))) => dedupe::attach_at_open(st, ix, true)?,
+            _ => true,
+        };
         if let Some((m, _)) = &snap
-            && log.first_index() > m.records_from
-            && log.next_index() > log.first_index()
+            && ((log.first_index() > m.records_from && log.next_index() > log.first_index())
+                || !index_ok)
         {
-            tracing::warn!(stream = %spec.name, log_first = log.first_index(), records_from = m.records_from,
-                "log does not hold the snapshot's records (interrupted snapshot install?): discarding both; the replica will catch up from the leader");
+            tracing::warn!(stream = %spec.name, log_first = log.first_index(), records_from = m.records_from, index_ok,
+                "log or dedupe index does not hold the snapshot's records or keys (interrupted snapshot install?): discarding both; the replica will catch up from the leader");
             std::fs::remove_file(dir.join(snapshot::FILE_NAME))?;
             log.reset_to(0)?;
             snap = None;
@@ -225,12 +243,13 @@ impl Shared {
                 m.meta.last_membership.clone(),
                 Some(m),
             ),
-            None => (
-                StreamState::new(&spec),
-                None,
-                StoredMembership::default(),
-                None,
-            ),
+            None => {
+                let mut st = StreamState::new(&spec);
+                if let Some(ix) = &index {
+                    dedupe::attach_at_open(&mut st, ix, false)?;
+                }
+                (st, None, StoredMembership::default(), None)
+            }
         };
         let next = state.next_offset();
         let shared_log = Arc::new(std::sync::RwLock::new(log));
@@ -261,6 +280,7 @@ impl Shared {
             }),
             end,
             metrics,
+            dedupe,
             raft_dir,
             meta: Mutex::new(LogMeta {
                 last,
@@ -677,6 +697,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 core.applied = Some(e.log_id);
                 resps.push(EntryResponse { outcomes });
             }
+            // One (non-durable) index commit per apply batch; see crate::dedupe.
+            if let Err(e) = core.state.dedupe_mut().commit() {
+                tracing::error!(stream = %sh.spec.name, error = %e, "dedupe index failed; this replica stops");
+                return Err(StorageIOError::write_state_machine(io_err(e)).into());
+            }
+            dedupe::publish_metrics(&sh.metrics, core.state.dedupe());
             core.state.next_offset()
         };
         sh.end.send_if_modified(|v| {
@@ -782,7 +808,7 @@ fn tempfile_in(dir: &Path) -> std::io::Result<std::fs::File> {
 ///
 /// Errors: [`crate::Error::Snapshot`] on I/O failure.
 pub async fn build_snapshot_file(sh: &Arc<Shared>) -> crate::Result<SnapMeta> {
-    let (meta, body) = {
+    let (meta, body, index) = {
         let c = lock(&sh.core);
         if let Some(s) = &c.snapshot
             && s.meta.last_log_id == c.applied
@@ -804,15 +830,28 @@ pub async fn build_snapshot_file(sh: &Arc<Shared>) -> crate::Result<SnapMeta> {
             },
             records_from: records_from(&c.state, next),
         };
-        (meta, c.state.encode())
+        let d = c.state.dedupe();
+        let index = d.index().filter(|_| sh.spec.dedupe_by_key).cloned();
+        (meta, c.state.encode(), index.map(|ix| (ix, d.cursor())))
     };
     let dir = sh.dir.clone();
     let bytes = snapshot::encode(&meta, &body);
     drop(body);
     let size = bytes.len();
-    tokio::task::spawn_blocking(move || snapshot::write_atomic(&dir, &bytes))
-        .await
-        .map_err(|e| crate::Error::Unavailable(format!("snapshot task failed: {e}")))??;
+    tokio::task::spawn_blocking(move || -> crate::Result<()> {
+        // The index is made durable before the snapshot that covers it is written, and rows
+        // below the snapshot's cursor are deleted only after (crate::dedupe invariants 2, 3).
+        if let Some((ix, _)) = &index {
+            ix.sync()?;
+        }
+        snapshot::write_atomic(&dir, &bytes)?;
+        if let Some((ix, cursor)) = &index {
+            ix.gc_below(*cursor)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| crate::Error::Unavailable(format!("snapshot task failed: {e}")))??;
     sh.metrics.snapshot_bytes.set(size as i64);
     lock(&sh.core).snapshot = Some(meta.clone());
     tracing::debug!(stream = %sh.spec.name, last = ?meta.meta.last_log_id, bytes = size, "snapshot written");
@@ -833,7 +872,7 @@ pub fn write_transfer(sh: &Shared) -> Result<Option<(SnapMeta, std::fs::File)>, 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let (meta, _) = snapshot::decode(&file)?;
+    let (meta, st) = snapshot::decode(&file)?;
     let out_path = sh.dir.join("snapshot.send");
     let out = std::fs::OpenOptions::new()
         .read(true)
@@ -848,6 +887,15 @@ pub fn write_transfer(sh: &Shared) -> Result<Option<(SnapMeta, std::fs::File)>, 
     w.write_all(&(file.len() as u64).to_le_bytes())
         .map_err(werr)?;
     w.write_all(&file).map_err(werr)?;
+    if sh.spec.dedupe_by_key {
+        // The live keys of the snapshot (crate::dedupe invariant 4).
+        let ix = sh.with_core(|c| c.state.dedupe().index().cloned());
+        let ix = ix.ok_or("stream has no dedupe index")?;
+        let (cursor, next) = (st.dedupe().cursor(), st.dedupe().inserted());
+        ix.write_rows(cursor, next, &mut w)
+            .map_err(|e| e.to_string())?;
+    }
+    drop(st);
     let end = meta.next_index();
     let log = sh.gc.read_log();
     // Records below the log's first index were deleted by retention after later entries
@@ -913,17 +961,33 @@ pub fn install_transfer(
     let mut head = [0u8; 16];
     r.read_exact(&mut head)
         .map_err(|e| format!("header: {e}"))?;
-    if &head[..8] != XFER_MAGIC {
-        return Err("not a TXPXFER1 snapshot transfer".into());
+    if &head[..8] != XFER_MAGIC && &head[..8] != XFER_MAGIC_V1 {
+        return Err("not a TXPXFER2 (or TXPXFER1) snapshot transfer".into());
     }
+    let with_keys = &head[..8] == XFER_MAGIC;
     let flen = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     let file = read_n(&mut r, flen).map_err(|e| format!("snapshot file: {e}"))?;
-    let (smeta, state) = snapshot::decode(&file)?;
+    let (smeta, mut state) = snapshot::decode(&file)?;
     if smeta.meta.last_log_id != meta.last_log_id {
         return Err(format!(
             "transfer holds a snapshot at {:?}, openraft announced {:?}",
             smeta.meta.last_log_id, meta.last_log_id
         ));
+    }
+    // A new dedupe index is built beside the current one from the transfer's key rows.
+    let recv_index = sh.dir.join(format!("{}.recv", dedupe::FILE_NAME));
+    if sh.spec.dedupe_by_key {
+        let (cursor, next) = (state.dedupe().cursor(), state.dedupe().inserted());
+        let no_rows = [0u8; 12];
+        let rows: &mut dyn Read = if with_keys { &mut r } else { &mut &no_rows[..] };
+        DedupeIndex::build_file(
+            &recv_index,
+            sh.dedupe.cache_bytes,
+            &mut { rows },
+            cursor,
+            next,
+        )
+        .map_err(|e| e.to_string())?;
     }
     let end = smeta.next_index();
     let mut from = [0u8; 8];
@@ -971,6 +1035,16 @@ pub fn install_transfer(
     }
     log.sync().map_err(|e| e.to_string())?;
     drop(log);
+    if sh.spec.dedupe_by_key {
+        // Before the snapshot file: the index is never behind the snapshot.
+        let path = sh.dir.join(dedupe::FILE_NAME);
+        std::fs::rename(&recv_index, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::File::open(&sh.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("{}: {e}", sh.dir.display()))?;
+        let ix = DedupeIndex::open(&path, sh.dedupe.cache_bytes).map_err(|e| e.to_string())?;
+        state.dedupe_mut().attach(ix).map_err(|e| e.to_string())?;
+    }
     snapshot::write_atomic(&sh.dir, &file).map_err(|e| e.to_string())?;
     snapshot::write_json(&sh.raft_dir, PURGED_FILE, &smeta.meta.last_log_id)
         .map_err(|e| e.to_string())?;
