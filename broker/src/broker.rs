@@ -1,6 +1,7 @@
 //! The broker: its streams, their delivery tasks, background snapshots/retention and live
 //! status. Transport-free: [`crate::service`] puts gRPC in front of it, [`crate::admin`] HTTP.
 
+use openraft::async_runtime::watch::WatchReceiver as _;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -479,22 +480,45 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
 /// `--raft-keep-entries` entries behind the snapshot for followers that are briefly behind, and
 /// install-snapshot timeouts sized for large transfers.
 ///
+/// Pre-vote is on: a node whose election timer fires first asks its peers whether they would
+/// vote for it, and raises its term only if a quorum would; a peer that still has a valid leader
+/// lease (it heard from the leader within `election_timeout_max`) says no. So a follower that
+/// was paused or partitioned cannot depose a healthy leader when it comes back.
+///
+/// Check-quorum: openraft 0.10 keeps a leader's *quorum lease* (the send time of the last
+/// heartbeat or append a quorum acknowledged, `RaftMetrics::last_quorum_acked`); once it is older
+/// than `election_timeout_max` the leader refuses new proposals (an empty `ForwardToLeader`, which
+/// the proposer turns into [`Error::NotLeader`] without a hint) but stays `Leader` until it hears
+/// of a higher term. `quorum_loss_probe_interval` ([`quorum_loss_probe_ms`]) then silences its
+/// heartbeats in alternating periods so that followers it can still reach let their lease expire
+/// and may elect a leader with a quorum. [`crate::replica::Replica::has_quorum_lease`] tells
+/// whether a leader's lease is valid now.
+///
 /// Errors: [`Error::Config`] when openraft rejects the values.
 pub fn raft_config(config: &Config) -> Result<openraft::Config> {
+    let election_timeout_max = config.election_timeout_ms * 3 / 2;
     let c = openraft::Config {
         cluster_name: "txpipe".into(),
         heartbeat_interval: config.heartbeat_ms,
         election_timeout_min: config.election_timeout_ms,
-        election_timeout_max: config.election_timeout_ms * 3 / 2,
+        election_timeout_max,
         install_snapshot_timeout: config.raft_rpc_timeout_ms.max(2000) * 5,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.raft_keep_entries,
         purge_batch_size: (config.raft_keep_entries / 16).clamp(1, 1024),
+        enable_pre_vote: Some(true),
+        quorum_loss_probe_interval: Some(quorum_loss_probe_ms(election_timeout_max)),
         ..Default::default()
     };
     c.validate()
         .map_err(|e| Error::Config(format!("Raft settings: {e}")))
+}
+
+/// openraft's `quorum_loss_probe_interval` for a given `election_timeout_max`, ms: the smallest it
+/// accepts (the leader lease plus one election timeout, both `election_timeout_max`).
+pub fn quorum_loss_probe_ms(election_timeout_max: u64) -> u64 {
+    election_timeout_max * 2
 }
 
 /// Runs the delivery task of a work-queue stream while this node leads its group: on gaining
@@ -511,8 +535,13 @@ async fn lead_delivery(
         let leading = replica.is_leader();
         let running = slot.handle().is_some();
         if leading && !running {
-            match tokio::time::timeout(Duration::from_secs(10), replica.raft.ensure_linearizable())
-                .await
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                replica
+                    .raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+            )
+            .await
             {
                 Ok(Ok(_)) if replica.is_leader() => {
                     let h = DeliveryHandle::spawn(
@@ -554,7 +583,7 @@ async fn lead_delivery(
 
 /// The Raft view of `r`'s group right now.
 pub fn raft_status(r: &Replica) -> RaftStatus {
-    let m = r.raft.metrics().borrow().clone();
+    let m = r.raft.metrics().borrow_watched().clone();
     let mem = m.membership_config.membership();
     let applied = m.last_applied.map_or(0, |l| l.index);
     RaftStatus {
@@ -565,6 +594,8 @@ pub fn raft_status(r: &Replica) -> RaftStatus {
             .and_then(|l| mem.get_node(&l))
             .map(|n| n.addr.clone()),
         is_leader: m.state == openraft::ServerState::Leader,
+        has_quorum: r.has_quorum_lease(),
+        quorum_ack_age_ms: r.quorum_ack_age().map(|d| d.as_millis() as u64),
         commit_index: r
             .shared
             .committed()

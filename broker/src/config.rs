@@ -110,13 +110,12 @@ pub struct Config {
     #[arg(long, env = "BROKER_CLIENT_ADDRS", value_delimiter = ',', num_args = 0..)]
     pub client_addrs: Vec<String>,
     /// Raft election timeout, lower bound, milliseconds (the upper bound is 1.5 x this).
-    /// openraft 0.9 lets a follower that knows a leader start an election only after its
-    /// leader lease (the upper bound) plus a random election timeout, so a dead leader is
-    /// replaced after 0.75-0.9 s with the defaults (plus 0.9 s when the first candidate has
+    /// openraft lets a follower that knows a leader start an election (a pre-vote first) only
+    /// after its leader lease (the upper bound) plus a random election timeout, so a dead leader
+    /// is replaced after 0.75-0.9 s with the defaults (plus 0.9 s when the first candidate has
     /// the shorter log; measured p50/p99 to the first acknowledged produce in
-    /// docs/benchmarks.md). The heartbeat is also openraft's deadline for one append-entries
-    /// round trip (store + fsync on the follower): 100 ms is 5-10x the fsync p99 of a 10-20 ms
-    /// volume; raise both on slower disks.
+    /// docs/benchmarks.md). A leader that no quorum acknowledged within the upper bound refuses
+    /// new writes.
     #[arg(long, env = "BROKER_ELECTION_TIMEOUT_MS", default_value_t = 300)]
     pub election_timeout_ms: u64,
     /// Raft heartbeat interval, milliseconds.

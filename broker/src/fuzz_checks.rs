@@ -24,24 +24,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::error::RaftError;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{
-    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote,
-};
+use openraft::{Entry, EntryPayload};
 use prost::Message;
 use txpipe_client::broker::v1::Record;
 
 use crate::command::Command;
 use crate::log::frame::{Decoded, decode_frame};
 use crate::log::{LogConfig, SegmentedLog};
+use crate::raft::network::SnapshotChunk;
 use crate::raft::peer::{RaftReply, RaftRequest, decode_request};
 use crate::raft::{
-    EntryData, Node, NodeId, RaftEntry, TypeConfig, decode_commands, decode_entry, decode_log_id,
-    encode_commands, encode_entry,
+    EntryData, LogId, Membership, Node, NodeId, RaftEntry, SnapshotMeta, StoredMembership,
+    TypeConfig, Vote, decode_commands, decode_entry, decode_log_id, encode_commands, encode_entry,
+    log_id,
 };
 use crate::snapshot::{self, SnapMeta};
 use crate::state::{Retention, StreamSpec, StreamState};
@@ -215,14 +214,11 @@ pub fn gen_state(g: &mut Gen) -> StreamState {
     s
 }
 
-fn gen_log_id(g: &mut Gen) -> LogId<NodeId> {
-    LogId::new(
-        CommittedLeaderId::new(u64::from(g.u8()), u64::from(g.u8() % 5)),
-        g.u64() >> 8,
-    )
+fn gen_log_id(g: &mut Gen) -> LogId {
+    log_id(u64::from(g.u8()), u64::from(g.u8() % 5), g.u64() >> 8)
 }
 
-fn gen_membership(g: &mut Gen) -> Membership<NodeId, Node> {
+fn gen_membership(g: &mut Gen) -> Membership {
     let ids: BTreeSet<NodeId> = (0..1 + g.below(4)).map(|_| u64::from(g.u8() % 8)).collect();
     let nodes: BTreeMap<NodeId, Node> = ids
         .iter()
@@ -236,10 +232,10 @@ fn gen_membership(g: &mut Gen) -> Membership<NodeId, Node> {
             )
         })
         .collect();
-    Membership::new(vec![ids], nodes)
+    Membership::new(vec![ids], nodes).expect("every voter has a node")
 }
 
-fn gen_payload(g: &mut Gen) -> EntryPayload<TypeConfig> {
+fn gen_payload(g: &mut Gen) -> EntryPayload<EntryData, NodeId, Node> {
     match g.below(4) {
         0 => EntryPayload::Blank,
         1 => EntryPayload::Membership(gen_membership(g)),
@@ -266,13 +262,12 @@ fn gen_snap_meta(g: &mut Gen) -> SnapMeta {
         meta: SnapshotMeta {
             last_log_id: last,
             last_membership: StoredMembership::new(Some(gen_log_id(g)), gen_membership(g)),
-            snapshot_id: String::from_utf8_lossy(g.bytes(16)).into_owned(),
         },
         records_from: g.u64() >> 8,
     }
 }
 
-fn gen_vote(g: &mut Gen) -> Vote<NodeId> {
+fn gen_vote(g: &mut Gen) -> Vote {
     let (term, node) = (u64::from(g.u8()), u64::from(g.u8() % 5));
     if g.u8() & 1 != 0 {
         Vote::new_committed(term, node)
@@ -602,7 +597,7 @@ fn transfer_file(snap: &[u8], from: u64, entries: &[Bytes]) -> Vec<u8> {
 /// returns the log's entries (first index, bytes) and the installed state.
 fn install(
     dir: &Path,
-    meta: &SnapshotMeta<NodeId, Node>,
+    meta: &SnapshotMeta,
     file: &[u8],
 ) -> Result<(u64, Vec<Vec<u8>>, StreamState), String> {
     use crate::raft::store::{Shared, install_transfer};
@@ -668,9 +663,7 @@ pub fn transfer(data: &[u8]) {
     let count = g.below(6) as u64;
     let from = u64::from(g.u8() % 16);
     let end = from + count;
-    meta.meta.last_log_id = end
-        .checked_sub(1)
-        .map(|last| LogId::new(CommittedLeaderId::new(1, 0), last));
+    meta.meta.last_log_id = end.checked_sub(1).map(|last| log_id(1, 0, last));
     let st = gen_state(&mut g);
     let snap = snapshot::encode(&meta, &st.encode());
     let entries: Vec<Bytes> = (from..end)
@@ -752,8 +745,8 @@ pub fn peer_request(data: &[u8]) {
     if let Some(req) = &req {
         match kind {
             0 => decode_as::<AppendEntriesRequest<TypeConfig>>("AppendEntries", req),
-            1 => decode_as::<VoteRequest<NodeId>>("Vote", req),
-            _ => decode_as::<InstallSnapshotRequest<TypeConfig>>("InstallSnapshot", req),
+            1 => decode_as::<VoteRequest<TypeConfig>>("Vote", req),
+            _ => decode_as::<SnapshotChunk>("InstallSnapshot", req),
         }
     }
 
@@ -793,18 +786,19 @@ pub fn peer_request(data: &[u8]) {
         }
         1 => send(
             "Vote",
-            &VoteRequest::<NodeId> {
+            &VoteRequest::<TypeConfig> {
                 vote: gen_vote(&mut g),
                 last_log_id: (g.u8() & 1 == 0).then(|| gen_log_id(&mut g)),
+                leadership_transfer: g.u8() & 1 != 0,
             },
         ),
         _ => send(
             "InstallSnapshot",
-            &InstallSnapshotRequest::<TypeConfig> {
+            &SnapshotChunk {
                 vote: gen_vote(&mut g),
                 meta: gen_snap_meta(&mut g).meta,
                 offset: g.u64(),
-                data: g.bytes(64).to_vec(),
+                data: Bytes::copy_from_slice(g.bytes(64)),
                 done: g.u8() & 1 != 0,
             },
         ),
@@ -829,11 +823,15 @@ pub fn peer_reply(data: &[u8]) {
     };
     match kind {
         0 => {
-            postcard_roundtrip::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(&payload)
+            postcard_roundtrip::<Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>>(
+                &payload,
+            )
         }
-        1 => postcard_roundtrip::<Result<VoteResponse<NodeId>, RaftError<NodeId>>>(&payload),
+        1 => {
+            postcard_roundtrip::<Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>>(&payload)
+        }
         _ => postcard_roundtrip::<
-            Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+            Result<Option<SnapshotResponse<TypeConfig>>, RaftError<TypeConfig>>,
         >(&payload),
     }
 }
@@ -898,7 +896,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             } else {
                 let mut g = Gen::new(&patterns[0]);
                 let mut meta = gen_snap_meta(&mut g);
-                meta.meta.last_log_id = Some(LogId::new(CommittedLeaderId::new(1, 0), 4));
+                meta.meta.last_log_id = Some(log_id(1, 0, 4));
                 let snap = snapshot::encode(&meta, &gen_state(&mut g).encode());
                 let entries: Vec<Bytes> = (3..5)
                     .map(|i| encode_entry(&gen_entry(&mut g, i)))
@@ -915,48 +913,45 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             }
             for (i, p) in patterns[..3].iter().enumerate() {
                 let mut g = Gen::new(p);
-                let payload = if target == "peer_request" {
-                    match i {
-                        0 => postcard::to_allocvec(&AppendEntriesRequest::<TypeConfig> {
-                            vote: gen_vote(&mut g),
-                            prev_log_id: Some(gen_log_id(&mut g)),
-                            entries: vec![gen_entry(&mut g, 7)],
-                            leader_commit: Some(gen_log_id(&mut g)),
-                        }),
-                        1 => postcard::to_allocvec(&VoteRequest::<NodeId> {
-                            vote: gen_vote(&mut g),
-                            last_log_id: Some(gen_log_id(&mut g)),
-                        }),
-                        _ => postcard::to_allocvec(&InstallSnapshotRequest::<TypeConfig> {
-                            vote: gen_vote(&mut g),
-                            meta: gen_snap_meta(&mut g).meta,
-                            offset: 0,
-                            data: b"TXPXFER1".to_vec(),
-                            done: true,
-                        }),
+                let payload =
+                    if target == "peer_request" {
+                        match i {
+                            0 => postcard::to_allocvec(&AppendEntriesRequest::<TypeConfig> {
+                                vote: gen_vote(&mut g),
+                                prev_log_id: Some(gen_log_id(&mut g)),
+                                entries: vec![gen_entry(&mut g, 7)],
+                                leader_commit: Some(gen_log_id(&mut g)),
+                            }),
+                            1 => postcard::to_allocvec(&VoteRequest::<TypeConfig>::new(
+                                gen_vote(&mut g),
+                                Some(gen_log_id(&mut g)),
+                            )),
+                            _ => postcard::to_allocvec(&SnapshotChunk {
+                                vote: gen_vote(&mut g),
+                                meta: gen_snap_meta(&mut g).meta,
+                                offset: 0,
+                                data: Bytes::from_static(b"TXPXFER2"),
+                                done: true,
+                            }),
+                        }
+                    } else {
+                        match i {
+                            0 => postcard::to_allocvec(&Ok::<_, RaftError<TypeConfig>>(
+                                AppendEntriesResponse::<TypeConfig>::HigherVote(gen_vote(&mut g)),
+                            )),
+                            1 => postcard::to_allocvec(&Ok::<_, RaftError<TypeConfig>>(
+                                VoteResponse::<TypeConfig>::new(
+                                    gen_vote(&mut g),
+                                    Some(gen_log_id(&mut g)),
+                                    true,
+                                ),
+                            )),
+                            _ => postcard::to_allocvec(&Ok::<_, RaftError<TypeConfig>>(Some(
+                                SnapshotResponse::<TypeConfig>::new(gen_vote(&mut g)),
+                            ))),
+                        }
                     }
-                } else {
-                    match i {
-                        0 => postcard::to_allocvec(&Ok::<_, RaftError<NodeId>>(
-                            AppendEntriesResponse::<NodeId>::HigherVote(gen_vote(&mut g)),
-                        )),
-                        1 => postcard::to_allocvec(&Ok::<_, RaftError<NodeId>>(VoteResponse::<
-                            NodeId,
-                        > {
-                            vote: gen_vote(&mut g),
-                            vote_granted: true,
-                            last_log_id: Some(gen_log_id(&mut g)),
-                        })),
-                        _ => postcard::to_allocvec(
-                            &Ok::<_, RaftError<NodeId, InstallSnapshotError>>(
-                                InstallSnapshotResponse::<NodeId> {
-                                    vote: gen_vote(&mut g),
-                                },
-                            ),
-                        ),
-                    }
-                }
-                .expect("seed encodes");
+                    .expect("seed encodes");
                 let mut b = vec![i as u8, 1];
                 b.extend_from_slice(&payload);
                 out.push(b);

@@ -40,6 +40,7 @@ pub mod service;
 pub mod snapshot;
 pub mod state;
 
+use openraft::async_runtime::watch::WatchReceiver as _;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -203,7 +204,11 @@ pub async fn run(
             let mut m = s.replica.raft.metrics();
             let _ = tokio::time::timeout(
                 Duration::from_secs(10),
-                m.wait_for(|m| m.state == openraft::ServerState::Leader),
+                // openraft 0.10 may publish state Leader a moment before the vote
+                // that names it (what `Replica::is_leader` checks) is flushed.
+                m.wait_until(|m| {
+                    m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id)
+                }),
             )
             .await;
         }

@@ -3,8 +3,7 @@
 //!
 //! [`Replica::propose`] is the only way state changes. Proposals go to a per-stream proposer
 //! task that coalesces every proposal waiting while up to `max_inflight_entries` Raft entries
-//! are in flight into the next entry (so the leader's one-fsync-per-entry cost of openraft 0.9
-//! is shared by many batches), hands it to openraft's `client_write`, and answers each
+//! are in flight into the next entry (so one entry and its fsync are shared by many batches), hands it to openraft's `client_write`, and answers each
 //! proposer with its own commands' outcomes once the entry is committed (fsynced on a quorum)
 //! and applied. Proposals made in sequence are logged in that order. On a node that is not
 //! the leader, proposals fail with [`Error::NotLeader`] carrying the leader's client address.
@@ -12,6 +11,7 @@
 //! Reads of records go to a bounded in-memory cache of recently applied work-queue records,
 //! and otherwise to the log through the state's offset → record locator map.
 
+use openraft::async_runtime::watch::WatchReceiver as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::impls::OneshotResponder;
+use openraft::network::NetSnapshot;
 use openraft::{RaftNetworkFactory, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 use txpipe_client::broker::v1::Record;
@@ -28,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::log::{LogConfig, LogError, SegmentedLog};
 use crate::metrics::StreamMetrics;
 use crate::raft::store::{self, Core, LogStore, MAX_COMMANDS_PER_ENTRY, Shared, StateMachine};
-use crate::raft::{EntryData, Node, NodeId, Raft, TypeConfig};
+use crate::raft::{EntryData, Node, NodeId, Raft, SnapshotData, TypeConfig};
 use crate::state::{ApplyOutcome, Retention, StreamSpec};
 
 pub use crate::raft::store::RecordCache;
@@ -95,6 +97,7 @@ impl Replica {
     ) -> Result<Arc<Self>>
     where
         N: RaftNetworkFactory<TypeConfig>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
     {
         std::fs::create_dir_all(dir)?;
         let mut log_cfg = LogConfig::new(dir.join("log"));
@@ -139,22 +142,10 @@ impl Replica {
         )
         .await
         .map_err(|e| Error::Unavailable(format!("stream {}: Raft start failed: {e}", spec.name)))?;
-        // A replica that (re)starts in a multi-node group does not campaign until it has heard
-        // from a leader or twice the longest election timeout has passed: openraft 0.9 has
-        // no pre-vote, and a restarted node that times out before the leader's retries reach
-        // it would raise the term and depose a healthy leader.
-        let voters = shared.with_core(|c| c.membership.membership().voter_ids().count());
-        if voters != 1 {
-            raft.runtime_config().elect(false);
-            let r = raft.clone();
-            let hold = Duration::from_millis(raft.config().election_timeout_max * 2);
-            tokio::spawn(async move {
-                let mut m = r.metrics();
-                let _ =
-                    tokio::time::timeout(hold, m.wait_for(|m| m.current_leader.is_some())).await;
-                r.runtime_config().elect(true);
-            });
-        }
+        shared.set_raft_built();
+        // No start-up hold on elections any more (0.9 needed one): with pre-vote, a replica
+        // that restarts and times out before the leader's retries reach it first asks whether
+        // it would win; the peers, whose leader lease is valid, say no, so its term stays.
         let (tx, rx) = mpsc::unbounded_channel();
         let replica = Arc::new(Self {
             spec,
@@ -214,14 +205,31 @@ impl Replica {
     /// Whether this node is the group's leader now.
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// For a leader, how long ago a quorum last acknowledged it (see
+    /// [`crate::raft::quorum_ack_age`]); `None` on a follower.
+    pub fn quorum_ack_age(&self) -> Option<Duration> {
+        crate::raft::quorum_ack_age(&self.raft.metrics().borrow_watched())
+    }
+
+    /// Whether this node leads the group **and** its quorum lease is valid (a quorum
+    /// acknowledged it within `election_timeout_max`; see [`crate::raft::has_quorum_lease`]). A
+    /// leader cut off from its followers stays `Leader` in openraft 0.10 but loses this within
+    /// `election_timeout_max` plus a heartbeat interval, and openraft refuses its new proposals
+    /// from then on: this is the hook for answering UNAVAILABLE early.
+    pub fn has_quorum_lease(&self) -> bool {
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        self.is_leader()
+            && crate::raft::has_quorum_lease(&self.raft.metrics().borrow_watched(), lease)
     }
 
     /// The current leader's id and addresses, when known.
     pub fn leader(&self) -> Option<(NodeId, Node)> {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id).cloned()?;
         Some((id, node))
@@ -267,7 +275,7 @@ impl Replica {
         let want = applied.map(|l| l.index);
         let _ = tokio::time::timeout(
             Duration::from_secs(30),
-            m.wait_for(|m| m.snapshot.map(|s| s.index) >= want),
+            m.wait_until(|m| m.snapshot.map(|s| s.index) >= want),
         )
         .await;
         self.metrics.snapshots.inc();
@@ -487,8 +495,10 @@ impl Replica {
 
 /// A proposal is added to an entry being built only while the entry is below this size,
 /// bytes. With [`crate::broker::MAX_PAYLOAD_ENTRIES`] this bounds one append-entries RPC to
-/// about 2 MiB, which a follower must receive and fsync within openraft 0.9's append-entries
-/// deadline (the heartbeat interval, 100 ms) even while catching up under load.
+/// about 2 MiB. openraft 0.9 gave an append-entries RPC the heartbeat interval (100 ms) as its
+/// deadline, which a follower catching up under load missed with larger batches; 0.10's peer
+/// client gives it `--raft-rpc-timeout-ms`, and the limit is kept until a chaos run shows a
+/// larger one safe (docs/architecture.md).
 pub const MAX_ENTRY_COALESCE_BYTES: usize = 256 << 10;
 
 /// Coalesces pending proposals into Raft entries; see the module docs.
@@ -531,8 +541,10 @@ async fn proposer(
                         Err(_) => break,
                     }
                 }
-                match raft.client_write_ff(EntryData { cmds }).await {
-                    Ok(resp) => inflight.push(async move { (resp.await, replies) }),
+                await_quorum_lease(&raft).await;
+                let (responder, resp) = OneshotResponder::new_pair();
+                match raft.client_write_ff(EntryData { cmds }, Some(responder)).await {
+                    Ok(()) => inflight.push(async move { (resp.await, replies) }),
                     Err(fatal) => {
                         for (_, r) in replies {
                             if let Some(r) = r {
@@ -555,7 +567,7 @@ async fn proposer(
                     }
                     Ok(Err(e)) => {
                         let err = || match &e {
-                            ClientWriteError::ForwardToLeader(f) => Error::NotLeader {
+                            ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f) => Error::NotLeader {
                                 stream: stream.clone(),
                                 leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
                             },
@@ -581,7 +593,30 @@ async fn proposer(
     }
 }
 
+/// openraft 0.10 refuses proposals on a leader whose quorum lease is not valid: right after
+/// its election (the lease starts at the first heartbeat a quorum acknowledges, a round trip
+/// later), and whenever no quorum acknowledged it within `election_timeout_max` (cut off, or
+/// its followers answer slowly on an overloaded machine). A proposal that reaches such a leader
+/// first waits for the lease, at most `election_timeout_max`, instead of failing at once with
+/// "no leader known"; a leader still without a quorum after that refuses it.
+async fn await_quorum_lease(raft: &Raft) {
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    let waiting = |raft: &Raft| {
+        let m = raft.metrics().borrow_watched().clone();
+        m.state == ServerState::Leader && !crate::raft::has_quorum_lease(&m, lease)
+    };
+    if !waiting(raft) {
+        return;
+    }
+    // A heartbeat now, rather than at the next tick, renews the lease sooner.
+    let _ = raft.trigger().heartbeat().await;
+    let until = tokio::time::Instant::now() + lease;
+    while waiting(raft) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Maps an openraft error of an admin call to [`Error::Unavailable`].
-pub fn raft_err<E: std::fmt::Display>(stream: &str, e: RaftError<NodeId, E>) -> Error {
+pub fn raft_err<E: std::fmt::Display>(stream: &str, e: RaftError<TypeConfig, E>) -> Error {
     Error::Unavailable(format!("stream {stream}: {e}"))
 }

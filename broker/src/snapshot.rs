@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::raft::{Node, NodeId};
+use crate::raft::SnapshotMeta;
 use crate::state::StreamState;
 
 const MAGIC: &[u8; 8] = b"TXPSNAP3";
@@ -31,8 +31,9 @@ pub const FILE_NAME: &str = "snapshot.bin";
 /// What a snapshot covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapMeta {
-    /// openraft's metadata: last included log id, membership, snapshot id.
-    pub meta: openraft::SnapshotMeta<NodeId, Node>,
+    /// openraft's metadata: last included log id and membership (0.10 dropped the snapshot id;
+    /// files written by 0.9 carry one, which is ignored on read).
+    pub meta: SnapshotMeta,
     /// First log index whose records the state still references (records of entries from
     /// here up to the snapshot's last index travel with the snapshot to a follower).
     pub records_from: u64,
@@ -183,13 +184,9 @@ mod tests {
         };
         let st = StreamState::new(&spec);
         let meta = SnapMeta {
-            meta: openraft::SnapshotMeta {
-                last_log_id: Some(openraft::LogId::new(
-                    openraft::CommittedLeaderId::new(3, 1),
-                    9,
-                )),
+            meta: SnapshotMeta {
+                last_log_id: Some(crate::raft::log_id(3, 1, 9)),
                 last_membership: Default::default(),
-                snapshot_id: "x".into(),
             },
             records_from: 4,
         };

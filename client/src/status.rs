@@ -76,6 +76,13 @@ pub struct RaftStatus {
     pub leader_addr: Option<String>,
     /// Whether this node leads the group.
     pub is_leader: bool,
+    /// Leader only: whether its quorum lease is valid (a quorum acknowledged it within the
+    /// broker's `election_timeout_max`). A leader cut off from its followers reports `false`
+    /// while still `is_leader`; `false` on a follower.
+    pub has_quorum: bool,
+    /// Leader only: milliseconds since the send time of the newest heartbeat or append a quorum
+    /// acknowledged; `None` on a follower or before the first acknowledgement.
+    pub quorum_ack_age_ms: Option<u64>,
     /// Highest committed log index known to this node (at least its applied index).
     pub commit_index: u64,
     /// Highest applied log index.

@@ -21,6 +21,7 @@
 //! vote and log, which Raft's safety depends on). Peer RPCs carry the cluster id and the target
 //! id, and the peer service refuses mismatches.
 
+use openraft::async_runtime::watch::WatchReceiver as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -34,6 +35,7 @@ use tonic::Status;
 use super::network::{self, Channels};
 use super::peer::PeerHandler;
 use super::peer::proto::{GroupStatus, JoinReply, JoinRequest, StatusReply};
+use super::store::StateMachine;
 use super::{Node, NodeId, Raft};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -352,7 +354,7 @@ impl Cluster {
                 !g.is_empty()
                     && g.values().all(|r| {
                         let m = r.raft.metrics();
-                        let m = m.borrow();
+                        let m = m.borrow_watched();
                         m.membership_config
                             .membership()
                             .get_node(&me.node_id)
@@ -403,7 +405,7 @@ impl Cluster {
                 out.insert(name, "not leader".into());
                 continue;
             }
-            let m = r.raft.metrics().borrow().membership_config.clone();
+            let m = r.raft.metrics().borrow_watched().membership_config.clone();
             let mut ids = BTreeSet::new();
             for a in peer_addrs {
                 let id = m
@@ -440,6 +442,8 @@ impl Cluster {
 }
 
 impl PeerHandler for Cluster {
+    type Sm = StateMachine;
+
     fn node_id(&self) -> NodeId {
         self.identity.get().map_or(u64::MAX, |i| i.node_id)
     }
@@ -452,12 +456,16 @@ impl PeerHandler for Cluster {
         rlock(&self.groups).get(name).map(|r| r.raft.clone())
     }
 
+    fn snapshot_dir(&self, name: &str) -> Option<std::path::PathBuf> {
+        rlock(&self.groups).get(name).map(|r| r.shared.dir.clone())
+    }
+
     async fn status(&self) -> StatusReply {
         let groups = rlock(&self.groups)
             .iter()
             .map(|(name, r)| {
                 let m = r.raft.metrics();
-                let m = m.borrow();
+                let m = m.borrow_watched();
                 let mem = m.membership_config.membership();
                 GroupStatus {
                     name: name.clone(),
@@ -495,7 +503,7 @@ impl PeerHandler for Cluster {
             if !r.is_leader() {
                 continue;
             }
-            let m = r.raft.metrics().borrow().membership_config.clone();
+            let m = r.raft.metrics().borrow_watched().membership_config.clone();
             let mem = m.membership();
             if mem.get_node(&req.node_id).is_none()
                 && let Err(e) = r.raft.add_learner(req.node_id, node.clone(), true).await
@@ -559,7 +567,7 @@ pub async fn watch_groups(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>
             .map(|(n, r)| (n.clone(), Arc::clone(r)))
             .collect();
         for (name, r) in groups {
-            let m = r.raft.metrics().borrow().clone();
+            let m = r.raft.metrics().borrow_watched().clone();
             let sm = &r.metrics;
             sm.raft_term.set(m.current_term as i64);
             sm.raft_leader

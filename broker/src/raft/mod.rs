@@ -1,28 +1,86 @@
-//! Replication of each stream through Raft ([openraft] 0.9).
+//! Replication of each stream through Raft ([openraft] `=0.10.0-alpha.37`, pinned exactly in
+//! the workspace `Cargo.toml` with the `serde`, `tokio-rt` and `type-alias` features).
 //!
 //! Every stream is its own Raft group (a "multi-Raft" broker: the four standard streams are
 //! four groups on the same nodes, each with its own leader, term and log). The group's Raft
 //! log *is* the stream's segmented log ([`crate::log`]); the state machine is the stream's
 //! [`crate::state::StreamState`]. The pieces:
 //!
-//! - this module: the openraft type configuration ([`TypeConfig`]), node identity and
-//!   addresses ([`Node`]), log entry data ([`EntryData`]) and its on-disk encoding
-//!   ([`encode_entry`] / [`decode_entry`]);
+//! - this module: the openraft type configuration ([`TypeConfig`]) and aliases of its types
+//!   ([`LogId`], [`Vote`], [`SnapshotMeta`], ...), node identity and addresses ([`Node`]), log
+//!   entry data ([`EntryData`]) and its on-disk encoding ([`encode_entry`] / [`decode_entry`]),
+//!   and the quorum-lease view of a leader ([`has_quorum_lease`]);
 //! - [`store`]: `RaftLogStorage` over the segmented log and `RaftStateMachine` over the stream
 //!   state, snapshots and install-snapshot;
-//! - [`network`]: the peer client (one cached gRPC channel per peer, deadlines on every RPC);
+//! - [`network`]: the peer client (`RaftNetworkV2`; one cached gRPC channel per peer, deadlines
+//!   on every RPC, snapshots streamed in chunks);
 //! - [`peer`]: the peer gRPC service (`txpipe.raft.v1.RaftPeer`) on its own port;
 //! - [`cluster`]: node identity on the volume, bootstrap, membership changes.
 //!
 //! Snapshot data is a file (`tokio::fs::File`), not a buffer: a snapshot sent to a follower
 //! carries the stream's retained records as well as its state, which can be gigabytes.
 //!
-//! Why openraft 0.9 (0.9.25) and not a 0.10 alpha: 0.9 is the stable line with a frozen API
-//! and a documented storage contract; 0.10 pipelines log I/O but its API still changes
-//! between alphas. 0.9's `RaftCore` waits for each append's flush before the next one, so one
-//! Raft entry costs one fsync on the leader in series; [`crate::replica`] therefore coalesces
-//! all proposals that arrive while an entry is in flight into the next entry (group commit at
-//! the proposal level), which keeps entries per second low and records per entry high.
+//! ## Why openraft 0.10.0-alpha.37
+//!
+//! 0.9 (the stable line we used before) has no pre-vote: a follower that was paused or cut off
+//! raised its term on every election timeout and deposed the healthy leader when it came back
+//! (0.9's leader lease only stopped it from *winning*). We worked around it by holding a
+//! restarted replica's elections for 2× the election timeout, which did nothing for a
+//! partition. 0.10 brings, all used here:
+//!
+//! - **Pre-vote** (`Config::enable_pre_vote = Some(true)`, the `PreVote` peer RPC): a node asks
+//!   "would you vote for me at term + 1?" before raising its term; peers with a valid leader
+//!   lease say no, and an unreachable peer counts as no, so a partitioned node's term stays put.
+//! - **Check-quorum / quorum lease**: a leader records when a quorum last acknowledged it
+//!   (`RaftMetrics::last_quorum_acked`) and refuses new proposals once that is older than
+//!   `election_timeout_max`; with `quorum_loss_probe_interval` it also mutes its heartbeats in
+//!   alternating periods, so followers it can still reach let their lease lapse and can elect.
+//!   openraft keeps such a leader in state `Leader` until it sees a higher term;
+//!   [`has_quorum_lease`] / `Replica::has_quorum_lease` say whether it really leads.
+//! - **Pipelined log I/O**: `RaftCore` no longer waits for one append's flush before submitting
+//!   the next, so the group-commit writer can put several Raft entries under one fdatasync.
+//!
+//! The price is an alpha API: the exact version is pinned (`=`), and moving to another alpha is
+//! a deliberate change like this one. The upgrade guide in openraft's `docs::upgrade_guide` and
+//! the list below are the checklist.
+//!
+//! ## What changed in the API for our glue (0.9.25 → 0.10.0-alpha.37)
+//!
+//! - `declare_raft_types!` → a hand-written `RaftTypeConfig` (the macro cannot name the
+//!   generic `Responder<T>`): new `Term`, `LeaderId` (`leader_id_adv::LeaderId`, same wire and
+//!   JSON form as 0.9's `CommittedLeaderId`), `Vote`, `Payload`, `Batch`, `ErrorSource`,
+//!   `Responder<T> = OneshotResponder` (proposals get a oneshot receiver from
+//!   `client_write_ff(data, Some(responder))`). `SnapshotData` moved off the type config onto
+//!   `RaftStateMachine` and the network (`Raft::new` requires them equal).
+//! - `LogId<NodeId>`, `Vote<NodeId>`, `SnapshotMeta<NodeId, Node>`,
+//!   `StoredMembership<NodeId, Node>` → `LogId<LeaderId>` etc., used here through the aliases of
+//!   this module; `CommittedLeaderId::new(t, n)` → `LeaderId { term, node_id }` ([`log_id`]).
+//!   `SnapshotMeta` lost `snapshot_id` (0.9 files still load: the field is ignored on read).
+//!   `Membership::new` returns a `Result`.
+//! - `openraft::Raft<C>` → `openraft::Raft<C, SM>` (the state machine type is a parameter).
+//! - Storage: every method returns `std::io::Error` instead of `StorageError`;
+//!   `LogFlushed::log_io_completed` → `IOFlushed::io_completed` (still called only after the
+//!   group-commit writer reports the fdatasync); `read_vote` moved to `RaftLogReader`;
+//!   `truncate(log_id)` (from, inclusive) → `truncate_after(Option<LogId>)` (after, exclusive);
+//!   `apply` takes a stream of `(entry, Option<ApplyResponder>)` and answers each responder
+//!   instead of returning a `Vec`; `begin_receiving_snapshot` is gone (the network receives);
+//!   `install_snapshot` takes the data unboxed. openraft's start-up calls
+//!   `get_current_snapshot` (twice) before the node runs: until `Shared::set_raft_built`, it
+//!   returns the metadata with an empty file instead of writing a transfer file.
+//! - Network: `RaftNetwork` → `RaftNetworkV2`: `install_snapshot` chunks → one
+//!   `full_snapshot(vote, snapshot, cancel, option)` (we still stream it in chunks over the
+//!   `InstallSnapshot` RPC, now with our own [`network::SnapshotChunk`], and the receiver calls
+//!   `Raft::install_full_snapshot`); new `pre_vote`; `backoff` returns `Option`.
+//!   `RPCError<NodeId, Node, RaftError<..>>` → `RPCError<C>` without a remote-error variant for
+//!   infallible RPCs (a remote fatal error is now `Unreachable`); `PayloadTooLarge` is gone (an
+//!   oversized batch is cut and reported as `AppendEntriesResponse::PartialSuccess`).
+//!   `RPCOption::soft_ttl()` is the deadline to enforce; openraft no longer cuts a replication
+//!   RPC at the heartbeat interval itself.
+//! - Metrics: `raft.metrics()` is a runtime-neutral watch (`borrow_watched`, `wait_until`);
+//!   new `last_quorum_acked`, `local_committed` / `cluster_committed`.
+//! - Config: new `enable_pre_vote`, `quorum_loss_probe_interval` (set here, see
+//!   `crate::broker::raft_config`), `backoff`, `heartbeat_min_interval`, ...;
+//!   `ensure_linearizable` takes a `ReadPolicy`; `ClientWriteError::LogEntryDiscarded` is new.
 
 pub mod cluster;
 pub mod network;
@@ -30,7 +88,7 @@ pub mod peer;
 pub mod store;
 
 use bytes::{Buf, Bytes};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
+use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -63,6 +121,12 @@ impl fmt::Display for Node {
 pub struct EntryData {
     /// The commands.
     pub cmds: Vec<Command>,
+}
+
+impl fmt::Display for EntryData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} commands", self.cmds.len())
+    }
 }
 
 impl Serialize for EntryData {
@@ -117,22 +181,90 @@ impl<'de> Deserialize<'de> for EntryResponse {
     }
 }
 
-openraft::declare_raft_types!(
-    /// openraft type configuration of a stream's Raft group.
-    pub TypeConfig:
-        D = EntryData,
-        R = EntryResponse,
-        NodeId = NodeId,
-        Node = Node,
-        Entry = Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
-);
+/// openraft type configuration of a stream's Raft group. Leader ids are openraft's default
+/// `leader_id_adv::LeaderId` (`term` + `node_id`), whose JSON and postcard forms equal 0.9's
+/// `CommittedLeaderId`, so vote and log id files written by 0.9 still load. Proposals are
+/// answered through a oneshot channel per entry (`OneshotResponder`; `declare_raft_types!`
+/// cannot name a generic associated type, so this is written out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TypeConfig {}
+
+impl openraft::RaftTypeConfig for TypeConfig {
+    type D = EntryData;
+    type R = EntryResponse;
+    type NodeId = NodeId;
+    type Node = Node;
+    type Term = u64;
+    type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, NodeId>;
+    type Vote = openraft::impls::Vote<Self::LeaderId>;
+    type Payload = EntryPayload<EntryData, NodeId, Node>;
+    type Entry = openraft::Entry<Self::LeaderId, Self::Payload>;
+    type AsyncRuntime = openraft::TokioRuntime;
+    type Responder<T>
+        = openraft::impls::OneshotResponder<Self, T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type ErrorSource = openraft::impls::BoxedErrorSource;
+}
 
 /// A Raft handle of one stream group.
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, store::StateMachine>;
 /// A log entry of a stream group.
-pub type RaftEntry = Entry<TypeConfig>;
+pub type RaftEntry = openraft::alias::EntryOf<TypeConfig>;
+/// Leader id of a term (`term`, `node_id`).
+pub type LeaderId = openraft::alias::LeaderIdOf<TypeConfig>;
+/// Log id of an entry (leader id + index).
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A vote (leader id + whether a quorum granted it).
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// A membership (voter sets and node addresses).
+pub type Membership = openraft::Membership<NodeId, Node>;
+/// A membership with the log id of the entry that holds it.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// Snapshot metadata (last included log id and membership).
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// Snapshot data of a stream group: a file (see the module docs).
+pub type SnapshotData = tokio::fs::File;
+/// A snapshot of a stream group as openraft hands it around.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// Raft metrics of a group (openraft's watch value).
+pub type Metrics = openraft::RaftMetrics<TypeConfig>;
+
+/// For a leader, how long ago a quorum last acknowledged it: the age of the send time of the
+/// newest heartbeat or append that a quorum answered (`RaftMetrics::last_quorum_acked`, an
+/// absolute time, so this is current even when the metrics were published a while ago).
+/// `None` on a non-leader, or before the first quorum acknowledgement of its term.
+pub fn quorum_ack_age(m: &Metrics) -> Option<std::time::Duration> {
+    use openraft::Instant as _;
+    if m.state != openraft::ServerState::Leader {
+        return None;
+    }
+    m.last_quorum_acked.map(|t| t.into_inner().elapsed())
+}
+
+/// Whether the node of `m` leads its group **and** holds a valid quorum lease: a quorum
+/// acknowledged it less than `lease` ago (openraft uses `election_timeout_max`), or it is the
+/// only voter. openraft 0.10 keeps a leader cut off from its followers in state `Leader` (until
+/// it hears of a higher term) but refuses its new proposals once this is false.
+pub fn has_quorum_lease(m: &Metrics, lease: std::time::Duration) -> bool {
+    if m.state != openraft::ServerState::Leader {
+        return false;
+    }
+    if m.membership_config.membership().voter_ids().count() <= 1 {
+        return true;
+    }
+    quorum_ack_age(m).is_some_and(|age| age < lease)
+}
+
+/// The log id of entry `index` written by the leader of `term` (node `node_id`).
+pub fn log_id(term: u64, node_id: NodeId, index: u64) -> LogId {
+    LogId::new(LeaderId { term, node_id }, index)
+}
 
 /// Version byte of an encoded Raft entry (version 1 was the single-node command entry).
 pub const ENTRY_VERSION: u8 = 2;
@@ -205,7 +337,7 @@ pub fn encode_entry(e: &RaftEntry) -> Bytes {
 /// Reads only the log id of an encoded entry.
 ///
 /// Errors: a description when the header is truncated or of another version.
-pub fn decode_log_id(buf: &[u8]) -> Result<LogId<NodeId>, String> {
+pub fn decode_log_id(buf: &[u8]) -> Result<LogId, String> {
     if buf.len() < 26 || buf[0] != ENTRY_VERSION {
         return Err(format!(
             "not a version {ENTRY_VERSION} Raft entry (length {}, first byte {:?})",
@@ -216,7 +348,7 @@ pub fn decode_log_id(buf: &[u8]) -> Result<LogId<NodeId>, String> {
     let term = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
     let node = u64::from_le_bytes(buf[9..17].try_into().expect("8 bytes"));
     let index = u64::from_le_bytes(buf[17..25].try_into().expect("8 bytes"));
-    Ok(LogId::new(CommittedLeaderId::new(term, node), index))
+    Ok(log_id(term, node, index))
 }
 
 /// Decodes an entry written by [`encode_entry`].
@@ -236,12 +368,11 @@ pub fn decode_entry(buf: Bytes) -> Result<RaftEntry, String> {
             cmds: decode_commands(body)?,
         }),
         KIND_MEMBERSHIP => EntryPayload::Membership(
-            serde_json::from_slice::<Membership<NodeId, Node>>(&body)
-                .map_err(|e| format!("membership: {e}"))?,
+            serde_json::from_slice::<Membership>(&body).map_err(|e| format!("membership: {e}"))?,
         ),
         k => return Err(format!("unknown entry kind {k}")),
     };
-    Ok(Entry { log_id, payload })
+    Ok(RaftEntry { log_id, payload })
 }
 
 #[cfg(test)]
@@ -260,12 +391,12 @@ mod tests {
 
     #[test]
     fn entries_roundtrip() {
-        let id = LogId::new(CommittedLeaderId::new(7, 2), 42);
-        roundtrip(Entry {
+        let id = log_id(7, 2, 42);
+        roundtrip(RaftEntry {
             log_id: id,
             payload: EntryPayload::Blank,
         });
-        roundtrip(Entry {
+        roundtrip(RaftEntry {
             log_id: id,
             payload: EntryPayload::Normal(EntryData {
                 cmds: vec![
@@ -301,8 +432,8 @@ mod tests {
                 peer_addr: "b:2".into(),
             },
         );
-        let m = Membership::new(vec![BTreeSet::from([0, 1])], nodes);
-        roundtrip(Entry {
+        let m = Membership::new(vec![BTreeSet::from([0, 1])], nodes).unwrap();
+        roundtrip(RaftEntry {
             log_id: id,
             payload: EntryPayload::Membership(m),
         });
@@ -311,8 +442,8 @@ mod tests {
     #[test]
     fn malformed_entries_are_errors() {
         assert!(decode_entry(Bytes::from_static(b"\x01abc")).is_err());
-        let id = LogId::new(CommittedLeaderId::new(1, 0), 1);
-        let mut b = encode_entry(&Entry {
+        let id = log_id(1, 0, 1);
+        let mut b = encode_entry(&RaftEntry {
             log_id: id,
             payload: EntryPayload::Normal(EntryData {
                 cmds: vec![Command::Trim { start_offset: 4 }],

@@ -1,4 +1,4 @@
-//! The peer client: openraft's [`RaftNetwork`] over the `txpipe.raft.v1.RaftPeer` gRPC service
+//! The peer client: openraft's [`RaftNetworkV2`] over the `txpipe.raft.v1.RaftPeer` gRPC service
 //! (see [`super::peer`]).
 //!
 //! - [`Channels`]: one lazily-connected gRPC channel (one HTTP/2 connection) per peer address,
@@ -6,16 +6,30 @@
 //! - [`NetworkFactory`]: the per-group [`RaftNetworkFactory`]; its clients ([`PeerNetwork`])
 //!   wrap each openraft request in a [`RaftRequest`] envelope (group, from, to, cluster id).
 //!
-//! Every RPC has a deadline: the shorter of openraft's `RPCOption::hard_ttl()` (the heartbeat
-//! interval for AppendEntries, the election timeout for Vote, the install-snapshot timeout for
-//! snapshot chunks) and the configured `rpc_timeout`. It is enforced locally (a Tokio timeout)
-//! and sent to the peer as `grpc-timeout`, so the peer drops the work too.
+//! Every RPC has a deadline, enforced locally (a Tokio timeout) and sent to the peer as
+//! `grpc-timeout`, so the peer drops the work too:
 //!
-//! Errors map to what openraft expects: a peer that cannot be reached, refuses the envelope or
-//! answers garbage is [`Unreachable`] (openraft backs off before the next attempt); an expired
-//! deadline is [`RPCError::Timeout`]; other transient transport failures are
-//! [`RPCError::Network`] (openraft may retry at once); an error raised by the remote Raft node
-//! is [`RPCError::RemoteError`]. Failures are logged at debug level, and at warn level at most
+//! - AppendEntries carrying entries: the configured `rpc_timeout`. openraft 0.10 no longer cuts
+//!   a replication RPC at the heartbeat interval (0.9 did); its `RPCOption` TTL for the
+//!   replication stream is only advisory, and a follower that stores and fsyncs a batch while
+//!   catching up under load needs more than 100 ms.
+//! - Heartbeats (AppendEntries without entries), Vote, PreVote: openraft's
+//!   `RPCOption::soft_ttl()` (3/4 of the heartbeat interval or the election timeout), at most
+//!   `rpc_timeout`.
+//! - Snapshot chunks: `rpc_timeout`; the last chunk, whose answer waits for the install on the
+//!   follower, the larger of `rpc_timeout` and the soft TTL of openraft's install-snapshot
+//!   timeout.
+//!
+//! Snapshots: openraft 0.10 hands the network a whole snapshot ([`RaftNetworkV2::full_snapshot`]);
+//! [`PeerNetwork`] streams its file in chunks of openraft's `snapshot_max_chunk_size` (at most
+//! [`MAX_SNAPSHOT_CHUNK_BYTES`]) through `InstallSnapshot` calls, each a [`SnapshotChunk`]; the
+//! peer service reassembles them in a file and installs it with `Raft::install_full_snapshot`.
+//!
+//! Errors map to what openraft expects: a peer that cannot be reached, refuses the envelope,
+//! answers garbage or answers with a fatal error of its Raft node (stopped, storage failure) is
+//! [`Unreachable`] (openraft backs off before the next attempt); an expired deadline is
+//! [`RPCError::Timeout`]; other transient transport failures are [`RPCError::Network`]
+//! (openraft may retry at once). Failures are logged at debug level, and at warn level at most
 //! once per peer every [`WARN_INTERVAL`].
 
 use std::collections::HashMap;
@@ -24,17 +38,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
-    Unreachable,
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
-use openraft::network::RPCOption;
+use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, RPCTypes, RaftNetwork, RaftNetworkFactory};
-use serde::Serialize;
+use openraft::{AnyError, OptionalSend, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, TimeoutExpired};
 
@@ -42,7 +55,7 @@ use super::peer::{
     JoinReply, JoinRequest, MAX_MESSAGE_BYTES, RaftPeerClient, RaftRequest, StatusReply,
     StatusRequest,
 };
-use super::{Node, NodeId, TypeConfig};
+use super::{Node, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 
 /// Shortest interval between two warn-level logs about failures towards the same peer.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -218,7 +231,7 @@ pub struct NetworkFactory {
     pub cluster_id: Arc<RwLock<String>>,
     /// The node's shared channel cache.
     pub channels: Arc<Channels>,
-    /// Upper bound of every RPC's deadline (openraft's own TTL applies when shorter).
+    /// Upper bound of every RPC's deadline (see the module docs).
     pub rpc_timeout: Duration,
 }
 
@@ -263,40 +276,112 @@ pub struct PeerNetwork {
     client: Option<RaftPeerClient<Channel>>,
 }
 
-/// The error type openraft expects from a network call whose remote error is `E`.
-type NetError<E> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
+/// The peer RPCs that carry openraft messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    PreVote,
+    InstallSnapshot,
+}
+
+impl Rpc {
+    /// openraft's name of the RPC (for its `Timeout` error; pre-vote counts as a vote).
+    fn openraft_type(self) -> RPCTypes {
+        match self {
+            Rpc::AppendEntries => RPCTypes::AppendEntries,
+            Rpc::Vote | Rpc::PreVote => RPCTypes::Vote,
+            Rpc::InstallSnapshot => RPCTypes::InstallSnapshot,
+        }
+    }
+}
+
+impl std::fmt::Display for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The error type openraft expects from a network call.
+type NetError = RPCError<TypeConfig>;
+
+/// One piece of a snapshot transfer, postcard-encoded in an `InstallSnapshot` call. The chunks
+/// of one transfer are sent in order, from offset 0; the last one has `done` and makes the
+/// receiver install the reassembled file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The leader's vote (a receiver that has seen a higher one answers with it).
+    pub vote: Vote,
+    /// The snapshot's metadata (the same in every chunk of a transfer).
+    pub meta: SnapshotMeta,
+    /// Byte offset of `data` in the snapshot file.
+    pub offset: u64,
+    /// The bytes (a postcard byte string, not a sequence of integers).
+    #[serde(with = "byte_string")]
+    pub data: Bytes,
+    /// Whether this is the last chunk.
+    pub done: bool,
+}
+
+/// Serde of [`Bytes`] as a byte string.
+mod byte_string {
+    use bytes::Bytes;
+
+    pub fn serialize<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes::copy_from_slice(v))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes::from(v))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Largest snapshot chunk sent, bytes (openraft's `snapshot_max_chunk_size` applies when
+/// smaller): well below [`MAX_MESSAGE_BYTES`].
+pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = 16 << 20;
 
 impl PeerNetwork {
     /// Encodes an openraft request.
     ///
     /// Errors: [`Unreachable`] (logged) when it does not encode, which would be a bug.
-    #[allow(clippy::result_large_err)] // openraft's error type, returned as is.
-    fn encode<Req: Serialize, E: std::error::Error>(
-        &self,
-        rpc: RPCTypes,
-        req: &Req,
-    ) -> Result<Vec<u8>, NetError<E>> {
+    fn encode<Req: Serialize>(&self, rpc: Rpc, req: &Req) -> Result<Vec<u8>, NetError> {
         postcard::to_allocvec(req).map_err(|e| self.unreachable(rpc, &e))
     }
 
-    /// Sends one encoded Raft RPC and decodes the answer.
-    async fn call<Resp, E>(
+    /// The deadline of a call whose openraft TTL is `option` (see the module docs).
+    fn deadline(&self, option: &RPCOption) -> Duration {
+        let ttl = option.soft_ttl();
+        if ttl.is_zero() {
+            self.factory.rpc_timeout
+        } else {
+            ttl.min(self.factory.rpc_timeout)
+        }
+    }
+
+    /// Sends one encoded Raft RPC with deadline `timeout` and decodes the answer.
+    async fn call<Resp>(
         &mut self,
-        rpc: RPCTypes,
+        rpc: Rpc,
         payload: Vec<u8>,
-        option: &RPCOption,
-    ) -> Result<Resp, NetError<E>>
+        timeout: Duration,
+    ) -> Result<Resp, NetError>
     where
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
         let f = &self.factory;
-        let ttl = option.hard_ttl();
-        let timeout = if ttl.is_zero() {
-            f.rpc_timeout
-        } else {
-            ttl.min(f.rpc_timeout)
-        };
         if self.client.is_none() {
             let client = f
                 .channels
@@ -316,9 +401,10 @@ impl PeerNetwork {
         request.set_timeout(timeout);
         let call = async {
             match rpc {
-                RPCTypes::AppendEntries => client.append_entries(request).await,
-                RPCTypes::Vote => client.vote(request).await,
-                RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
+                Rpc::AppendEntries => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::PreVote => client.pre_vote(request).await,
+                Rpc::InstallSnapshot => client.install_snapshot(request).await,
             }
         };
         let reply = match tokio::time::timeout(timeout, call).await {
@@ -326,16 +412,13 @@ impl PeerNetwork {
             Ok(Err(status)) => return Err(self.map_status(rpc, status, timeout)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        match postcard::from_bytes::<Result<Resp, RaftError<NodeId, E>>>(&reply.payload) {
+        match postcard::from_bytes::<Result<Resp, RaftError<TypeConfig>>>(&reply.payload) {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                self.log(rpc, &e);
-                Err(RPCError::RemoteError(RemoteError::new_with_node(
-                    self.target,
-                    self.node.clone(),
-                    e,
-                )))
-            }
+            // The remote Raft node failed (stopped, storage error): nothing to retry at once.
+            Ok(Err(e)) => Err(self.unreachable(
+                rpc,
+                &AnyError::error(format!("node {} answered: {e}", self.target)),
+            )),
             Err(e) => Err(self.unreachable(
                 rpc,
                 &AnyError::error(format!("undecodable {rpc} reply: {e}")),
@@ -344,21 +427,15 @@ impl PeerNetwork {
     }
 
     /// An [`Unreachable`] error for `e` (logged): openraft backs off before retrying.
-    fn unreachable<E>(&self, rpc: RPCTypes, e: &(impl std::error::Error + 'static)) -> NetError<E>
-    where
-        E: std::error::Error,
-    {
+    fn unreachable(&self, rpc: Rpc, e: &(impl std::error::Error + 'static)) -> NetError {
         self.log(rpc, e);
         RPCError::Unreachable(Unreachable::new(e))
     }
 
     /// A [`Timeout`] error (logged).
-    fn timeout<E>(&self, rpc: RPCTypes, timeout: Duration) -> NetError<E>
-    where
-        E: std::error::Error,
-    {
+    fn timeout(&self, rpc: Rpc, timeout: Duration) -> NetError {
         let t = Timeout {
-            action: rpc,
+            action: rpc.openraft_type(),
             id: self.factory.self_id,
             target: self.target,
             timeout,
@@ -368,10 +445,7 @@ impl PeerNetwork {
     }
 
     /// Maps a failed call's status to openraft's error kinds (see the module docs).
-    fn map_status<E>(&self, rpc: RPCTypes, status: Status, timeout: Duration) -> NetError<E>
-    where
-        E: std::error::Error,
-    {
+    fn map_status(&self, rpc: Rpc, status: Status, timeout: Duration) -> NetError {
         match status.code() {
             // The peer's deadline, or the local `grpc-timeout` layer's (CANCELLED with a
             // `TimeoutExpired` source), which races with the local Tokio timeout.
@@ -385,13 +459,14 @@ impl PeerNetwork {
                 RPCError::Network(NetworkError::new(&status))
             }
             // UNAVAILABLE (connection refused, peer shutting down), FAILED_PRECONDITION (wrong
-            // node or cluster), NOT_FOUND (group not started there yet), INVALID_ARGUMENT,
-            // UNIMPLEMENTED, RESOURCE_EXHAUSTED, INTERNAL...: retrying at once will not help.
+            // node or cluster, a snapshot chunk out of order), NOT_FOUND (group not started
+            // there yet), INVALID_ARGUMENT, UNIMPLEMENTED, RESOURCE_EXHAUSTED, INTERNAL...:
+            // retrying at once will not help.
             _ => self.unreachable(rpc, &status),
         }
     }
 
-    fn log(&self, rpc: RPCTypes, e: &dyn std::fmt::Display) {
+    fn log(&self, rpc: Rpc, e: &dyn std::fmt::Display) {
         let f = &self.factory;
         f.channels.log_failure(
             &self.node.peer_addr,
@@ -400,6 +475,86 @@ impl PeerNetwork {
             e,
         );
     }
+
+    /// Streams `snapshot` to the target in [`SnapshotChunk`]s (see the module docs).
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        option: &RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let chunk_bytes = option
+            .snapshot_chunk_size()
+            .unwrap_or(MAX_SNAPSHOT_CHUNK_BYTES)
+            .clamp(1, MAX_SNAPSHOT_CHUNK_BYTES);
+        let last_timeout = option.soft_ttl().max(self.factory.rpc_timeout);
+        let Snapshot {
+            meta,
+            snapshot: mut file,
+        } = snapshot;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| self.snapshot_read_error(&e))?
+            .len();
+        let mut offset = 0u64;
+        loop {
+            let want = (len - offset).min(chunk_bytes as u64) as usize;
+            let mut data = vec![0u8; want];
+            file.read_exact(&mut data)
+                .await
+                .map_err(|e| self.snapshot_read_error(&e))?;
+            let done = offset + want as u64 >= len;
+            let chunk = SnapshotChunk {
+                vote,
+                meta: meta.clone(),
+                offset,
+                data: Bytes::from(data),
+                done,
+            };
+            let payload = self
+                .encode(Rpc::InstallSnapshot, &chunk)
+                .map_err(to_streaming)?;
+            let timeout = if done {
+                last_timeout
+            } else {
+                self.factory.rpc_timeout
+            };
+            let reply: Option<SnapshotResponse<TypeConfig>> = self
+                .call(Rpc::InstallSnapshot, payload, timeout)
+                .await
+                .map_err(to_streaming)?;
+            match reply {
+                // The receiver has seen a higher vote, or installed the snapshot.
+                Some(resp) => return Ok(resp),
+                None if done => {
+                    return Err(to_streaming(self.unreachable(
+                        Rpc::InstallSnapshot,
+                        &AnyError::error("the last snapshot chunk was not answered with a vote"),
+                    )));
+                }
+                None => offset += want as u64,
+            }
+        }
+    }
+
+    /// An [`Unreachable`] streaming error for a local snapshot file read failure (logged).
+    fn snapshot_read_error(&self, e: &std::io::Error) -> StreamingError<TypeConfig> {
+        to_streaming(self.unreachable(
+            Rpc::InstallSnapshot,
+            &AnyError::error(format!("reading the snapshot file: {e}")),
+        ))
+    }
+}
+
+/// A snapshot transfer's error from a call's error.
+fn to_streaming(e: NetError) -> StreamingError<TypeConfig> {
+    match e {
+        RPCError::Timeout(t) => StreamingError::Timeout(t),
+        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+        RPCError::Network(n) => StreamingError::Network(n),
+        RPCError::RemoteError(r) => match r.source {},
+    }
 }
 
 /// Largest encoded AppendEntries request sent: [`MAX_MESSAGE_BYTES`] minus 64 KiB for the
@@ -407,15 +562,15 @@ impl PeerNetwork {
 pub const MAX_APPEND_BYTES: usize = MAX_MESSAGE_BYTES - (64 << 10);
 
 /// When an AppendEntries request of `entries` entries encodes to `bytes` bytes, over `limit`,
-/// the number of entries openraft should send at most (its `PayloadTooLarge` hint, at least 1);
-/// `None` when the request fits or holds a single entry (which cannot be split; the peer's
-/// message limit then refuses it and the error is reported as unreachable).
-fn split_hint(entries: usize, bytes: usize, limit: usize) -> Option<u64> {
+/// the number of entries to send in this call (at least 1, fewer than `entries`); `None` when
+/// the request fits or holds a single entry (which cannot be split; the peer's message limit
+/// then refuses it and the error is reported as unreachable).
+fn split_hint(entries: usize, bytes: usize, limit: usize) -> Option<usize> {
     if bytes <= limit || entries <= 1 {
         return None;
     }
-    let fit = (entries as u128 * limit as u128 / bytes as u128) as u64;
-    Some(fit.clamp(1, entries as u64 - 1))
+    let fit = (entries as u128 * limit as u128 / bytes as u128) as usize;
+    Some(fit.clamp(1, entries - 1))
 }
 
 /// Whether `status` comes from tonic's client-side deadline (a [`TimeoutExpired`] in its
@@ -431,52 +586,86 @@ fn deadline_expired(status: &Status) -> bool {
     false
 }
 
-impl RaftNetwork<TypeConfig> for PeerNetwork {
-    /// Retry interval towards an unreachable peer: 100 ms (openraft's default is 500 ms),
-    /// so a restarted replica hears from the leader well before its own election timer
-    /// (at least 500 ms) could make it campaign and disrupt the leader.
-    fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
-    }
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotData;
 
+    /// Sends one AppendEntries. A request over [`MAX_APPEND_BYTES`] is cut to the entries that
+    /// fit (openraft 0.10 has no "payload too large" error any more): the peer gets that prefix
+    /// and a success is reported to openraft as `PartialSuccess` up to its last entry, so the
+    /// rest follows in the next request.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, NetError<openraft::error::Infallible>> {
-        let payload = self.encode(RPCTypes::AppendEntries, &rpc)?;
-        if let Some(hint) = split_hint(rpc.entries.len(), payload.len(), MAX_APPEND_BYTES) {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, NetError> {
+        let mut payload = self.encode(Rpc::AppendEntries, &rpc)?;
+        let mut cut = false;
+        while let Some(keep) = split_hint(rpc.entries.len(), payload.len(), MAX_APPEND_BYTES) {
             tracing::debug!(
                 group = %self.factory.group,
                 target = self.target,
                 entries = rpc.entries.len(),
                 bytes = payload.len(),
-                hint,
-                "append batch over the message limit: asking openraft to split it"
+                keep,
+                "append batch over the message limit: sending a prefix"
             );
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(hint),
-            ));
+            rpc.entries.truncate(keep);
+            payload = self.encode(Rpc::AppendEntries, &rpc)?;
+            cut = true;
         }
-        self.call(RPCTypes::AppendEntries, payload, &option).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, NetError<InstallSnapshotError>> {
-        let payload = self.encode(RPCTypes::InstallSnapshot, &rpc)?;
-        self.call(RPCTypes::InstallSnapshot, payload, &option).await
+        let timeout = if rpc.entries.is_empty() {
+            self.deadline(&option)
+        } else {
+            self.factory.rpc_timeout
+        };
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let resp = self.call(Rpc::AppendEntries, payload, timeout).await?;
+        Ok(match resp {
+            AppendEntriesResponse::Success if cut => AppendEntriesResponse::PartialSuccess(last),
+            other => other,
+        })
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, NetError<openraft::error::Infallible>> {
-        let payload = self.encode(RPCTypes::Vote, &rpc)?;
-        self.call(RPCTypes::Vote, payload, &option).await
+    ) -> Result<VoteResponse<TypeConfig>, NetError> {
+        let payload = self.encode(Rpc::Vote, &rpc)?;
+        let timeout = self.deadline(&option);
+        self.call(Rpc::Vote, payload, timeout).await
+    }
+
+    /// Pre-vote over its own `PreVote` call. A peer that cannot be reached answers nothing,
+    /// which openraft does not count as a grant, so an isolated node never raises its term.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, NetError> {
+        let payload = self.encode(Rpc::PreVote, &rpc)?;
+        let timeout = self.deadline(&option);
+        self.call(Rpc::PreVote, payload, timeout).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.send_snapshot(vote, snapshot, &option) => r,
+        }
+    }
+
+    /// Retry interval towards an unreachable peer: 100 ms (openraft's default starts at
+    /// 200 ms and doubles), so a restarted replica hears from the leader well before its own
+    /// election timer (at least 300 ms) fires.
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(100))))
     }
 }
 

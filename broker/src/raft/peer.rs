@@ -5,19 +5,31 @@
 //! stream) and the node it is addressed to, and carries openraft's own request, postcard-encoded
 //! (see `proto/txpipe/raft/v1/raft.proto`). [`PeerService`] checks the envelope, finds the group
 //! through a [`PeerHandler`] (implemented by the cluster code) and hands the request to that
-//! group's [`Raft`](crate::raft::Raft); openraft's answer (or its error) goes back encoded the
-//! same way. The client side is [`super::network`].
+//! group's `openraft::Raft`; openraft's answer (or its error) goes back encoded the same way.
+//! Snapshot chunks ([`SnapshotChunk`]) are written to `snapshot.recv` in the group's directory
+//! ([`PeerHandler::snapshot_dir`]) and the file is installed with `Raft::install_full_snapshot`
+//! when the last chunk arrives. The client side is [`super::network`].
 
+use openraft::async_runtime::watch::WatchReceiver as _;
+use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::error::RaftError;
+use openraft::raft::SnapshotResponse;
+use openraft::storage::RaftStateMachine;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tonic::{Request, Response, Status};
 
-use crate::raft::{NodeId, Raft};
+use super::network::SnapshotChunk;
+use crate::raft::{LogId, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+
+/// An openraft node of a group whose state machine is `SM`.
+pub type GroupRaft<SM> = openraft::Raft<TypeConfig, SM>;
 
 /// Generated protobuf and gRPC code of `txpipe.raft.v1` (from `proto/txpipe/raft/v1/raft.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -44,6 +56,10 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// What the peer service needs from the node: its identity and its Raft groups. Implemented by
 /// the cluster code; every method is called once per request, so they must be cheap.
 pub trait PeerHandler: Send + Sync + 'static {
+    /// The state machine of the node's groups (the broker's [`crate::raft::store::StateMachine`];
+    /// tests use their own).
+    type Sm: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>;
+
     /// This node's Raft node id. Requests addressed to another id are refused with
     /// FAILED_PRECONDITION.
     fn node_id(&self) -> NodeId;
@@ -52,7 +68,11 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn cluster_id(&self) -> String;
 
     /// The Raft group of stream `name`, if this node hosts it.
-    fn group(&self, name: &str) -> Option<Raft>;
+    fn group(&self, name: &str) -> Option<GroupRaft<Self::Sm>>;
+
+    /// The directory in which a snapshot sent to group `name` is reassembled (as
+    /// `snapshot.recv`), if this node hosts it.
+    fn snapshot_dir(&self, name: &str) -> Option<PathBuf>;
 
     /// This node's identity and its view of every group (answers `Status`).
     fn status(&self) -> impl Future<Output = StatusReply> + Send;
@@ -68,18 +88,35 @@ pub trait PeerHandler: Send + Sync + 'static {
 /// [`server`].
 pub struct PeerService<H> {
     handler: Arc<H>,
+    /// Snapshot transfers in progress, by group.
+    receiving: tokio::sync::Mutex<HashMap<String, Receiving>>,
 }
+
+/// A snapshot transfer being received.
+struct Receiving {
+    vote: Vote,
+    last_log_id: Option<LogId>,
+    /// Bytes received so far (the offset the next chunk must have).
+    offset: u64,
+    file: tokio::fs::File,
+}
+
+/// The name of the file a snapshot is reassembled in, inside [`PeerHandler::snapshot_dir`].
+pub const RECEIVE_FILE: &str = "snapshot.recv";
 
 impl<H: PeerHandler> PeerService<H> {
     /// A service answering for `handler`'s node.
     pub fn new(handler: Arc<H>) -> Self {
-        Self { handler }
+        Self {
+            handler,
+            receiving: tokio::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     /// Checks the envelope and finds the group.
     ///
     /// Errors: FAILED_PRECONDITION (wrong node id or cluster id), NOT_FOUND (unknown group).
-    fn route(&self, req: &RaftRequest) -> Result<Raft, Status> {
+    fn route(&self, req: &RaftRequest) -> Result<GroupRaft<H::Sm>, Status> {
         let me = self.handler.node_id();
         if req.to != me {
             return Err(Status::failed_precondition(format!(
@@ -101,10 +138,46 @@ impl<H: PeerHandler> PeerService<H> {
         })
     }
 
+    /// Checks the envelope, finds the group and decodes the payload as `Req`.
+    ///
+    /// Errors: those of [`Self::route`], INVALID_ARGUMENT (undecodable payload).
+    fn open<Req: DeserializeOwned>(
+        &self,
+        rpc: &'static str,
+        req: &RaftRequest,
+    ) -> Result<(GroupRaft<H::Sm>, Req), Status> {
+        let raft = self.route(req).inspect_err(|status| {
+            tracing::debug!(rpc, group = %req.group, from = req.from, to = req.to, %status, "peer RPC refused");
+        })?;
+        let msg: Req = decode_request(rpc, req)?;
+        Ok((raft, msg))
+    }
+
+    /// Encodes openraft's result of an RPC as the reply.
+    ///
+    /// Errors: INTERNAL (the answer does not encode, which would be a bug).
+    fn reply<Resp, E>(
+        rpc: &'static str,
+        req: &RaftRequest,
+        result: Result<Resp, RaftError<TypeConfig, E>>,
+    ) -> Result<Response<RaftReply>, Status>
+    where
+        Resp: Serialize,
+        E: Serialize + std::fmt::Debug,
+    {
+        if let Err(e) = &result {
+            tracing::debug!(rpc, group = %req.group, from = req.from, error = ?e, "Raft refused a peer RPC");
+        }
+        let payload = postcard::to_allocvec(&result)
+            .map_err(|e| Status::internal(format!("{rpc} reply does not encode: {e}")))?;
+        Ok(Response::new(RaftReply {
+            payload: Bytes::from(payload),
+        }))
+    }
+
     /// Decodes the payload as `Req`, calls `f` on the group and encodes its result.
     ///
-    /// Errors: those of [`Self::route`], INVALID_ARGUMENT (undecodable payload), INTERNAL (the
-    /// answer does not encode, which would be a bug).
+    /// Errors: those of [`Self::open`] and [`Self::reply`].
     async fn serve<Req, Resp, E, F, Fut>(
         &self,
         rpc: &'static str,
@@ -115,23 +188,95 @@ impl<H: PeerHandler> PeerService<H> {
         Req: DeserializeOwned,
         Resp: Serialize,
         E: Serialize + std::fmt::Debug,
-        F: FnOnce(Raft, Req) -> Fut,
-        Fut: Future<Output = Result<Resp, RaftError<NodeId, E>>>,
+        F: FnOnce(GroupRaft<H::Sm>, Req) -> Fut,
+        Fut: Future<Output = Result<Resp, RaftError<TypeConfig, E>>>,
     {
         let req = request.into_inner();
-        let raft = self.route(&req).inspect_err(|status| {
-            tracing::debug!(rpc, group = %req.group, from = req.from, to = req.to, %status, "peer RPC refused");
-        })?;
-        let msg: Req = decode_request(rpc, &req)?;
+        let (raft, msg) = self.open::<Req>(rpc, &req)?;
         let result = f(raft, msg).await;
-        if let Err(e) = &result {
-            tracing::debug!(rpc, group = %req.group, from = req.from, error = ?e, "Raft refused a peer RPC");
+        Self::reply(rpc, &req, result)
+    }
+
+    /// Stores one snapshot chunk; installs the snapshot on the last one. Returns the answer
+    /// for the sender: `None` (stored) or the node's vote.
+    ///
+    /// Errors: NOT_FOUND (no directory for the group), FAILED_PRECONDITION (the chunk does not
+    /// continue the transfer in progress), INTERNAL (the file cannot be written).
+    async fn receive_chunk(
+        &self,
+        group: &str,
+        raft: &GroupRaft<H::Sm>,
+        chunk: SnapshotChunk,
+    ) -> Result<Result<Option<SnapshotResponse<TypeConfig>>, RaftError<TypeConfig>>, Status> {
+        let mine = raft.metrics().borrow_watched().vote;
+        if mine.partial_cmp(&chunk.vote) == Some(std::cmp::Ordering::Greater) {
+            self.receiving.lock().await.remove(group);
+            return Ok(Ok(Some(SnapshotResponse::new(mine))));
         }
-        let payload = postcard::to_allocvec(&result)
-            .map_err(|e| Status::internal(format!("{rpc} reply does not encode: {e}")))?;
-        Ok(Response::new(RaftReply {
-            payload: Bytes::from(payload),
-        }))
+        let internal = |e: std::io::Error| {
+            Status::internal(format!("group '{group}': writing {RECEIVE_FILE}: {e}"))
+        };
+        let mut rx = {
+            let mut receiving = self.receiving.lock().await;
+            let current = receiving.remove(group);
+            if chunk.offset == 0 {
+                let dir = self.handler.snapshot_dir(group).ok_or_else(|| {
+                    Status::not_found(format!("no snapshot directory for group '{group}'"))
+                })?;
+                let file = tokio::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(dir.join(RECEIVE_FILE))
+                    .await
+                    .map_err(internal)?;
+                Receiving {
+                    vote: chunk.vote,
+                    last_log_id: chunk.meta.last_log_id,
+                    offset: 0,
+                    file,
+                }
+            } else {
+                match current {
+                    Some(r)
+                        if r.vote == chunk.vote
+                            && r.last_log_id == chunk.meta.last_log_id
+                            && r.offset == chunk.offset =>
+                    {
+                        r
+                    }
+                    other => {
+                        return Err(Status::failed_precondition(format!(
+                            "group '{group}': snapshot chunk at offset {} (snapshot {:?}) does not continue the transfer in progress ({:?})",
+                            chunk.offset,
+                            chunk.meta.last_log_id,
+                            other.map(|r| (r.offset, r.last_log_id))
+                        )));
+                    }
+                }
+            }
+        };
+        rx.file.write_all(&chunk.data).await.map_err(internal)?;
+        rx.offset += chunk.data.len() as u64;
+        if !chunk.done {
+            self.receiving.lock().await.insert(group.to_string(), rx);
+            return Ok(Ok(None));
+        }
+        rx.file.flush().await.map_err(internal)?;
+        rx.file
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(internal)?;
+        let snapshot = Snapshot {
+            meta: chunk.meta,
+            snapshot: rx.file,
+        };
+        Ok(raft
+            .install_full_snapshot(chunk.vote, snapshot)
+            .await
+            .map(Some)
+            .map_err(RaftError::Fatal))
     }
 }
 
@@ -175,14 +320,21 @@ impl<H: PeerHandler> proto::raft_peer_server::RaftPeer for PeerService<H> {
         .await
     }
 
+    async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.serve("PreVote", request, |raft, rpc| async move {
+            raft.pre_vote(rpc).await
+        })
+        .await
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        self.serve("InstallSnapshot", request, |raft, rpc| async move {
-            raft.install_snapshot(rpc).await
-        })
-        .await
+        let req = request.into_inner();
+        let (raft, chunk) = self.open::<SnapshotChunk>("InstallSnapshot", &req)?;
+        let result = self.receive_chunk(&req.group, &raft, chunk).await?;
+        Self::reply("InstallSnapshot", &req, result)
     }
 
     async fn status(

@@ -4,8 +4,13 @@
 //! Log: entry `i` of the Raft log is frame `i` of the stream's [`SegmentedLog`], encoded by
 //! [`super::encode_entry`]. `append` queues the frames on the group-commit writer and calls
 //! openraft's flush callback only when the writer reports them fdatasynced (never before:
-//! the callback is what lets the leader count this node in a quorum). The vote is a small
-//! file written atomically with fsync before `save_vote` returns.
+//! the callback is what lets the leader count this node in a quorum). openraft 0.10 pipelines
+//! log I/O: it calls `append` again before the previous append's callback, so entries that
+//! continue the ones in flight are queued right behind them (several appends may share one
+//! fdatasync), while cutting a conflicting suffix (`truncate_after`, or an `append` that does
+//! not continue the log), restarting the log or installing a snapshot first waits until every
+//! submitted append is durable. The vote is a small file written atomically with fsync before
+//! `save_vote` returns.
 //!
 //! Purge: openraft's purge is logical (`raft/purged.json` records the last purged log id;
 //! openraft never reads at or below it again). Segment files are deleted by the broker's
@@ -28,20 +33,21 @@ use std::fmt::Debug;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
-use openraft::{
-    AnyError, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
-};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
 use tokio::sync::watch;
 use txpipe_client::broker::v1::Record;
 
-use super::{EntryResponse, Node, NodeId, RaftEntry, TypeConfig, decode_entry, encode_entry};
+use super::{
+    EntryResponse, LogId, RaftEntry, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
+    TypeConfig, Vote, decode_entry, encode_entry,
+};
 use crate::command::Command;
 use crate::dedupe::{self, DedupeConfig, DedupeIndex};
 use crate::log::SegmentedLog;
@@ -122,9 +128,9 @@ pub struct Core {
     /// The state machine.
     pub state: StreamState,
     /// Last applied log id.
-    pub applied: Option<LogId<NodeId>>,
+    pub applied: Option<LogId>,
     /// Last applied membership.
-    pub membership: StoredMembership<NodeId, Node>,
+    pub membership: StoredMembership,
     /// Metadata of the snapshot file on disk.
     pub snapshot: Option<SnapMeta>,
     /// Recent records.
@@ -144,9 +150,9 @@ impl Core {
 
 #[derive(Debug, Default)]
 struct LogMeta {
-    last: Option<LogId<NodeId>>,
-    committed: Option<LogId<NodeId>>,
-    purged: Option<LogId<NodeId>>,
+    last: Option<LogId>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
     committed_written: Option<Instant>,
 }
 
@@ -169,14 +175,29 @@ pub struct Shared {
     raft_dir: PathBuf,
     meta: Mutex<LogMeta>,
     snapshots_built: AtomicU64,
+    /// Set once the Raft node is built: before, `get_current_snapshot` (called twice by
+    /// openraft's start-up) returns the snapshot's metadata with an empty file instead of
+    /// writing a transfer file.
+    raft_built: AtomicBool,
+    /// Appends submitted to the group-commit writer and not yet reported durable. openraft
+    /// 0.10 pipelines log I/O: it calls `append` again before the previous append's flush
+    /// callback, so the log file may not yet hold what was submitted.
+    outstanding: AtomicUsize,
+    /// Notified when `outstanding` drops to 0.
+    drained: tokio::sync::Notify,
+    /// Encoded entries submitted to the writer and not yet reported durable, in index order.
+    /// openraft reads an entry as soon as `append` returns (to replicate it, and to apply it
+    /// once followers made it durable, possibly before this node's own fdatasync), so readers
+    /// look here for what the log file does not hold yet.
+    pending: Mutex<VecDeque<(u64, Bytes)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn io_err(e: impl std::fmt::Display) -> AnyError {
-    AnyError::error(e.to_string())
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 impl Shared {
@@ -202,7 +223,7 @@ impl Shared {
         std::fs::create_dir_all(&raft_dir)?;
         let mut snap = snapshot::read(dir)?;
         let mut log = log;
-        let purged: Option<LogId<NodeId>> = snapshot::read_json(&raft_dir, PURGED_FILE)?;
+        let purged: Option<LogId> = snapshot::read_json(&raft_dir, PURGED_FILE)?;
         // The dedupe index must hold the snapshot's live keys (see crate::dedupe).
         let index = match spec.dedupe_by_key {
             true => Some(DedupeIndex::open(
@@ -289,6 +310,10 @@ impl Shared {
                 committed_written: None,
             }),
             snapshots_built: AtomicU64::new(0),
+            raft_built: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
+            pending: Mutex::new(VecDeque::new()),
         }))
     }
 
@@ -297,13 +322,32 @@ impl Shared {
         f(&mut lock(&self.core))
     }
 
+    /// Waits until every append submitted to the writer is durable (or failed), so the log
+    /// file holds all of them and can be truncated or reset safely.
+    async fn drain_appends(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records that the Raft node over this storage is built (see `raft_built`).
+    pub fn set_raft_built(&self) {
+        self.raft_built.store(true, Ordering::Release);
+    }
+
     /// openraft's purge point (entries at or below it are only kept for their records).
-    pub fn purged(&self) -> Option<LogId<NodeId>> {
+    pub fn purged(&self) -> Option<LogId> {
         lock(&self.meta).purged
     }
 
     /// The commit index openraft last reported to this node's storage.
-    pub fn committed(&self) -> Option<LogId<NodeId>> {
+    pub fn committed(&self) -> Option<LogId> {
         lock(&self.meta).committed
     }
 
@@ -312,41 +356,72 @@ impl Shared {
         self.snapshots_built.load(Ordering::Relaxed)
     }
 
-    #[allow(clippy::result_large_err)] // openraft's own error type, returned as is.
-    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<RaftEntry>, StorageError<NodeId>> {
+    /// The pending (submitted, not yet durable) encoded entries with index in `start..end`.
+    /// Taken **before** reading the log file: an entry leaves this list only after the writer
+    /// put it in the file, so every index is in one or the other.
+    fn pending_in(&self, start: u64, end: u64) -> Vec<(u64, Bytes)> {
+        lock(&self.pending)
+            .iter()
+            .filter(|(i, _)| *i >= start && *i < end)
+            .cloned()
+            .collect()
+    }
+
+    /// The encoded entries `start..end` (clamped to what the log holds), from the log file and
+    /// then the pending entries, contiguous.
+    ///
+    /// Errors: log read errors, as text.
+    fn read_encoded(&self, start: u64, end: u64) -> Result<Vec<(u64, Bytes)>, String> {
+        let pending = self.pending_in(start, end);
         let log = self.gc.read_log();
         let mut out = Vec::new();
         let mut i = start.max(log.first_index());
-        let end = end.min(log.next_index());
-        while i < end {
+        let file_end = end.min(log.next_index());
+        while i < file_end {
             let batch = log
-                .read_range(i, (end - i).min(4096) as usize, 16 << 20)
-                .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+                .read_range(i, (file_end - i).min(4096) as usize, 16 << 20)
+                .map_err(|e| e.to_string())?;
             if batch.is_empty() {
                 break;
             }
             for (index, b) in batch {
-                let e = decode_entry(b).map_err(|e| {
-                    StorageIOError::read_log_at_index(index, io_err(format!("entry {index}: {e}")))
-                })?;
-                out.push(e);
+                out.push((index, b));
                 i = index + 1;
+            }
+        }
+        drop(log);
+        for (index, b) in pending {
+            if index == i && index < end {
+                out.push((index, b));
+                i += 1;
             }
         }
         Ok(out)
     }
 
+    fn read_entries(&self, start: u64, end: u64) -> std::io::Result<Vec<RaftEntry>> {
+        self.read_encoded(start, end)
+            .map_err(io_err)?
+            .into_iter()
+            .map(|(index, b)| decode_entry(b).map_err(|e| io_err(format!("entry {index}: {e}"))))
+            .collect()
+    }
+
     /// Reads the records at `locs` (record locators with positions) from the log.
     pub fn read_located(&self, locs: &[(u64, u32)]) -> Vec<Option<Record>> {
-        let log = self.gc.read_log();
         let mut last: Option<(u64, Vec<Command>)> = None;
         let mut out = Vec::with_capacity(locs.len());
         for &(loc, pos) in locs {
             let (index, slot) = split_locator(loc);
             if last.as_ref().map(|(l, _)| *l) != Some(index) {
-                let cmds = match log
-                    .read(index)
-                    .map_err(|e| e.to_string())
+                let cmds = match self
+                    .read_encoded(index, index + 1)
+                    .and_then(|v| {
+                        v.into_iter()
+                            .next()
+                            .map(|(_, b)| b)
+                            .ok_or_else(|| format!("entry {index} is not in the log"))
+                    })
                     .and_then(decode_entry)
                 {
                     Ok(e) => match e.payload {
@@ -395,16 +470,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<RaftEntry>, StorageError<NodeId>> {
+    ) -> std::io::Result<Vec<RaftEntry>> {
         let (start, end) = range_to(&range);
         self.shared.read_entries(start, end)
+    }
+
+    async fn read_vote(&mut self) -> std::io::Result<Option<Vote>> {
+        snapshot::read_json(&self.shared.raft_dir, VOTE_FILE).map_err(io_err)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+    async fn get_log_state(&mut self) -> std::io::Result<LogState<TypeConfig>> {
         let m = lock(&self.shared.meta);
         let last = match (m.last, m.purged) {
             (Some(l), Some(p)) if p.index > l.index => Some(p),
@@ -421,25 +500,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+    async fn save_vote(&mut self, vote: &Vote) -> std::io::Result<()> {
         let dir = self.shared.raft_dir.clone();
         let v = *vote;
         tokio::task::spawn_blocking(move || snapshot::write_json(&dir, VOTE_FILE, &v))
             .await
-            .map_err(|e| StorageIOError::write_vote(io_err(e)))?
-            .map_err(|e| StorageIOError::write_vote(io_err(e)))?;
+            .map_err(io_err)?
+            .map_err(io_err)?;
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        snapshot::read_json(&self.shared.raft_dir, VOTE_FILE)
-            .map_err(|e| StorageIOError::read_vote(io_err(e)).into())
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), StorageError<NodeId>> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> std::io::Result<()> {
         // An optimisation only (a restart re-applies up to it without waiting for a leader),
         // so it is written at most every 200 ms and without fsync.
         let due = {
@@ -465,9 +536,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        let c: Option<LogId<NodeId>> = snapshot::read_json(&self.shared.raft_dir, COMMITTED_FILE)
-            .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+    async fn read_committed(&mut self) -> std::io::Result<Option<LogId>> {
+        let c: Option<LogId> =
+            snapshot::read_json(&self.shared.raft_dir, COMMITTED_FILE).map_err(io_err)?;
         // Never claim more than the log holds.
         let last = lock(&self.shared.meta).last;
         Ok(match (c, last) {
@@ -479,8 +550,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError<NodeId>>
+        callback: IOFlushed<TypeConfig>,
+    ) -> std::io::Result<()>
     where
         I: IntoIterator<Item = RaftEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -494,27 +565,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             frames.push(encode_entry(&e));
         }
         let (Some(first), Some(last)) = (first, last) else {
-            callback.log_io_completed(Ok(()));
+            callback.io_completed(Ok(()));
             return Ok(());
         };
-        {
+        // Pipelined case: the entries continue the ones still in flight; the writer appends
+        // them in submission order, right after.
+        let expected = lock(&self.shared.meta).last.map(|l| l.index + 1);
+        let in_flight = self.shared.outstanding.load(Ordering::Acquire) > 0;
+        if !(in_flight && expected == Some(first)) {
+            // Anything else (a conflicting suffix to cut, a log to restart) is done on the log
+            // file, which must first hold every submitted entry.
+            self.shared.drain_appends().await;
             let mut log = self.shared.gc.write_log();
             if log.next_index() != first {
                 if log.first_index() == log.next_index() || first < log.first_index() {
                     // Empty log (fresh, or reset by a snapshot install): start at `first`.
-                    log.reset_to(first)
-                        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                    log.reset_to(first).map_err(io_err)?;
                 } else if first > log.next_index() {
                     // Entries below `first` are purged logically (after a snapshot install
                     // or purge) but the log ends before them: restart the log at `first`.
-                    log.reset_to(first)
-                        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                    log.reset_to(first).map_err(io_err)?;
                 } else {
-                    log.truncate_from(first)
-                        .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+                    log.truncate_from(first).map_err(io_err)?;
                 }
             }
         }
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        lock(&self.shared.pending).extend((first..).zip(frames.iter().cloned()));
         let ticket = self.shared.gc.submit(frames);
         lock(&self.shared.meta).last = Some(last);
         let shared = Arc::clone(&self.shared);
@@ -525,32 +602,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .metrics
                 .append_seconds
                 .observe(started.elapsed().as_secs_f64());
+            {
+                // In the file now (or never: the writer is poisoned and the replica stops).
+                let mut pending = lock(&shared.pending);
+                match &r {
+                    Ok(range) => {
+                        while pending.front().is_some_and(|(i, _)| *i < range.end) {
+                            pending.pop_front();
+                        }
+                    }
+                    Err(_) => pending.clear(),
+                }
+            }
+            if shared.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.drained.notify_waiters();
+            }
             match r {
-                Ok(range) if range.start == first => callback.log_io_completed(Ok(())),
-                Ok(range) => callback.log_io_completed(Err(std::io::Error::other(format!(
+                Ok(range) if range.start == first => callback.io_completed(Ok(())),
+                Ok(range) => callback.io_completed(Err(std::io::Error::other(format!(
                     "log placed entries at {range:?}, expected to start at {first}"
                 )))),
                 Err(e) => {
                     tracing::error!(stream = %shared.spec.name, error = %e, "log append failed; this replica stops");
-                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())))
+                    callback.io_completed(Err(std::io::Error::other(e.to_string())))
                 }
             }
         });
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let idx = log_id.index;
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> std::io::Result<()> {
+        self.shared.drain_appends().await;
+        let idx = last_log_id.map_or(0, |l| l.index + 1);
         let new_last = {
             let mut log = self.shared.gc.write_log();
             let from = idx.max(log.first_index());
-            log.truncate_from(from)
-                .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+            log.truncate_from(from).map_err(io_err)?;
             if log.next_index() > log.first_index() {
-                let b = log
-                    .read(log.next_index() - 1)
-                    .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
-                Some(super::decode_log_id(&b).map_err(|e| StorageIOError::read_logs(io_err(e)))?)
+                let b = log.read(log.next_index() - 1).map_err(io_err)?;
+                Some(super::decode_log_id(&b).map_err(io_err)?)
             } else {
                 None
             }
@@ -559,12 +649,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+    async fn purge(&mut self, log_id: LogId) -> std::io::Result<()> {
         let dir = self.shared.raft_dir.clone();
         tokio::task::spawn_blocking(move || snapshot::write_json(&dir, PURGED_FILE, &log_id))
             .await
-            .map_err(|e| StorageIOError::write_logs(io_err(e)))?
-            .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+            .map_err(io_err)?
+            .map_err(io_err)?;
         let mut m = lock(&self.shared.meta);
         m.purged = Some(log_id);
         Ok(())
@@ -657,50 +747,64 @@ fn state_is_wq(state: &StreamState) -> bool {
     state.retention() == Retention::WorkQueue
 }
 
+impl StateMachine {
+    /// Applies one committed entry under the core lock; returns its response.
+    fn apply_one(&self, e: &RaftEntry) -> EntryResponse {
+        let sh = &self.shared;
+        let mut core = lock(&sh.core);
+        let core = &mut *core;
+        let mut outcomes = Vec::new();
+        match &e.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Membership(m) => {
+                core.membership = StoredMembership::new(Some(e.log_id), m.clone());
+            }
+            EntryPayload::Normal(d) => {
+                outcomes.reserve(d.cmds.len());
+                for (slot, cmd) in d.cmds.iter().enumerate() {
+                    let out = core.state.apply(locator(e.log_id.index, slot), cmd);
+                    fill_cache(&mut core.cache, &core.state, cmd, &out);
+                    record_metrics(&sh.metrics, cmd, &out);
+                    outcomes.push(out);
+                }
+            }
+        }
+        core.applied = Some(e.log_id);
+        EntryResponse { outcomes }
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+    async fn applied_state(&mut self) -> std::io::Result<(Option<LogId>, StoredMembership)> {
         let c = lock(&self.shared.core);
         Ok((c.applied, c.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryResponse>, StorageError<NodeId>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> std::io::Result<()>
     where
-        I: IntoIterator<Item = RaftEntry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = std::io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
+        // Answers are sent after the batch's dedupe index commit (see crate::dedupe), as
+        // before the migration to openraft 0.10's apply stream.
+        let mut answers = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (e, responder) = item?;
+            let resp = self.apply_one(&e);
+            answers.push((responder, resp));
+        }
+        if answers.is_empty() {
+            return Ok(());
+        }
         let sh = &self.shared;
-        let mut resps = Vec::new();
         let end = {
             let mut core = lock(&sh.core);
-            let core = &mut *core;
-            for e in entries {
-                let mut outcomes = Vec::new();
-                match &e.payload {
-                    EntryPayload::Blank => {}
-                    EntryPayload::Membership(m) => {
-                        core.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                    }
-                    EntryPayload::Normal(d) => {
-                        outcomes.reserve(d.cmds.len());
-                        for (slot, cmd) in d.cmds.iter().enumerate() {
-                            let out = core.state.apply(locator(e.log_id.index, slot), cmd);
-                            fill_cache(&mut core.cache, &core.state, cmd, &out);
-                            record_metrics(&sh.metrics, cmd, &out);
-                            outcomes.push(out);
-                        }
-                    }
-                }
-                core.applied = Some(e.log_id);
-                resps.push(EntryResponse { outcomes });
-            }
             // One (non-durable) index commit per apply batch; see crate::dedupe.
             if let Err(e) = core.state.dedupe_mut().commit() {
                 tracing::error!(stream = %sh.spec.name, error = %e, "dedupe index failed; this replica stops");
-                return Err(StorageIOError::write_state_machine(io_err(e)).into());
+                return Err(io_err(e));
             }
             dedupe::publish_metrics(&sh.metrics, core.state.dedupe());
             core.state.next_offset()
@@ -710,40 +814,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             *v = end;
             changed
         });
-        Ok(resps)
+        for (responder, resp) in answers {
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
-        let path = self.shared.dir.join("snapshot.recv");
-        let f = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
-        Ok(Box::new(f))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError<NodeId>> {
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> std::io::Result<()> {
         let f = snapshot.into_std().await;
+        // The install replaces the log file: no append may still be on its way into it.
+        self.shared.drain_appends().await;
         let sh = Arc::clone(&self.shared);
         let meta = meta.clone();
         let name = sh.spec.name.clone();
         let r = tokio::task::spawn_blocking(move || install_transfer(&sh, &meta, f))
             .await
-            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+            .map_err(io_err)?;
         match r {
             Ok(()) => {
                 tracing::info!(stream = %name, "snapshot installed from the leader");
@@ -751,43 +847,55 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             Err(e) => {
                 tracing::error!(stream = %name, error = %e, "snapshot install failed");
-                Err(StorageIOError::write_snapshot(None, io_err(e)).into())
+                Err(io_err(e))
             }
         }
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(&mut self) -> std::io::Result<Option<Snapshot>> {
         let sh = Arc::clone(&self.shared);
+        if !sh.raft_built.load(Ordering::Acquire) {
+            // Start-up: openraft only reads the metadata (the state was loaded from the
+            // snapshot file by `Shared::open`, so it installs nothing).
+            let meta = lock(&sh.core).snapshot.clone();
+            return match meta {
+                None => Ok(None),
+                Some(m) => {
+                    let empty = tempfile_in(&sh.dir)?;
+                    Ok(Some(Snapshot {
+                        meta: m.meta,
+                        snapshot: tokio::fs::File::from_std(empty),
+                    }))
+                }
+            };
+        }
         let r = tokio::task::spawn_blocking(move || write_transfer(&sh))
             .await
-            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?
-            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
+            .map_err(io_err)?
+            .map_err(io_err)?;
         match r {
             None => Ok(None),
             Some((meta, file)) => Ok(Some(Snapshot {
                 meta: meta.meta,
-                snapshot: Box::new(tokio::fs::File::from_std(file)),
+                snapshot: tokio::fs::File::from_std(file),
             })),
         }
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> std::io::Result<Snapshot> {
         let sh = Arc::clone(&self.shared);
-        let meta = build_snapshot_file(&sh)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+        let meta = build_snapshot_file(&sh).await.map_err(io_err)?;
         sh.snapshots_built.fetch_add(1, Ordering::Relaxed);
         // openraft keeps only the meta of a built snapshot; the data is read again through
         // `get_current_snapshot` when a follower needs it.
-        let empty =
-            tempfile_in(&sh.dir).map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
+        let empty = tempfile_in(&sh.dir)?;
         Ok(Snapshot {
             meta: meta.meta,
-            snapshot: Box::new(tokio::fs::File::from_std(empty)),
+            snapshot: tokio::fs::File::from_std(empty),
         })
     }
 }
@@ -821,12 +929,6 @@ pub async fn build_snapshot_file(sh: &Arc<Shared>) -> crate::Result<SnapMeta> {
             meta: SnapshotMeta {
                 last_log_id: last,
                 last_membership: c.membership.clone(),
-                snapshot_id: format!(
-                    "{}-{}-{}",
-                    last.map_or(0, |l| l.leader_id.term),
-                    last.map_or(0, |l| l.index),
-                    crate::broker::unix_ms()
-                ),
             },
             records_from: records_from(&c.state, next),
         };
@@ -897,23 +999,18 @@ pub fn write_transfer(sh: &Shared) -> Result<Option<(SnapMeta, std::fs::File)>, 
     }
     drop(st);
     let end = meta.next_index();
-    let log = sh.gc.read_log();
+    let first = sh.gc.read_log().first_index();
     // Records below the log's first index were deleted by retention after later entries
     // (acks, trims) made them unneeded; the follower applies those entries after the
     // snapshot, so it never reads them.
-    let mut i = meta.records_from.max(log.first_index()).min(end);
+    let mut i = meta.records_from.max(first).min(end);
     w.write_all(&i.to_le_bytes()).map_err(werr)?;
     while i < end {
-        let batch = log
-            .read_range(i, 4096, 16 << 20)
-            .map_err(|e| e.to_string())?;
+        let batch = sh.read_encoded(i, end.min(i + 4096))?;
         if batch.is_empty() {
             return Err(format!("log ends at {i}, before the snapshot's end {end}"));
         }
         for (index, b) in batch {
-            if index >= end {
-                break;
-            }
             w.write_all(&(b.len() as u32).to_le_bytes()).map_err(werr)?;
             w.write_all(&crc32c::crc32c(&b).to_le_bytes())
                 .map_err(werr)?;
@@ -921,7 +1018,6 @@ pub fn write_transfer(sh: &Shared) -> Result<Option<(SnapMeta, std::fs::File)>, 
             i = index + 1;
         }
     }
-    drop(log);
     let mut f = w.into_inner().map_err(|e| e.to_string())?;
     f.flush().map_err(werr)?;
     use std::io::Seek;
@@ -951,7 +1047,7 @@ fn read_n(r: &mut impl Read, n: u64) -> std::io::Result<Vec<u8>> {
 /// Errors: a description of the malformed part or the I/O failure.
 pub fn install_transfer(
     sh: &Shared,
-    meta: &SnapshotMeta<NodeId, Node>,
+    meta: &SnapshotMeta,
     mut f: std::fs::File,
 ) -> Result<(), String> {
     use std::io::Seek;
