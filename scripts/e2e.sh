@@ -2,7 +2,7 @@
 # End-to-end runs of local mode. Each run is bounded (transaction count, stall timeout, and a
 # per-case wall-clock timeout) and fails when the audit fails (lost, duplicated or unexpected
 # decisions). Cases with 1 and with 3 broker replicas, kill -9 of the broker (with 3 replicas:
-# of the current leader of `transactions`), of workers, and seeded schedules of both.
+# of the current leader of `transactions`), of workers, of the producer, and seeded schedules.
 #
 # Usage: scripts/e2e.sh [txpipe-binary]
 # Environment: E2E_OUT (report directory), E2E_COUNT (plain runs, default 200000),
@@ -38,6 +38,14 @@ run() {
       verdict="FAILED ($kills broker kills, expected at least $min_kills)"
     fi
   fi
+  # MIN_PRODUCER_KILLS=<n> run ...: the report must also show n producer kills.
+  if [ "$verdict" = passed ] && [ "${MIN_PRODUCER_KILLS:-0}" -gt 0 ]; then
+    local pk
+    pk=$(grep -c '"target": "producer"' "$OUT/$name.json" || true)
+    if [ "$pk" -lt "$MIN_PRODUCER_KILLS" ]; then
+      verdict="FAILED ($pk producer kills, expected at least $MIN_PRODUCER_KILLS)"
+    fi
+  fi
   local took=$((SECONDS - t0))
   if [ "$verdict" = passed ]; then pass=$((pass+1)); else fail=$((fail+1)); fi
   echo "=== e2e: $name $verdict in ${took} s"
@@ -52,6 +60,11 @@ run chaos-seed-21-1broker 0 --brokers 1 --count "$CHAOS_COUNT" --chaos --chaos-e
 run plain-3brokers 0 --brokers 3 --count "$COUNT"
 run kill-workers-3brokers 0 --brokers 3 --count "$CHAOS_COUNT" --chaos --chaos-workers-only --chaos-events 4 --chaos-seed 12
 run chaos-seed-22-3brokers 0 --brokers 3 --count "$CHAOS_COUNT" --chaos --chaos-events 5 --chaos-seed 22
+# The producer killed -9 three times and restarted with the same command line (issue 12): it
+# resumes after its last acknowledged transaction, so the audit finds each one stored once.
+# Rate-limited so that the producer is still running at every kill point.
+MIN_PRODUCER_KILLS=3 run kill-producer-3brokers 0 --brokers 3 --count "$CHAOS_COUNT" --rate 10000 \
+  --chaos --chaos-events 0 --chaos-producer-kills 3 --chaos-seed 23
 # Leader kills every few seconds plus random worker kills, for several seeds of the schedule.
 # The producer is rate-limited so that each run lasts long enough for several leader kills.
 for seed in $LEADER_SEEDS; do

@@ -413,17 +413,9 @@ impl Broker {
                 tracing::error!(stream = %s.replica.spec.name, error = %e, "snapshot failed");
                 continue;
             }
-            match s.replica.retention().await {
-                Ok(0) => {}
-                Ok(_) => {
-                    // Persist the trimmed state soon, so a restart does not replay the Trim.
-                    if let Err(e) = s.replica.snapshot().await {
-                        tracing::error!(stream = %s.replica.spec.name, error = %e, "snapshot failed");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(stream = %s.replica.spec.name, error = %e, "retention failed")
-                }
+            // Retention writes the snapshot that covers its Trim itself, before it deletes.
+            if let Err(e) = s.replica.retention().await {
+                tracing::error!(stream = %s.replica.spec.name, error = %e, "retention failed")
             }
         }
     }

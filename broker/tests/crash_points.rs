@@ -123,11 +123,28 @@ async fn read_back(c: &ProcCluster, min_end: u64) -> (u64, u64, BTreeMap<u64, St
     }
 }
 
+/// A new cluster with `point` armed, serving. A first start that does not form within 30 s
+/// (on a loaded machine a spawned process has been seen to stay silent, and a port picked
+/// by `free_port` can be taken meanwhile) is retried on fresh ports and directories: nothing
+/// has been written yet, so nothing is hidden by the retry.
+async fn fresh_cluster(dir: &std::path::Path, replicas: usize, point: &str) -> ProcCluster {
+    for attempt in 0..3 {
+        let mut c = ProcCluster::new(&dir.join(format!("try-{attempt}")), replicas, FLAGS);
+        c.start_all(Some(&format!("{point}=return")));
+        if c.try_wait_serving(STREAM, Duration::from_secs(30))
+            .await
+            .is_some()
+        {
+            return c;
+        }
+        eprintln!("{point}: cluster did not form on attempt {attempt}; retrying on new ports");
+    }
+    panic!("{point}: a fresh {replicas}-replica cluster did not form in 3 attempts");
+}
+
 async fn crash_at(point: &str, replicas: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = ProcCluster::new(dir.path(), replicas, FLAGS);
-    c.start_all(Some(&format!("{point}=return")));
-    c.wait_serving(STREAM, Duration::from_secs(30)).await;
+    let mut c = fresh_cluster(dir.path(), replicas, point).await;
     let (acked, crashed) = produce_until_crash(&mut c, point).await;
     assert!(
         c.log(crashed)

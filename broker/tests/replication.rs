@@ -424,7 +424,16 @@ async fn replicas_started_one_by_one_bootstrap_with_their_ordinals_and_a_lost_vo
     }
     let l = leader_of(&nodes, "labels").await;
     for (i, n) in nodes.iter().enumerate() {
-        let s = status(n.as_ref().unwrap().admin).await.unwrap();
+        // A node reports its id once it has recovered (not while it waits for its peers or
+        // opens its logs); the id it then reports must be its ordinal.
+        let a = n.as_ref().unwrap().admin;
+        wait_until(T, "node id reported", || async {
+            status(a)
+                .await
+                .is_some_and(|s| s["node_id"].as_u64().is_some())
+        })
+        .await;
+        let s = status(a).await.unwrap();
         assert_eq!(s["node_id"].as_u64(), Some(i as u64), "ordinal ids");
     }
     let mut c = nodes[l].as_ref().unwrap().client().await;

@@ -210,17 +210,19 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     if !r.chaos_kills.is_empty() {
-        let brokers = r
-            .chaos_kills
-            .iter()
-            .filter(|k| k.target.starts_with("broker"))
-            .count();
+        let count = |role: &str| {
+            r.chaos_kills
+                .iter()
+                .filter(|k| k.target.starts_with(role))
+                .count()
+        };
         let _ = writeln!(
             s,
-            "chaos: {} kills ({} broker, {} worker):",
+            "chaos: {} kills ({} broker, {} worker, {} producer):",
             r.chaos_kills.len(),
-            brokers,
-            r.chaos_kills.len() - brokers
+            count("broker"),
+            count("worker"),
+            count("producer")
         );
         for k in &r.chaos_kills {
             let _ = writeln!(s, "  {}", k.describe());

@@ -438,44 +438,31 @@ pub async fn fetch_all(client: &mut BrokerClient<Channel>, stream: &str) -> Vec<
     }
 }
 
-/// [`http_get`] that returns `None` instead of panicking when the server is unreachable.
+/// [`http_get`] that returns `None` instead of panicking when the server is unreachable or
+/// does not answer within 2 s.
 pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(2), io)
+    tokio::time::timeout(Duration::from_secs(2), raw_get(addr, path))
         .await
         .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
+        .ok()
 }
 
 /// Raw HTTP/1.1 GET: (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    raw_get(addr, path).await.unwrap()
+}
+
+/// One HTTP/1.1 GET with `Connection: close`: (status code, body); code 0 when the status
+/// line does not parse.
+async fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
     )
-    .await
-    .unwrap();
+    .await?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
+    s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let code = text
         .split_whitespace()
@@ -486,5 +473,5 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (code, body)
+    Ok((code, body))
 }

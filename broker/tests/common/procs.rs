@@ -41,6 +41,7 @@ pub struct ProcCluster {
 impl ProcCluster {
     /// Slots for `n` nodes under `dir` (nothing started yet).
     pub fn new(dir: &Path, n: usize, flags: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
         let nodes = (0..n)
             .map(|i| {
                 let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
@@ -131,8 +132,22 @@ impl ProcCluster {
     }
 
     /// Waits until every running node answers `/readyz` 200 and some node leads every
-    /// stream; returns the leader's client address for `stream`.
+    /// stream; returns the leader's client address for `stream`. Panics with every node's
+    /// log after `timeout`.
     pub async fn wait_serving(&self, stream: &str, timeout: Duration) -> SocketAddr {
+        match self.try_wait_serving(stream, timeout).await {
+            Some(l) => l,
+            None => panic!(
+                "cluster not serving {stream} within {timeout:?}; logs:\n{}",
+                (0..self.nodes.len())
+                    .map(|i| format!("--- node {i}\n{}\n", tail(&self.log(i), 40)))
+                    .collect::<String>()
+            ),
+        }
+    }
+
+    /// [`Self::wait_serving`] that returns `None` after `timeout`.
+    pub async fn try_wait_serving(&self, stream: &str, timeout: Duration) -> Option<SocketAddr> {
         let deadline = Instant::now() + timeout;
         loop {
             let mut all_ready = true;
@@ -142,15 +157,11 @@ impl ProcCluster {
                 }
             }
             if all_ready && let Some(l) = self.leader(stream).await {
-                return l;
+                return Some(l);
             }
-            assert!(
-                Instant::now() < deadline,
-                "cluster not serving {stream} within {timeout:?}; logs:\n{}",
-                (0..self.nodes.len())
-                    .map(|i| format!("--- node {i}\n{}", tail(&self.log(i), 40)))
-                    .collect::<String>()
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
