@@ -2,6 +2,12 @@
 # Runs every fuzz target of fuzz/ (libFuzzer through cargo-fuzz) for a bounded time:
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 20)
+#   FUZZ_SEED=N scripts/fuzz.sh ...           (libFuzzer's -seed; default: a new one each run)
+#
+# With a fixed FUZZ_SEED a target tries the same inputs in the same order on every machine, so
+# a run of S seconds covers a prefix of what a longer run with the same seed tried: `make
+# fuzz-ci` (the run of `make test`) uses a fixed seed, and a longer local run with that seed
+# shows beforehand that CI will not find a crash by chance.
 #
 # Installs cargo-fuzz when missing, builds the targets once (release, AddressSanitizer), then
 # runs each target on a temporary copy of its committed corpus (fuzz/corpus/<target>/; nothing
@@ -16,6 +22,11 @@ cd "$(dirname "$0")/.."
 
 secs=${1:-20}
 case "$secs" in '' | *[!0-9]*) echo "fuzz.sh: SECONDS_PER_TARGET must be a number, got '$secs'" >&2; exit 2 ;; esac
+seed_args=()
+if [ -n "${FUZZ_SEED:-}" ]; then
+  case "$FUZZ_SEED" in *[!0-9]*) echo "fuzz.sh: FUZZ_SEED must be a number, got '$FUZZ_SEED'" >&2; exit 2 ;; esac
+  seed_args=(-seed="$FUZZ_SEED")
+fi
 CARGO_FUZZ_VERSION=0.13.2
 export RUSTC_BOOTSTRAP=1
 export CARGO_INCREMENTAL=0
@@ -53,7 +64,7 @@ for target in $(cargo fuzz list); do
   log="$work/$target.log"
   t0=$(date +%s)
   if cargo fuzz run -O "$target" "${dirs[@]}" -- \
-    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "${seed_args[@]}" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$work/$target-" >"$log" 2>&1; then
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
