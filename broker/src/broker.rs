@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::raft::NodeId;
 use crate::raft::cluster::Cluster;
 use crate::raft::network::NetworkFactory;
-use crate::replica::{Replica, ReplicaConfig};
+use crate::replica::{Replica, ReplicaConfig, Storage};
 use crate::state::{Retention, StreamSpec};
 
 /// One stream: its replica and, for work queues, its consumer group.
@@ -122,59 +122,47 @@ pub fn standard_streams(group: &str) -> Vec<StreamSpec> {
     ]
 }
 
+/// The replica settings of `spec` from the broker configuration.
+fn replica_config(config: &Config, spec: &StreamSpec) -> ReplicaConfig {
+    ReplicaConfig {
+        segment_bytes: config.segment_bytes,
+        fsync: config.fsync,
+        max_entry_bytes: (2 * config.max_batch_bytes + 16 * config.max_batch_records + (9 << 20))
+            .min(u32::MAX as usize) as u32,
+        cache_bytes: if spec.retention == Retention::WorkQueue {
+            config.cache_bytes
+        } else {
+            0
+        },
+        max_bytes: config.decisions_max_bytes,
+        max_age: config.limits_max_age,
+        retain_acked: config.retain_acked,
+        max_inflight_entries: config.max_inflight_entries,
+        dedupe: config.dedupe(),
+        // One append round trip to the followers at its deadline, plus twice the leader lease
+        // (2 x 1.5 x the election timeout).
+        commit_timeout: Duration::from_millis(
+            config.raft_rpc_timeout_ms + 3 * config.election_timeout_ms,
+        ),
+    }
+}
+
 impl Broker {
-    /// Opens (recovers) every standard stream under `config.data_dir`, starts their Raft
-    /// groups as node `node_id` and a leadership watcher per work-queue stream that runs its
-    /// delivery task while this node leads it. Must run inside a tokio runtime.
+    /// Recovers the storage of every standard stream under `config.data_dir`
+    /// ([`Replica::open_storage`]), without starting Raft.
     ///
-    /// Errors: any stream's recovery error ([`Error::Log`], [`Error::Snapshot`], ...), naming it.
-    pub async fn open(
-        config: Config,
-        metrics: Metrics,
-        shutdown: watch::Receiver<bool>,
-        node_id: NodeId,
-        cluster: Arc<Cluster>,
-    ) -> Result<Arc<Self>> {
-        let specs = standard_streams(&config.group);
-        let rcfg = |spec: &StreamSpec| ReplicaConfig {
-            segment_bytes: config.segment_bytes,
-            fsync: config.fsync,
-            max_entry_bytes: (2 * config.max_batch_bytes
-                + 16 * config.max_batch_records
-                + (9 << 20))
-                .min(u32::MAX as usize) as u32,
-            cache_bytes: if spec.retention == Retention::WorkQueue {
-                config.cache_bytes
-            } else {
-                0
-            },
-            max_bytes: config.decisions_max_bytes,
-            max_age: config.limits_max_age,
-            retain_acked: config.retain_acked,
-            max_inflight_entries: config.max_inflight_entries,
-            dedupe: config.dedupe(),
-        };
-        let raft_config = Arc::new(raft_config(&config)?);
-        let mut replicas: BTreeMap<String, Arc<Replica>> = BTreeMap::new();
-        for spec in &specs {
+    /// Errors: the first stream's recovery error ([`Error::Log`], [`Error::Snapshot`], ...),
+    /// with I/O errors naming the stream.
+    pub fn open_storage(config: &Config, metrics: &Metrics) -> Result<BTreeMap<String, Storage>> {
+        let mut out = BTreeMap::new();
+        for spec in &standard_streams(&config.group) {
             let dir = config.data_dir.join("streams").join(&spec.name);
-            let network = NetworkFactory::new(
-                spec.name.clone(),
-                node_id,
-                Arc::clone(&cluster.cluster_id),
-                Arc::clone(&cluster.channels),
-                Duration::from_millis(config.raft_rpc_timeout_ms),
-            );
-            let r = Replica::open(
+            let storage = Replica::open_storage(
                 spec.clone(),
                 &dir,
-                rcfg(spec),
+                &replica_config(config, spec),
                 metrics.stream(&spec.name),
-                node_id,
-                Arc::clone(&raft_config),
-                network,
             )
-            .await
             .map_err(|e| match e {
                 Error::Io(io) => Error::Io(std::io::Error::new(
                     io.kind(),
@@ -182,7 +170,63 @@ impl Broker {
                 )),
                 other => other,
             })?;
-            replicas.insert(spec.name.clone(), r);
+            out.insert(spec.name.clone(), storage);
+        }
+        Ok(out)
+    }
+
+    /// Starts the Raft groups of the recovered `storage` ([`Self::open_storage`]) as node
+    /// `node_id` and a leadership watcher per work-queue stream that runs its delivery task
+    /// while this node leads it. Must run inside a tokio runtime.
+    ///
+    /// Errors: [`Error::Unavailable`] when a Raft node does not start; [`Error::Config`] when
+    /// a standard stream's storage is missing. Groups already started are shut down first.
+    pub async fn open(
+        config: Config,
+        metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
+        node_id: NodeId,
+        cluster: Arc<Cluster>,
+        mut storage: BTreeMap<String, Storage>,
+    ) -> Result<Arc<Self>> {
+        let specs = standard_streams(&config.group);
+        let raft_config = Arc::new(raft_config(&config)?);
+        let mut replicas: BTreeMap<String, Arc<Replica>> = BTreeMap::new();
+        for spec in &specs {
+            let network = NetworkFactory::new(
+                spec.name.clone(),
+                node_id,
+                Arc::clone(&cluster.cluster_id),
+                Arc::clone(&cluster.channels),
+                Duration::from_millis(config.raft_rpc_timeout_ms),
+            );
+            let started = match storage.remove(&spec.name) {
+                Some(st) => {
+                    Replica::start(
+                        st,
+                        replica_config(&config, spec),
+                        node_id,
+                        Arc::clone(&raft_config),
+                        network,
+                    )
+                    .await
+                }
+                None => Err(Error::Config(format!(
+                    "stream {}: storage was not opened",
+                    spec.name
+                ))),
+            };
+            match started {
+                Ok(r) => {
+                    replicas.insert(spec.name.clone(), r);
+                }
+                Err(e) => {
+                    for r in replicas.values() {
+                        let _ = r.raft.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         let mut streams_map = BTreeMap::new();
         for spec in &specs {

@@ -78,6 +78,12 @@ pub struct Config {
     /// deleting their segments once resolved (so an audit can read `transactions` back).
     #[arg(long, env = "BROKER_RETAIN_ACKED", default_value_t = false, action = clap::ArgAction::Set)]
     pub retain_acked: bool,
+    /// When this replica's storage is found damaged at start-up (corruption before the log's
+    /// tail, an unreadable snapshot) and the cluster has other replicas: move its data to
+    /// `<data-dir>/quarantine/` and re-join under a new node id to re-sync from the leader.
+    /// Off, or with a single replica: refuse to start and say why.
+    #[arg(long, env = "BROKER_SELF_REPAIR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub self_repair: bool,
     /// Interval between state snapshots (and retention passes), milliseconds.
     #[arg(long, env = "BROKER_SNAPSHOT_INTERVAL_MS", default_value_t = 30_000)]
     pub snapshot_interval_ms: u64,
@@ -152,6 +158,7 @@ impl Config {
             decisions_max_bytes: 8 << 30,
             limits_max_age: Duration::from_secs(7 * 24 * 3600),
             retain_acked: false,
+            self_repair: true,
             dedupe_max_age: Duration::from_millis(crate::dedupe::DEFAULT_MAX_AGE_MS),
             dedupe_max_keys: crate::dedupe::DEFAULT_MAX_KEYS,
             dedupe_cache_bytes: crate::dedupe::DEFAULT_CACHE_BYTES,

@@ -149,6 +149,16 @@ pub const LEADER_HINT_KEY: &str = "txpipe-leader";
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether this is a start-up error that says the data on the volume is damaged (log
+    /// corruption before the tail, an undecodable entry, an unreadable or inconsistent
+    /// snapshot) rather than a passing I/O failure: what [`crate::repair`] acts on.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::Log(LogError::Corrupt { .. }) | Error::Decode { .. } | Error::Snapshot { .. }
+        )
+    }
+
     /// Short label for metrics (`result` label of produce batches, for example).
     pub fn metric_label(&self) -> &'static str {
         match self {

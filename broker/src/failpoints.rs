@@ -23,6 +23,11 @@ pub const POINTS: &[&str] = &[
     "retention::after_delete",
     "log::roll_before_create",
     "log::roll_after_create",
+    "install::after_stage",
+    "install::after_marker",
+    "install::mid_redo",
+    "install::before_done",
+    "bootstrap::after_identity",
 ];
 
 /// Ends the process at crash point `name` (see the module docs).

@@ -674,14 +674,36 @@ fn install(
     let path = dir.join("transfer.recv");
     std::fs::write(&path, file).expect("write transfer");
     let f = std::fs::File::open(&path).expect("open transfer");
-    install_transfer(&sh, meta, f)?;
+    if let Err(e) = install_transfer(&sh, meta, f) {
+        // A refused transfer leaves the stream as it was (empty) and nothing staged.
+        let log = sh.gc.read_log();
+        assert_eq!(
+            (log.first_index(), log.next_index()),
+            (0, 0),
+            "log changed by a refused install"
+        );
+        assert!(
+            !dir.join(crate::raft::install::STAGE_DIR).exists(),
+            "staging directory left behind"
+        );
+        assert!(
+            !dir.join(crate::raft::install::MARKER).exists(),
+            "redo marker of a refused install"
+        );
+        assert!(
+            !dir.join(snapshot::FILE_NAME).exists(),
+            "snapshot of a refused install"
+        );
+        return Err(e);
+    }
     let log = sh.gc.read_log();
     let st = sh.with_core(|c| c.state.clone());
     Ok((log.first_index(), read_all(&log), st))
 }
 
 /// Snapshot install from a transfer file ([`crate::raft::store::install_transfer`], the
-/// `TXPXFER1` file a follower receives). Mode 0: the input is the file, announced with the
+/// `TXPXFER1` file a follower receives; staged, see [`crate::raft::install`]). A refused
+/// transfer must leave the stream as it was, with nothing staged. Mode 0: the input is the file, announced with the
 /// meta of the snapshot inside it when that decodes. Otherwise a valid transfer (snapshot and
 /// entries built from the input) is installed, possibly after a mutation (a flipped byte, a cut,
 /// garbage appended): unmutated it must install exactly its entries and state; mutated, it may

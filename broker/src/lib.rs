@@ -35,6 +35,7 @@ pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod raft;
+pub mod repair;
 pub mod replica;
 pub mod service;
 pub mod snapshot;
@@ -156,6 +157,21 @@ pub async fn run(
 
     let started = std::time::Instant::now();
     let opened = async {
+        // Storage first, before the identity is read: damage found here may move the node's
+        // data (and identity) to the quarantine so that it joins as a new node (crate::repair).
+        let storage = match broker::Broker::open_storage(&config, &metrics) {
+            Ok(s) => s,
+            Err(e) => {
+                repair::decide(
+                    e,
+                    &config.data_dir,
+                    config.peers.len() > 1,
+                    config.self_repair,
+                )?;
+                metrics.self_repairs.inc();
+                broker::Broker::open_storage(&config, &metrics)?
+            }
+        };
         let startup = cluster
             .resolve(config.ordinal(), stop_rx.clone(), &waiting)
             .await;
@@ -172,6 +188,7 @@ pub async fn run(
             stop_rx.clone(),
             node_id,
             Arc::clone(&cluster),
+            storage,
         )
         .await?;
         Ok::<_, Error>((b, startup))
@@ -186,9 +203,21 @@ pub async fn run(
             return Err(e);
         }
     };
+    if matches!(startup, raft::cluster::Startup::Bootstrap(_)) {
+        // The identity (with the voters to initialise) is on the volume, the groups not yet.
+        crate::crash_point!("bootstrap::after_identity");
+    }
     match startup {
         raft::cluster::Startup::Resume => {}
-        raft::cluster::Startup::Bootstrap(members) => cluster.bootstrap(members).await,
+        raft::cluster::Startup::Bootstrap(members) => {
+            if let Err(e) = cluster.bootstrap(members).await {
+                let _ = stop_tx.send(true);
+                b.close().await;
+                let _ = admin_task.await;
+                let _ = peer_task.await;
+                return Err(e);
+            }
+        }
         raft::cluster::Startup::Join => {
             tokio::spawn(Arc::clone(&cluster).join_loop(stop_rx.clone()));
         }

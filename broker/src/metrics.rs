@@ -31,6 +31,9 @@ pub struct Metrics {
     log_segments: IntGaugeVec,
     /// fdatasync calls of every stream's group-commit writer.
     pub fsync_total: IntCounter,
+    /// Start-ups that found the storage damaged and quarantined it to re-sync under a new node
+    /// id ([`crate::repair`]).
+    pub self_repairs: IntCounter,
     append_seconds: HistogramVec,
     fsync_seconds: HistogramVec,
     entries_per_fsync: GaugeVec,
@@ -175,6 +178,14 @@ impl Metrics {
         registry
             .register(Box::new(fsync_total.clone()))
             .expect("register");
+        let self_repairs = IntCounter::new(
+            "txpipe_broker_self_repairs_total",
+            "start-ups that found this replica's storage damaged, quarantined it and re-joined under a new node id",
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(self_repairs.clone()))
+            .expect("register");
         register_process_collector(&registry);
         Self {
             dedupe_keys: gv(
@@ -262,6 +273,7 @@ impl Metrics {
             ),
             log_segments: gv("txpipe_broker_log_segments", "Segment files of the stream"),
             fsync_total,
+            self_repairs,
             append_seconds: hv(
                 "txpipe_broker_append_duration_seconds",
                 "Group-commit append + fdatasync per batch",

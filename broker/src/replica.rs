@@ -56,11 +56,27 @@ pub struct ReplicaConfig {
     pub max_inflight_entries: usize,
     /// Key dedupe (streams with `dedupe_by_key`): window stamped while leading, index cache.
     pub dedupe: crate::dedupe::DedupeConfig,
+    /// How long [`Replica::propose`] waits for its commands to be committed and applied before
+    /// it answers [`Error::Unavailable`] (outcome unknown: an idempotent producer's retry is
+    /// answered as a duplicate if the batch was stored after all). Bounds the wait of a write
+    /// that reached a leader which then lost its quorum (openraft keeps such an entry pending
+    /// until a new leader truncates it).
+    pub commit_timeout: Duration,
 }
 
 struct Pending {
     cmds: Vec<Command>,
     reply: Option<oneshot::Sender<Result<Vec<ApplyOutcome>>>>,
+}
+
+/// One stream's recovered storage, before its Raft node starts ([`Replica::open_storage`]).
+pub struct Storage {
+    /// The stream.
+    pub spec: StreamSpec,
+    /// Storage to hand to openraft.
+    pub shared: Arc<Shared>,
+    /// This stream's metrics.
+    pub metrics: StreamMetrics,
 }
 
 /// One stream's replica. See the module docs.
@@ -80,12 +96,10 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Opens the stream in `dir` (created if missing): snapshot, log recovery, then starts its
-    /// Raft node (which applies committed entries after the snapshot) and the proposer task.
+    /// Opens the stream in `dir` (created if missing): [`Self::open_storage`], then
+    /// [`Self::start`].
     ///
-    /// Errors: [`Error::Snapshot`] for an unreadable snapshot, [`Error::Log`] for log corruption
-    /// or I/O, [`Error::Decode`] for an undecodable last entry, [`Error::Unavailable`] when
-    /// openraft refuses to start (its message says why).
+    /// Errors: as those two.
     pub async fn open<N>(
         spec: StreamSpec,
         dir: &Path,
@@ -99,8 +113,27 @@ impl Replica {
         N: RaftNetworkFactory<TypeConfig>,
         N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
     {
+        let storage = Self::open_storage(spec, dir, &cfg, metrics)?;
+        Self::start(storage, cfg, node_id, raft_config, network).await
+    }
+
+    /// Recovers the stream's storage in `dir` (created if missing), without Raft: finishes or
+    /// undoes an interrupted snapshot install, opens the log (torn tail truncated), the
+    /// snapshot and the dedupe index, and checks that they agree.
+    ///
+    /// Errors: [`Error::Snapshot`] for an unreadable snapshot or storage that does not agree,
+    /// [`Error::Log`] for log corruption or I/O, [`Error::Decode`] for an undecodable last
+    /// entry ([`Error::is_corruption`] tells these from plain I/O errors).
+    pub fn open_storage(
+        spec: StreamSpec,
+        dir: &Path,
+        cfg: &ReplicaConfig,
+        metrics: StreamMetrics,
+    ) -> Result<Storage> {
         std::fs::create_dir_all(dir)?;
-        let mut log_cfg = LogConfig::new(dir.join("log"));
+        // A snapshot install a crash interrupted: finished if it was decided, else undone.
+        crate::raft::install::recover(dir)?;
+        let mut log_cfg = LogConfig::new(dir.join(crate::raft::install::LOG_DIR));
         log_cfg.segment_bytes = cfg.segment_bytes;
         log_cfg.fsync = cfg.fsync;
         log_cfg.max_entry_bytes = cfg.max_entry_bytes;
@@ -129,6 +162,33 @@ impl Replica {
             ack_floor = floor,
             "stream storage recovered"
         );
+        Ok(Storage {
+            spec,
+            shared,
+            metrics,
+        })
+    }
+
+    /// Starts the Raft node of recovered `storage` as `node_id` (openraft applies the
+    /// committed entries after the snapshot) and the proposer task.
+    ///
+    /// Errors: [`Error::Unavailable`] when openraft refuses to start (its message says why).
+    pub async fn start<N>(
+        storage: Storage,
+        cfg: ReplicaConfig,
+        node_id: NodeId,
+        raft_config: Arc<openraft::Config>,
+        network: N,
+    ) -> Result<Arc<Self>>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
+    {
+        let Storage {
+            spec,
+            shared,
+            metrics,
+        } = storage;
         let raft = openraft::Raft::new(
             node_id,
             raft_config,
@@ -170,7 +230,8 @@ impl Replica {
     /// resolves with one outcome per command once they are committed and applied.
     ///
     /// Errors: [`Error::NotLeader`] on a follower or when leadership was lost before commit,
-    /// [`Error::Unavailable`] when the Raft node stopped, [`Error::Log`] for a local storage
+    /// [`Error::Unavailable`] when the Raft node stopped or nothing was committed within
+    /// [`ReplicaConfig::commit_timeout`], [`Error::Log`] for a local storage
     /// failure.
     pub fn propose(
         &self,
@@ -181,9 +242,16 @@ impl Replica {
             cmds,
             reply: Some(reply),
         });
+        let timeout = self.cfg.commit_timeout;
+        let stream = self.spec.name.clone();
         async move {
-            rx.await
-                .map_err(|_| Error::Unavailable("stream proposer stopped".into()))?
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(r) => r.map_err(|_| Error::Unavailable("stream proposer stopped".into()))?,
+                Err(_) => Err(Error::Unavailable(format!(
+                    "stream {stream}: not committed within {} ms (the leader may have lost its quorum); the outcome is unknown, retry (an idempotent producer's retry is deduplicated)",
+                    timeout.as_millis()
+                ))),
+            }
         }
     }
 

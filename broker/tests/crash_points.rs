@@ -5,6 +5,12 @@
 //! on their data directories, and then every acknowledged record still stored by the stream's
 //! retention is read back at its offset, a leader serves, and every node agrees.
 //!
+//! Snapshot install (3 replicas): a follower is stopped while the others go on until the
+//! leader's snapshot and purge pass its log, so that it must install a snapshot; it is
+//! restarted with an install crash point armed, exits there, is restarted again, and must
+//! catch up (every node agrees, every acknowledged record is read back) with no staging
+//! directory, redo marker or transfer file left behind.
+//!
 //! Run: `cargo test -p txpipe-broker --features failpoints --test crash_points`.
 #![cfg(feature = "failpoints")]
 
@@ -127,10 +133,15 @@ async fn read_back(c: &ProcCluster, min_end: u64) -> (u64, u64, BTreeMap<u64, St
 /// (on a loaded machine a spawned process has been seen to stay silent, and a port picked
 /// by `free_port` can be taken meanwhile) is retried on fresh ports and directories: nothing
 /// has been written yet, so nothing is hidden by the retry.
-async fn fresh_cluster(dir: &std::path::Path, replicas: usize, point: &str) -> ProcCluster {
+async fn fresh_cluster(
+    dir: &std::path::Path,
+    replicas: usize,
+    point: &str,
+    armed: bool,
+) -> ProcCluster {
     for attempt in 0..3 {
         let mut c = ProcCluster::new(&dir.join(format!("try-{attempt}")), replicas, FLAGS);
-        c.start_all(Some(&format!("{point}=return")));
+        c.start_all(armed.then(|| format!("{point}=return")).as_deref());
         if c.try_wait_serving(STREAM, Duration::from_secs(30))
             .await
             .is_some()
@@ -144,7 +155,7 @@ async fn fresh_cluster(dir: &std::path::Path, replicas: usize, point: &str) -> P
 
 async fn crash_at(point: &str, replicas: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = fresh_cluster(dir.path(), replicas, point).await;
+    let mut c = fresh_cluster(dir.path(), replicas, point, true).await;
     let (acked, crashed) = produce_until_crash(&mut c, point).await;
     assert!(
         c.log(crashed)
@@ -156,9 +167,121 @@ async fn crash_at(point: &str, replicas: usize) {
     }
     c.start_all(None);
     c.wait_serving(STREAM, Duration::from_secs(60)).await;
+    check_recovered(&c, &acked, point).await;
+}
+
+/// A follower must install a snapshot and crashes at `point` doing it (see the module docs).
+async fn install_crash_at(point: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = fresh_cluster(dir.path(), 3, point, false).await;
+    let leader = c.wait_serving(STREAM, Duration::from_secs(30)).await;
+    let follower = (0..3).find(|&i| c.nodes[i].grpc != leader).unwrap();
+    c.kill(follower);
+    // The follower's log ends at `behind`; produce until retention removed the records it has
+    // not got (the snapshot and purge that go with it leave it only the install).
+    let behind = read_back(&c, 0).await.1;
+    let (mut acked, _) = produce_for(&mut c, |start, _| start > behind + 64).await;
+    c.start(follower, Some(&format!("{point}=return")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = c.exited(follower) {
+            assert_eq!(
+                st.code(),
+                Some(CRASH_EXIT_CODE),
+                "{point}: the follower exited otherwise: {st:?}\n{}",
+                c.log(follower)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{point}: the restarted follower never reached the crash point in 60 s\n{}",
+            c.log(follower)
+        );
+        // Keep writing so that the leader keeps the follower behind its purge point.
+        let (more, _) = produce_for(&mut c, |_, n| n >= 8).await;
+        acked.extend(more);
+    }
+    c.start(follower, None);
+    // Start-up itself finishes a decided install, or removes an undecided one.
+    let expect = if point == "install::after_stage" {
+        "removed the staged files of a snapshot install"
+    } else {
+        "finished a snapshot install interrupted by a crash"
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.log(follower).contains(expect) {
+        assert!(
+            Instant::now() < deadline,
+            "{point}: the restarted follower did not log '{expect}'\n{}",
+            c.log(follower)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (more, _) = produce_for(&mut c, |_, n| n >= 8).await;
+    acked.extend(more);
+    check_recovered(&c, &acked, point).await;
+    let streams = c.nodes[follower].data_dir.join("streams");
+    for e in std::fs::read_dir(&streams).unwrap() {
+        let d = e.unwrap().path();
+        for leftover in ["install", "install.redo", "snapshot.recv"] {
+            assert!(
+                !d.join(leftover).exists(),
+                "{point}: {} left behind",
+                d.join(leftover).display()
+            );
+        }
+    }
+    assert!(
+        c.log(follower).contains("snapshot install"),
+        "{point}: the follower's log does not mention the install\n{}",
+        c.log(follower)
+    );
+}
+
+/// Produces 4-record batches to `STREAM` until `done(start_offset, batches acknowledged)`
+/// (checked after each batch, with the leader's start offset); returns the acknowledged
+/// `offset → key` and the number of batches. Fails after 60 s.
+async fn produce_for(
+    c: &mut ProcCluster,
+    done: impl Fn(u64, usize) -> bool,
+) -> (BTreeMap<u64, String>, usize) {
+    static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
+    let mut acked = BTreeMap::new();
+    let value = "v".repeat(300);
+    let mut batches = 0;
+    loop {
+        let k0 = NEXT_KEY.fetch_add(4, std::sync::atomic::Ordering::Relaxed);
+        let keys: Vec<String> = (k0..k0 + 4).map(|k| format!("key-{k}")).collect();
+        let records = keys.iter().map(|k| rec(k, &value)).collect();
+        if let Ok(base) = produce_anywhere(c, STREAM, records, Duration::from_secs(2)).await {
+            for (j, k) in keys.into_iter().enumerate() {
+                acked.insert(base + j as u64, k);
+            }
+            batches += 1;
+        }
+        let start = match c.leader(STREAM).await {
+            Some(addr) => read_from(addr).await.map(|r| r.0).unwrap_or(0),
+            None => 0,
+        };
+        if done(start, batches) {
+            return (acked, batches);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "condition not reached in 60 s ({batches} batches, start offset {start})"
+        );
+    }
+}
+
+/// Every acknowledged record still within retention is read back at its offset from the
+/// leader, and every node agrees on the stream.
+async fn check_recovered(c: &ProcCluster, acked: &BTreeMap<u64, String>, point: &str) {
+    let replicas = c.nodes.len();
 
     let last_acked = acked.keys().next_back().copied().unwrap_or(0);
-    let (start, end, stored) = read_back(&c, last_acked + 1).await;
+    let (start, end, stored) = read_back(c, last_acked + 1).await;
     assert!(
         end > last_acked,
         "{point}, {replicas} replicas: end offset {end} but offset {last_acked} was acknowledged"
@@ -211,6 +334,76 @@ macro_rules! crash_tests {
     )*};
 }
 
+/// The bootstrapping node (ordinal 0) crashes after saving its identity and before
+/// initialising its groups; restarted, it must finish the bootstrap (before, the groups stayed
+/// uninitialised and no leader was ever elected).
+async fn bootstrap_crash_at(point: &str, replicas: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ProcCluster::new(dir.path(), replicas, FLAGS);
+    c.start(0, Some(&format!("{point}=return")));
+    for i in 1..replicas {
+        c.start(i, None);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = c.exited(0) {
+            assert_eq!(
+                st.code(),
+                Some(CRASH_EXIT_CODE),
+                "{point}: {st:?}\n{}",
+                c.log(0)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{point}: ordinal 0 never reached the crash point\n{}",
+            c.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.start(0, None);
+    c.wait_serving(STREAM, Duration::from_secs(60)).await;
+    let (acked, _) = produce_for(&mut c, |_, n| n >= 4).await;
+    check_recovered(&c, &acked, point).await;
+    assert!(
+        c.log(0)
+            .contains("bootstrap of an earlier start did not finish"),
+        "{point}: the restart did not resume the bootstrap\n{}",
+        c.log(0)
+    );
+}
+
+macro_rules! bootstrap_crash_tests {
+    ($($name:ident: $point:literal, $replicas:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            bootstrap_crash_at($point, $replicas).await;
+        }
+    )*};
+}
+
+bootstrap_crash_tests! {
+    crash_between_saving_the_identity_and_initialising_resumes_the_bootstrap_one_replica: "bootstrap::after_identity", 1;
+    crash_between_saving_the_identity_and_initialising_resumes_the_bootstrap_three_replicas: "bootstrap::after_identity", 3;
+}
+
+macro_rules! install_crash_tests {
+    ($($name:ident: $point:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            install_crash_at($point).await;
+        }
+    )*};
+}
+
+install_crash_tests! {
+    crash_after_staging_a_snapshot_install_leaves_the_old_stream_three_replicas: "install::after_stage";
+    crash_after_deciding_a_snapshot_install_finishes_it_three_replicas: "install::after_marker";
+    crash_between_removing_and_replacing_the_log_finishes_the_install_three_replicas: "install::mid_redo";
+    crash_before_removing_the_redo_marker_finishes_the_install_three_replicas: "install::before_done";
+}
+
 crash_tests! {
     crash_after_the_trim_is_committed_loses_nothing_one_replica: "retention::after_trim", 1;
     crash_after_the_trim_is_committed_loses_nothing_three_replicas: "retention::after_trim", 3;
@@ -230,9 +423,17 @@ crash_tests! {
 fn every_crash_point_has_a_test() {
     let src = include_str!("crash_points.rs");
     for p in txpipe_broker::failpoints::POINTS {
-        assert!(
-            src.contains(&format!("\"{p}\", 1;")) && src.contains(&format!("\"{p}\", 3;")),
-            "crash point {p} has no test for 1 and 3 replicas"
-        );
+        if p.starts_with("install::") {
+            // Only a follower of a replicated stream installs snapshots.
+            assert!(
+                src.contains(&format!("\"{p}\";")),
+                "crash point {p} has no install test"
+            );
+        } else {
+            assert!(
+                src.contains(&format!("\"{p}\", 1;")) && src.contains(&format!("\"{p}\", 3;")),
+                "crash point {p} has no test for 1 and 3 replicas"
+            );
+        }
     }
 }

@@ -28,6 +28,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use openraft::ServerState;
+use openraft::error::{InitializeError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tonic::Status;
@@ -54,6 +55,13 @@ pub struct Identity {
     pub ordinal: u64,
     /// Cluster id (`""` until learned from the bootstrapping node).
     pub cluster_id: String,
+    /// The voters this node (ordinal 0, or a single node) initialises every group with, kept
+    /// until every group is initialised: the identity is saved before the groups are, so a
+    /// crash in between resumes the bootstrap instead of leaving uninitialised groups that
+    /// nobody initialises (issue 12). Absent in files of earlier versions and after the
+    /// bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BTreeMap<NodeId, Node>>,
 }
 
 /// What the node does once its groups are open.
@@ -188,7 +196,15 @@ impl Cluster {
                 )));
             }
             tracing::info!(node_id = id.node_id, cluster_id = %id.cluster_id, "identity from the volume");
+            let pending = id.bootstrap.clone();
             self.set_identity(id)?;
+            if let Some(members) = pending {
+                tracing::warn!(
+                    voters = members.len(),
+                    "the bootstrap of an earlier start did not finish: initialising the groups again"
+                );
+                return Ok(Startup::Bootstrap(members));
+            }
             return Ok(Startup::Resume);
         }
         if self.peers.len() <= 1 {
@@ -198,6 +214,7 @@ impl Cluster {
                 node_id: ordinal,
                 ordinal,
                 cluster_id: random_cluster_id(),
+                bootstrap: Some(members.clone()),
             })?;
             tracing::info!(
                 node_id = ordinal,
@@ -246,6 +263,7 @@ impl Cluster {
                         node_id: 0,
                         ordinal: 0,
                         cluster_id: random_cluster_id(),
+                        bootstrap: Some(members.clone()),
                     })?;
                     tracing::info!(
                         voters = members.len(),
@@ -270,6 +288,7 @@ impl Cluster {
                                 node_id: ordinal,
                                 ordinal,
                                 cluster_id: z.cluster_id.clone(),
+                                bootstrap: None,
                             })?;
                             tracing::info!(
                                 node_id = ordinal,
@@ -308,13 +327,19 @@ impl Cluster {
             node_id: id,
             ordinal,
             cluster_id: cluster_id.to_string(),
+            bootstrap: None,
         })?;
         Ok(Startup::Join)
     }
 
-    /// Initialises every group with `members` as voters (ignored by groups already
-    /// initialised).
-    pub async fn bootstrap(&self, members: BTreeMap<NodeId, Node>) {
+    /// Initialises every group with `members` as voters (groups already initialised, by an
+    /// earlier start, are left as they are), then records in the identity file that the
+    /// bootstrap is done.
+    ///
+    /// Errors: [`Error::Unavailable`] when a group refuses for another reason (the node then
+    /// stops; the next start tries again), [`Error::Snapshot`] when the identity file cannot be
+    /// written.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, Node>) -> Result<()> {
         let groups: Vec<(String, Raft)> = rlock(&self.groups)
             .iter()
             .map(|(n, r)| (n.clone(), r.raft.clone()))
@@ -324,11 +349,21 @@ impl Cluster {
                 Ok(()) => {
                     tracing::info!(stream = %name, voters = members.len(), "group initialised")
                 }
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::info!(stream = %name, reason = %e, "group already initialised")
+                }
                 Err(e) => {
-                    tracing::info!(stream = %name, error = %e, "group not initialised (already is?)")
+                    return Err(Error::Unavailable(format!(
+                        "stream {name}: initialising the group failed: {e}"
+                    )));
                 }
             }
         }
+        if let Some(mut id) = self.identity.get().cloned() {
+            id.bootstrap = None;
+            snapshot::write_json(&self.data_dir, IDENTITY_FILE, &id)?;
+        }
+        Ok(())
     }
 
     /// Asks the peers to add this node to every group until every group lists it. Runs

@@ -12,6 +12,7 @@
 //!   and the quorum-lease view of a leader ([`has_quorum_lease`]);
 //! - [`store`]: `RaftLogStorage` over the segmented log and `RaftStateMachine` over the stream
 //!   state, snapshots and install-snapshot;
+//! - [`install`]: the staged, redo-able snapshot install (crash-safe);
 //! - [`network`]: the peer client (`RaftNetworkV2`; one cached gRPC channel per peer, deadlines
 //!   on every RPC, snapshots streamed in chunks);
 //! - [`peer`]: the peer gRPC service (`txpipe.raft.v1.RaftPeer`) on its own port;
@@ -83,6 +84,7 @@
 //!   `ensure_linearizable` takes a `ReadPolicy`; `ClientWriteError::LogEntryDiscarded` is new.
 
 pub mod cluster;
+pub mod install;
 pub mod network;
 pub mod peer;
 pub mod store;

@@ -272,11 +272,16 @@ impl<H: PeerHandler> PeerService<H> {
             meta: chunk.meta,
             snapshot: rx.file,
         };
-        Ok(raft
-            .install_full_snapshot(chunk.vote, snapshot)
-            .await
-            .map(Some)
-            .map_err(RaftError::Fatal))
+        let installed = raft.install_full_snapshot(chunk.vote, snapshot).await;
+        // Installed or refused, the received file has served (a retry starts a new transfer
+        // at offset 0): disk use stays within the retained data.
+        if let Some(dir) = self.handler.snapshot_dir(group)
+            && let Err(e) = tokio::fs::remove_file(dir.join(RECEIVE_FILE)).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(group, error = %e, "could not remove {RECEIVE_FILE}");
+        }
+        Ok(installed.map(Some).map_err(RaftError::Fatal))
     }
 }
 

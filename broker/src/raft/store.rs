@@ -205,9 +205,9 @@ impl Shared {
     /// recovery, and the Raft metadata files. Nothing is replayed here: openraft applies the
     /// committed entries after the snapshot when the Raft node starts.
     ///
-    /// A log that starts after the snapshot's next index (an install-snapshot interrupted by
-    /// a crash) is discarded with the snapshot and the replica starts empty, keeping its vote:
-    /// it catches up from the leader.
+    /// A log that does not hold the records the snapshot references (or a dedupe index without
+    /// the snapshot's keys) is an error: no crash leaves it (retention and install are ordered
+    /// for that), and discarding it would drop acknowledged entries.
     ///
     /// Errors: [`crate::Error::Snapshot`] for unreadable files, [`crate::Error::Log`] for log
     /// corruption before the tail or I/O.
@@ -221,9 +221,23 @@ impl Shared {
     ) -> crate::Result<Arc<Self>> {
         let raft_dir = dir.join("raft");
         std::fs::create_dir_all(&raft_dir)?;
+        for name in OLD_TRANSFER_FILES
+            .iter()
+            .chain(std::iter::once(&super::peer::RECEIVE_FILE))
+        {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {
+                    tracing::info!(stream = %spec.name, file = name, "removed a leftover snapshot transfer file")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut snap = snapshot::read(dir)?;
-        let mut log = log;
         let purged: Option<LogId> = snapshot::read_json(&raft_dir, PURGED_FILE)?;
+        // openraft reads the vote when the node starts; checked here too so that an unreadable
+        // one is reported with the other storage damage (crate::repair).
+        let _: Option<Vote> = snapshot::read_json(&raft_dir, VOTE_FILE)?;
         // The dedupe index must hold the snapshot's live keys (see crate::dedupe).
         let index = match spec.dedupe_by_key {
             true => Some(DedupeIndex::open(
@@ -240,11 +254,24 @@ impl Shared {
             && ((log.first_index() > m.records_from && log.next_index() > log.first_index())
                 || !index_ok)
         {
-            tracing::warn!(stream = %spec.name, log_first = log.first_index(), records_from = m.records_from, index_ok,
-                "log or dedupe index does not hold the snapshot's records or keys (interrupted snapshot install?): discarding both; the replica will catch up from the leader");
-            std::fs::remove_file(dir.join(snapshot::FILE_NAME))?;
-            log.reset_to(0)?;
-            snap = None;
+            // Retention deletes segments only below a durable snapshot's records and a snapshot
+            // install is staged (super::install), so no crash leaves this: the files were
+            // changed or lost outside the broker. Discarding them would drop entries this node
+            // acknowledged while keeping its vote; refuse instead (a replicated node then
+            // re-syncs under a new identity: crate::repair).
+            return Err(crate::Error::Snapshot {
+                path: dir.join(snapshot::FILE_NAME),
+                reason: format!(
+                    "the stream's storage is inconsistent: the log starts at index {} but the snapshot's records start at {}{} (files changed or lost outside the broker)",
+                    log.first_index(),
+                    m.records_from,
+                    if index_ok {
+                        ""
+                    } else {
+                        ", and the dedupe index does not hold the snapshot's keys"
+                    }
+                ),
+            });
         }
         let last = if log.next_index() > log.first_index() {
             let b = log.read(log.next_index() - 1)?;
@@ -537,8 +564,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> std::io::Result<Option<LogId>> {
-        let c: Option<LogId> =
-            snapshot::read_json(&self.shared.raft_dir, COMMITTED_FILE).map_err(io_err)?;
+        // Written without fsync (an optimisation, see `save_committed`): after a power loss it
+        // may be empty or short. Then it is ignored; the commit index is learned again from
+        // the leader, which is always safe.
+        let c: Option<LogId> = match snapshot::read_json(&self.shared.raft_dir, COMMITTED_FILE) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(stream = %self.shared.spec.name, error = %e,
+                    "ignoring an unreadable commit-index file (written without fsync; the commit index is learned again from the leader)");
+                None
+            }
+        };
         // Never claim more than the log holds.
         let last = lock(&self.shared.meta).last;
         Ok(match (c, last) {
@@ -900,16 +936,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
+/// An unnamed temporary file in `dir` (`O_TMPFILE` where the file system has it): gone when the
+/// last handle closes, so a transfer never leaves a file behind and two transfers never share
+/// one.
 fn tempfile_in(dir: &Path) -> std::io::Result<std::fs::File> {
-    let path = dir.join("snapshot.empty");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
-    Ok(f)
+    tempfile::tempfile_in(dir)
 }
+
+/// Files of transfers written by earlier broker versions under fixed names; removed at open.
+const OLD_TRANSFER_FILES: &[&str] = &["snapshot.send", "snapshot.empty"];
 
 /// Writes `snapshot.bin` from the current applied state (when it changed since the last one).
 /// Returns the snapshot's metadata.
@@ -960,8 +995,10 @@ pub async fn build_snapshot_file(sh: &Arc<Shared>) -> crate::Result<SnapMeta> {
     Ok(meta)
 }
 
-/// Writes the transfer form of the current snapshot file to `snapshot.send` and returns it
-/// opened at offset 0: `"TXPXFER1"`, `snapshot file length u64 LE`, the snapshot file, the
+/// Writes the transfer form of the current snapshot file to an unnamed temporary file in the
+/// stream directory and returns it opened at offset 0 (the file is gone once closed). The log is
+/// read in batches of at most 4096 entries (16 MiB), each under the log's read lock, so appends
+/// go on while a large transfer is written. The format: `"TXPXFER1"`, `snapshot file length u64 LE`, the snapshot file, the
 /// first entry index `u64 LE`, then `[len u32 LE][crc32c u32 LE][encoded entry]` for every log
 /// entry from [`SnapMeta::records_from`] (or the log's first index, if retention removed
 /// entries since) to the snapshot's last index. `None` without a snapshot.
@@ -975,14 +1012,10 @@ pub fn write_transfer(sh: &Shared) -> Result<Option<(SnapMeta, std::fs::File)>, 
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let (meta, st) = snapshot::decode(&file)?;
-    let out_path = sh.dir.join("snapshot.send");
-    let out = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&out_path)
-        .map_err(|e| format!("{}: {e}", out_path.display()))?;
+    // One unnamed file per transfer (two followers may need a snapshot at once), deleted
+    // when openraft drops it after sending.
+    let out_path = sh.dir.join("<transfer>");
+    let out = tempfile_in(&sh.dir).map_err(|e| format!("{}: {e}", out_path.display()))?;
     let mut w = BufWriter::new(out);
     let werr = |e: std::io::Error| format!("{}: {e}", out_path.display());
     w.write_all(XFER_MAGIC).map_err(werr)?;
@@ -1040,16 +1073,71 @@ fn read_n(r: &mut impl Read, n: u64) -> std::io::Result<Vec<u8>> {
     Ok(b)
 }
 
-/// Installs a received transfer file (see [`write_transfer`]): checks it, replaces the log
-/// with its entries (synced), writes `snapshot.bin` and the purge point, then swaps the
-/// in-memory state.
+/// Installs a received transfer file (see [`write_transfer`]), staged and redo-able
+/// ([`super::install`]): checks it while writing its log, snapshot file and dedupe index into
+/// `<dir>/install/`, decides the install with the redo marker, moves the staged files over the
+/// live ones, then swaps the in-memory state. A transfer that fails its checks (or any I/O
+/// error before the marker) leaves the stream exactly as it was.
 ///
 /// Errors: a description of the malformed part or the I/O failure.
-pub fn install_transfer(
+pub fn install_transfer(sh: &Shared, meta: &SnapshotMeta, f: std::fs::File) -> Result<(), String> {
+    let live_cfg = sh.gc.read_log().config().clone();
+    let staged = match super::install::begin(&sh.dir) {
+        Ok(stage) => stage_transfer(sh, meta, f, &stage, &live_cfg),
+        Err(e) => Err(e.to_string()),
+    };
+    let (smeta, mut state) = match staged {
+        Ok(v) => v,
+        Err(e) => {
+            super::install::abort(&sh.dir);
+            return Err(e);
+        }
+    };
+    if let Err(e) = super::install::commit(&sh.dir, smeta.meta.last_log_id) {
+        super::install::abort(&sh.dir);
+        return Err(e.to_string());
+    }
+    // Decided: from here an error leaves the marker, and the next start finishes the install.
+    {
+        let mut log = sh.gc.write_log();
+        super::install::redo(&sh.dir).map_err(|e| e.to_string())?;
+        *log = SegmentedLog::open(live_cfg)
+            .map_err(|e| format!("reopening the installed log: {e}"))?
+            .0;
+    }
+    if sh.spec.dedupe_by_key {
+        let path = sh.dir.join(dedupe::FILE_NAME);
+        let ix = DedupeIndex::open(&path, sh.dedupe.cache_bytes).map_err(|e| e.to_string())?;
+        state.dedupe_mut().attach(ix).map_err(|e| e.to_string())?;
+    }
+    {
+        let mut m = lock(&sh.meta);
+        m.purged = smeta.meta.last_log_id;
+        m.last = smeta.meta.last_log_id;
+    }
+    let next = state.next_offset();
+    {
+        let mut c = lock(&sh.core);
+        c.state = state;
+        c.applied = smeta.meta.last_log_id;
+        c.membership = smeta.meta.last_membership.clone();
+        c.snapshot = Some(smeta);
+        c.cache.clear();
+    }
+    sh.end.send_replace(next);
+    Ok(())
+}
+
+/// Step 1 of [`install_transfer`]: checks the transfer file while writing its parts into the
+/// staging directory `stage` (log synced, snapshot file and dedupe index written durably);
+/// returns the snapshot's metadata and state (without its dedupe index attached).
+fn stage_transfer(
     sh: &Shared,
     meta: &SnapshotMeta,
     mut f: std::fs::File,
-) -> Result<(), String> {
+    stage: &Path,
+    live_cfg: &crate::log::LogConfig,
+) -> Result<(SnapMeta, StreamState), String> {
     use std::io::Seek;
     f.seek(std::io::SeekFrom::Start(0))
         .map_err(|e| e.to_string())?;
@@ -1063,21 +1151,19 @@ pub fn install_transfer(
     let with_keys = &head[..8] == XFER_MAGIC;
     let flen = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     let file = read_n(&mut r, flen).map_err(|e| format!("snapshot file: {e}"))?;
-    let (smeta, mut state) = snapshot::decode(&file)?;
+    let (smeta, state) = snapshot::decode(&file)?;
     if smeta.meta.last_log_id != meta.last_log_id {
         return Err(format!(
             "transfer holds a snapshot at {:?}, openraft announced {:?}",
             smeta.meta.last_log_id, meta.last_log_id
         ));
     }
-    // A new dedupe index is built beside the current one from the transfer's key rows.
-    let recv_index = sh.dir.join(format!("{}.recv", dedupe::FILE_NAME));
     if sh.spec.dedupe_by_key {
         let (cursor, next) = (state.dedupe().cursor(), state.dedupe().inserted());
         let no_rows = [0u8; 12];
         let rows: &mut dyn Read = if with_keys { &mut r } else { &mut &no_rows[..] };
         DedupeIndex::build_file(
-            &recv_index,
+            &stage.join(dedupe::FILE_NAME),
             sh.dedupe.cache_bytes,
             &mut { rows },
             cursor,
@@ -1090,10 +1176,12 @@ pub fn install_transfer(
     r.read_exact(&mut from)
         .map_err(|e| format!("first entry index: {e}"))?;
     let from = u64::from_le_bytes(from);
+    let mut cfg = live_cfg.clone();
+    cfg.dir = stage.join(super::install::LOG_DIR);
+    let (mut log, _) = SegmentedLog::open(cfg).map_err(|e| e.to_string())?;
+    log.reset_to(from).map_err(|e| e.to_string())?;
     let mut entries: Vec<Bytes> = Vec::new();
     let mut expect = from;
-    let mut log = sh.gc.write_log();
-    log.reset_to(from).map_err(|e| e.to_string())?;
     loop {
         let mut h = [0u8; 8];
         match r.read_exact(&mut h) {
@@ -1131,33 +1219,6 @@ pub fn install_transfer(
     }
     log.sync().map_err(|e| e.to_string())?;
     drop(log);
-    if sh.spec.dedupe_by_key {
-        // Before the snapshot file: the index is never behind the snapshot.
-        let path = sh.dir.join(dedupe::FILE_NAME);
-        std::fs::rename(&recv_index, &path).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::fs::File::open(&sh.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("{}: {e}", sh.dir.display()))?;
-        let ix = DedupeIndex::open(&path, sh.dedupe.cache_bytes).map_err(|e| e.to_string())?;
-        state.dedupe_mut().attach(ix).map_err(|e| e.to_string())?;
-    }
-    snapshot::write_atomic(&sh.dir, &file).map_err(|e| e.to_string())?;
-    snapshot::write_json(&sh.raft_dir, PURGED_FILE, &smeta.meta.last_log_id)
-        .map_err(|e| e.to_string())?;
-    {
-        let mut m = lock(&sh.meta);
-        m.purged = smeta.meta.last_log_id;
-        m.last = smeta.meta.last_log_id;
-    }
-    let next = state.next_offset();
-    {
-        let mut c = lock(&sh.core);
-        c.state = state;
-        c.applied = smeta.meta.last_log_id;
-        c.membership = smeta.meta.last_membership.clone();
-        c.snapshot = Some(smeta);
-        c.cache.clear();
-    }
-    sh.end.send_replace(next);
-    Ok(())
+    snapshot::write_atomic(stage, &file).map_err(|e| e.to_string())?;
+    Ok((smeta, state))
 }

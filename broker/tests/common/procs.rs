@@ -244,9 +244,13 @@ pub async fn produce_anywhere(
                 records: records.clone(),
                 ..Default::default()
             };
-            match super::produce(&mut c, vec![req]).await {
-                Ok(r) => return Ok(r[0].base_offset),
-                Err(s) => last_err = s.message().to_string(),
+            // The produce stream's answer is not covered by the channel's request timeout: a
+            // leader that lost its followers mid-request must not hang the test.
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, super::produce(&mut c, vec![req])).await {
+                Ok(Ok(r)) => return Ok(r[0].base_offset),
+                Ok(Err(s)) => last_err = s.message().to_string(),
+                Err(_) => last_err = format!("no answer from {} within {timeout:?}", n.grpc),
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
