@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::impls::OneshotResponder;
 use openraft::network::NetSnapshot;
 use openraft::{RaftNetworkFactory, ServerState};
@@ -317,6 +317,42 @@ impl Replica {
             Ok(())
         } else {
             Err(self.not_leader())
+        }
+    }
+
+    /// Read barrier for `Fetch` and `GetStream` (openraft's lease read): Ok once this node is
+    /// the leader, its quorum lease is valid (a quorum acknowledged it within
+    /// `election_timeout_max`) and its state machine has applied everything committed before
+    /// the read, so a read sees every acknowledged write and never comes from a leader that a
+    /// partition has already replaced. A lease that lapsed (right after an election, or on a
+    /// leader cut off from its followers) is first renewed, waiting at most
+    /// `election_timeout_max` as proposals do.
+    ///
+    /// Errors: [`Error::NotLeader`] (with the leader's address when known) on a follower;
+    /// [`Error::Unavailable`] on a leader without a quorum, or when the state machine did not
+    /// catch up within [`ReplicaConfig::commit_timeout`].
+    pub async fn read_barrier(&self) -> Result<()> {
+        self.require_leader()?;
+        await_quorum_lease(&self.raft).await;
+        let stream = &self.spec.name;
+        let read = self
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::LeaseRead);
+        match tokio::time::timeout(self.cfg.commit_timeout, read).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(Error::NotLeader {
+                    stream: stream.clone(),
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Ok(Err(e)) => Err(Error::Unavailable(format!(
+                "stream {stream}: this leader cannot confirm its leadership with a quorum ({e}); retry, another node may lead"
+            ))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "stream {stream}: the leader did not apply the committed entries within {} ms",
+                self.cfg.commit_timeout.as_millis()
+            ))),
         }
     }
 

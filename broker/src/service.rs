@@ -314,7 +314,7 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
     ) -> Result<Response<FetchResponse>, Status> {
         let req = request.into_inner();
         let stream = self.broker.stream(&req.stream)?;
-        stream.replica.require_leader()?;
+        stream.replica.read_barrier().await?;
         let max_records = match req.max_records as usize {
             0 => FETCH_DEFAULT_RECORDS,
             n => n.min(FETCH_MAX_RECORDS),
@@ -403,7 +403,7 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
         request: Request<GetStreamRequest>,
     ) -> Result<Response<GetStreamResponse>, Status> {
         let s = self.broker.stream(&request.get_ref().stream)?;
-        s.replica.require_leader()?;
+        s.replica.read_barrier().await?;
         Ok(Response::new(GetStreamResponse {
             stream: Some(self.broker.stream_info(s)),
         }))
