@@ -7,7 +7,7 @@ PY ?= python3
 export PIP_ROOT_USER_ACTION=ignore
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: release run test lint unit k8s pydeps crds e2e ci bench bench-broker bench-failover bench-pipeline bench-stages ulb ulb-data ulb-train bench-ulb
+.PHONY: release run test lint unit k8s pydeps crds e2e ci bench soak bench-broker bench-failover bench-pipeline bench-stages ulb ulb-data ulb-train bench-ulb
 
 ## The main job: 2,000,000 generated transactions through 3 broker replicas + 4 workers (0.5 CPU each).
 run: release
@@ -73,6 +73,11 @@ bench-broker: release
 ## Leader kill -> first acknowledged produce on the new leader, over 20 kills.
 bench-failover: release
 	$(TXPIPE) bench failover --kills 20
+
+## Soak: 10,000,000 transactions through local mode, broker RSS sampled (peak and slope).
+soak: release
+	$(PY) scripts/soak.py --count $(SOAK_COUNT)
+SOAK_COUNT ?= 10000000
 
 bench-pipeline: release
 	mkdir -p bench-out

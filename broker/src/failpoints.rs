@@ -28,6 +28,8 @@ pub const POINTS: &[&str] = &[
     "install::mid_redo",
     "install::before_done",
     "bootstrap::after_identity",
+    "snapshot::before_write",
+    "snapshot::after_write",
 ];
 
 /// Ends the process at crash point `name` (see the module docs).

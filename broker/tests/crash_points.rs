@@ -1,5 +1,5 @@
-//! A crash at each step of retention and segment roll loses nothing acknowledged, for 1 and 3
-//! replicas: broker processes run with a crash point armed (`FAILPOINTS`, see
+//! A crash at each step of retention, snapshot build and segment roll loses nothing
+//! acknowledged, for 1 and 3 replicas: broker processes run with a crash point armed (`FAILPOINTS`, see
 //! `txpipe_broker::failpoints`), acknowledged records are remembered, the first process to
 //! reach the point exits there, every other node is killed -9 at the same moment, all restart
 //! on their data directories, and then every acknowledged record still stored by the stream's
@@ -405,6 +405,10 @@ install_crash_tests! {
 }
 
 crash_tests! {
+    crash_before_a_snapshot_is_written_loses_nothing_one_replica: "snapshot::before_write", 1;
+    crash_before_a_snapshot_is_written_loses_nothing_three_replicas: "snapshot::before_write", 3;
+    crash_after_a_snapshot_is_written_loses_nothing_one_replica: "snapshot::after_write", 1;
+    crash_after_a_snapshot_is_written_loses_nothing_three_replicas: "snapshot::after_write", 3;
     crash_after_the_trim_is_committed_loses_nothing_one_replica: "retention::after_trim", 1;
     crash_after_the_trim_is_committed_loses_nothing_three_replicas: "retention::after_trim", 3;
     crash_after_the_covering_snapshot_loses_nothing_one_replica: "retention::after_snapshot", 1;

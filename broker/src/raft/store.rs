@@ -981,7 +981,9 @@ pub async fn build_snapshot_file(sh: &Arc<Shared>) -> crate::Result<SnapMeta> {
         if let Some((ix, _)) = &index {
             ix.sync()?;
         }
+        crate::crash_point!("snapshot::before_write");
         snapshot::write_atomic(&dir, &bytes)?;
+        crate::crash_point!("snapshot::after_write");
         if let Some((ix, cursor)) = &index {
             ix.gc_below(*cursor)?;
         }
