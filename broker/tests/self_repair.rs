@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::procs::*;
-use common::{rec, try_http_get};
-use txpipe_client::broker::v1::FetchRequest;
+use common::{fetch_all, rec, try_http_get};
 
 const STREAM: &str = "decisions";
 /// Small segments, so that a few hundred records make sealed segments to corrupt.
@@ -66,34 +65,18 @@ async fn node_id(c: &ProcCluster, i: usize) -> Option<u64> {
     v["node_id"].as_u64()
 }
 
-/// Every record of `STREAM` as the leader serves it.
+/// Every record of `STREAM` as the leader serves it, `offset → key`.
 async fn read_all(c: &ProcCluster) -> BTreeMap<u64, String> {
     let leader = c.wait_serving(STREAM, Duration::from_secs(30)).await;
     let mut client = client_at(leader).await.unwrap();
-    let mut out = BTreeMap::new();
-    let mut next = 0;
-    loop {
-        let r = client
-            .fetch(FetchRequest {
-                stream: STREAM.into(),
-                start_offset: next,
-                max_records: 0,
-                max_bytes: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if r.records.is_empty() {
-            return out;
-        }
-        next = r.next_offset;
-        for f in r.records {
-            out.insert(
-                f.offset,
-                String::from_utf8_lossy(&f.record.unwrap().key).to_string(),
-            );
-        }
-    }
+    fetch_all(&mut client, STREAM)
+        .await
+        .into_iter()
+        .map(|f| {
+            let key = String::from_utf8_lossy(&f.record.unwrap().key).to_string();
+            (f.offset, key)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
