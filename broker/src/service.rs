@@ -227,6 +227,11 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
             .into());
         };
         let stream = self.broker.stream(&sub.stream)?;
+        // A subscription starts only on a leader that holds its quorum lease and has applied
+        // what was committed (as reads do): never on a leader a partition already replaced.
+        if stream.delivery.is_some() {
+            stream.replica.read_barrier().await?;
+        }
         let delivery = stream.delivery()?;
         let replica = Arc::clone(&stream.replica);
         if !sub.group.is_empty() && sub.group != delivery.config.group {

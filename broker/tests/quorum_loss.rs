@@ -1,6 +1,6 @@
 //! A leader that loses its quorum stops serving (issue 13): broker processes on loopback, the
 //! two followers of `decisions` killed -9, and the leader, which clients still reach, must
-//! answer `Fetch`, `GetStream` and `Produce` with UNAVAILABLE (never stale data, never a hang)
+//! answer `Fetch`, `GetStream`, `Consume` and `Produce` with UNAVAILABLE (never stale data, never a hang)
 //! within a bound, and serve again once a follower is back.
 //!
 //! The bound asserted is generous for loaded CI machines (5 s); the time measured is printed
@@ -72,6 +72,18 @@ async fn a_leader_without_a_quorum_answers_unavailable_and_serves_again_when_one
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::Unavailable, "GetStream: {s:?}");
+    // Nor does it start deliveries of `transactions` (whether it led that stream or not).
+    let sub = common::subscribe_req("transactions", "quorum-loss", 8);
+    match client.consume(tokio_stream::iter(vec![sub])).await {
+        Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "Consume: {s:?}"),
+        Ok(r) => {
+            let first = r.into_inner().message().await;
+            assert!(
+                matches!(&first, Err(s) if s.code() == tonic::Code::Unavailable),
+                "Consume on a leader without a quorum: {first:?}"
+            );
+        }
+    }
     let t0 = Instant::now();
     let p = produce_anywhere(&c, STREAM, vec![rec("late", "v")], Duration::from_secs(8)).await;
     assert!(p.is_err(), "a produce was acknowledged without a quorum");
