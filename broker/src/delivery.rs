@@ -46,8 +46,11 @@ pub const MAX_DELIVERIES_PER_MESSAGE: usize = 256;
 pub const ACK_FLUSH_OFFSETS: usize = 1024;
 /// Most offsets in one `Ack` or `Attempts` log entry (512 KiB of offsets).
 pub const MAX_OFFSETS_PER_ENTRY: usize = 65_536;
-/// Largest accepted window, messages.
-pub const MAX_WINDOW: u32 = 1 << 20;
+/// Largest window granted, messages; a larger request is reduced to it and the `Subscribed`
+/// reply says so. It also bounds a consumer's send buffer: deliveries wait in it only while
+/// the consumer has fewer than `window` unacked (65,536 records of a few hundred bytes is
+/// tens of MiB per consumer; the earlier 2^20 allowed gigabytes, issue 13).
+pub const MAX_WINDOW: u32 = 1 << 16;
 
 /// Settings of a consumer group.
 #[derive(Debug, Clone)]
