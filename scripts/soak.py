@@ -20,8 +20,17 @@ import tempfile
 import time
 
 
-def brokers():
-    """{pid: label} of running txpipe-broker processes, labelled by --node-id."""
+def ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def brokers(parent):
+    """{pid: label} of the txpipe-broker processes started by process `parent` (not brokers
+    of other runs or tests), labelled by their data directory's name."""
     out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -31,12 +40,17 @@ def brokers():
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if not argv or not argv[0].endswith(b"txpipe-broker"):
+        if not argv or not argv[0].endswith(b"txpipe-broker") or ppid(pid) != parent:
             continue
         label = f"pid-{pid}"
         for i, a in enumerate(argv):
-            if a == b"--node-id" and i + 1 < len(argv):
-                label = "broker-" + argv[i + 1].decode()
+            value = None
+            if a == b"--data-dir" and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(b"--data-dir="):
+                value = a.split(b"=", 1)[1]
+            if value:
+                label = os.path.basename(value.decode().rstrip("/")) or label
         out[int(pid)] = label
     return out
 
@@ -84,7 +98,7 @@ def main():
     samples = {}  # label -> [(t_s, mib)]
     while proc.poll() is None:
         t = time.monotonic() - t0
-        for pid, label in brokers().items():
+        for pid, label in brokers(proc.pid).items():
             m = rss_mib(pid)
             if m is not None:
                 samples.setdefault(label, []).append((round(t, 1), round(m, 1)))
