@@ -265,11 +265,19 @@ pub async fn run(
             )
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(txpipe_client::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: v1, and v1alpha for clients that only speak it (Python's
+    // grpcio-reflection, older grpcurl), which got UNIMPLEMENTED before (issue 17).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(txpipe_client::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .map_err(|e| Error::Unavailable(format!("reflection service: {e}")))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|e| Error::Unavailable(format!("reflection service (v1alpha): {e}")))?;
     let max_msg = grpc_max_message_bytes(&config);
     let svc = BrokerServer::new(service::BrokerService::new(Arc::clone(&b)))
         .max_decoding_message_size(max_msg)
@@ -281,6 +289,7 @@ pub async fn run(
             .http2_adaptive_window(Some(true))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(svc)
             .serve_with_incoming_shutdown(
                 // TCP_NODELAY on accepted sockets: without it Nagle + delayed ACK stall
