@@ -109,6 +109,8 @@ pub enum Event {
         delay_ms: u32,
         /// Reason (kept for the dead letter).
         reason: String,
+        /// The failure cannot succeed on a retry: dead-letter now instead of redelivering.
+        permanent: bool,
     },
     /// New window.
     SetWindow {
@@ -369,6 +371,7 @@ impl Engine {
                 offsets,
                 delay_ms,
                 reason,
+                permanent,
             } => {
                 let reason = if reason.is_empty() {
                     "nacked by consumer".to_string()
@@ -379,6 +382,16 @@ impl Engine {
                     if self.flights.get(&o).is_some_and(|f| f.consumer == id) {
                         let f = self.flights.remove(&o).expect("checked");
                         self.credit(id);
+                        if permanent {
+                            // Cannot succeed on a retry: dead-lettered on this attempt.
+                            self.dead.push((
+                                o,
+                                f.attempt,
+                                format!("{reason} (permanent failure, attempt {})", f.attempt),
+                            ));
+                            self.flush_at.get_or_insert_with(Instant::now);
+                            continue;
+                        }
                         self.fail(
                             o,
                             f.attempt,

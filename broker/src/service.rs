@@ -278,7 +278,7 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
                     msg = inbound.message() => match msg {
                         Ok(Some(ConsumeRequest { kind: Some(kind) })) => match kind {
                             consume_request::Kind::Ack(a) => delivery.send(Event::Ack { id, offsets: a.offsets }),
-                            consume_request::Kind::Nack(n) => delivery.send(Event::Nack { id, offsets: n.offsets, delay_ms: n.delay_ms, reason: n.reason }),
+                            consume_request::Kind::Nack(n) => delivery.send(Event::Nack { id, offsets: n.offsets, delay_ms: n.delay_ms, reason: n.reason, permanent: n.permanent }),
                             consume_request::Kind::SetWindow(w) => delivery.send(Event::SetWindow { id, window: w.window }),
                             consume_request::Kind::Subscribe(_) => {
                                 let _ = tx.send(Err(Status::invalid_argument("subscribe may only be the first Consume request")));

@@ -211,6 +211,46 @@ async fn a_message_failing_max_deliveries_times_lands_in_the_dead_letter_stream_
 }
 
 #[tokio::test]
+async fn a_permanent_nack_dead_letters_on_the_first_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.max_deliveries = 5;
+    let b = TestBroker::start(cfg);
+    produce_n(&b, 2).await;
+    let mut c = b.client().await;
+    let mut w = TestConsumer::connect(&mut c, "transactions", "w1", 0)
+        .await
+        .unwrap();
+    let d = w.take(2, T).await;
+    assert!(d.iter().all(|d| d.attempt == 1));
+    w.nack_permanent(vec![d[0].offset], "undecodable Transaction")
+        .await;
+    w.ack(vec![d[1].offset]).await;
+    wait_until(T, "dead-lettered", || {
+        let mut c = c.clone();
+        async move {
+            let i = stream_info(&mut c, "transactions").await;
+            i.dead_lettered_total == 1 && i.pending == 0
+        }
+    })
+    .await;
+    let dl = fetch_all(&mut c, "transactions.dlq").await;
+    assert_eq!(dl.len(), 1);
+    let letter = DeadLetter::decode(dl[0].record.as_ref().unwrap().value.clone()).unwrap();
+    assert_eq!((letter.offset, letter.attempts), (d[0].offset, 1));
+    assert!(
+        letter.reason.contains("undecodable Transaction") && letter.reason.contains("permanent"),
+        "{}",
+        letter.reason
+    );
+    assert!(
+        w.next(Duration::from_millis(300)).await.is_none(),
+        "a permanently failed message is not redelivered"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn acked_messages_are_not_redelivered_after_a_restart_but_unacked_ones_are() {
     let dir = tempfile::tempdir().unwrap();
     let b = TestBroker::start(test_config(dir.path()));

@@ -80,7 +80,9 @@ pub struct Config {
     /// Transactions scored per chunk between other work of the event loop.
     #[arg(long, env = "WORKER_SCORE_CHUNK", default_value_t = 64)]
     pub score_chunk: usize,
-    /// Redelivery delay requested when nacking an undecodable transaction, milliseconds.
+    /// Redelivery delay sent with a nack, milliseconds. The worker's nacks are permanent
+    /// failures (undecodable record, wrong feature set or length, non-finite features), which
+    /// the broker dead-letters at once, so the delay has no effect today; kept for compatibility.
     #[arg(long, env = "WORKER_NACK_DELAY_MS", default_value_t = 0)]
     pub nack_delay_ms: u32,
     /// How long to keep trying to reach a broker before giving up, milliseconds.

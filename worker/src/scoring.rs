@@ -242,9 +242,17 @@ impl Scorer {
 
     /// Whether this scorer can score `tx`. A card-model scorer takes transactions without a
     /// feature vector; a vector-model scorer takes only those whose `feature_set` and vector
-    /// length match its model. Errors: the reason, used to nack the transaction (the broker
-    /// dead-letters it after its delivery attempts), so nothing is scored with the wrong model.
+    /// length match its model; no one takes a vector with a NaN or infinite value (a producer
+    /// other than ours could send one, and it used to be scored and approved). Errors: the
+    /// reason, used for a permanent nack (the broker dead-letters the transaction on this
+    /// first attempt), so nothing is scored with the wrong model or garbage features.
     pub fn check(&self, tx: &Transaction) -> std::result::Result<(), String> {
+        if let Some(i) = tx.features.iter().position(|f| !f.is_finite()) {
+            return Err(format!(
+                "feature {i} of the vector is {} (not a finite number)",
+                tx.features[i]
+            ));
+        }
         match &self.vector {
             Some(v) if tx.features.is_empty() => Err(format!(
                 "transaction has no feature vector; this worker's model {} scores pre-featurised transactions",
@@ -543,6 +551,14 @@ pub(crate) mod tests {
         let mut short = featurised.clone();
         short.features.pop();
         assert!(vector.check(&short).is_err());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut garbage = featurised.clone();
+            garbage.features[7] = bad;
+            let e = vector.check(&garbage).unwrap_err();
+            assert!(e.contains("feature 7") && e.contains("not a finite"), "{e}");
+            // A card-model worker refuses it too (for the vector, not for the model).
+            assert!(card.check(&garbage).is_err());
+        }
 
         let a = vector.assess(&featurised);
         assert!(a.vector && a.hits == RuleHits::default());

@@ -3,8 +3,9 @@
 //! One task owns all state and reacts to events in a `select!` loop:
 //!
 //! 1. deliveries arrive on the Consume stream (up to `--window` unacked) and are queued;
-//! 2. the queue is scored in chunks of `--score-chunk` (stages 1-4, CPU); undecodable records
-//!    are nacked at once (after `max_deliveries` the broker dead-letters them);
+//! 2. the queue is scored in chunks of `--score-chunk` (stages 1-4, CPU); records that cannot
+//!    be scored on any attempt (undecodable, wrong features, non-finite values) are nacked as
+//!    permanent, and the broker dead-letters them on this first attempt;
 //! 3. each scored chunk issues its issuer calls concurrently (stage 5, [`HiResTimer`]): with
 //!    `window` transactions in flight and a 100 µs call, Little's law allows
 //!    `window / 100 µs` transactions/s from the wait alone, far above the CPU limit;
@@ -651,10 +652,13 @@ impl EventLoop<'_> {
                 self.held.remove(&offset);
                 // Without an open call the nack is dropped: the broker redelivers after the
                 // ack deadline anyway (and counts the attempt towards dead-lettering).
+                // Every failure here is deterministic (the same bytes fail the same way on
+                // any worker): dead-lettered on this first attempt, not redelivered.
                 self.send(consume_request::Kind::Nack(Nack {
                     offsets: vec![offset],
                     delay_ms: self.config.nack_delay_ms,
                     reason,
+                    permanent: true,
                 }))
                 .await;
             }

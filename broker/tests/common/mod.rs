@@ -378,12 +378,22 @@ impl TestConsumer {
     }
 
     pub async fn nack(&self, offsets: Vec<u64>, delay_ms: u32, reason: &str) {
+        self.send_nack(offsets, delay_ms, reason, false).await;
+    }
+
+    /// A nack of a failure that cannot succeed on a retry (dead-lettered at once).
+    pub async fn nack_permanent(&self, offsets: Vec<u64>, reason: &str) {
+        self.send_nack(offsets, 0, reason, true).await;
+    }
+
+    async fn send_nack(&self, offsets: Vec<u64>, delay_ms: u32, reason: &str, permanent: bool) {
         self.tx
             .send(ConsumeRequest {
                 kind: Some(consume_request::Kind::Nack(Nack {
                     offsets,
                     delay_ms,
                     reason: reason.into(),
+                    permanent,
                 })),
             })
             .await
