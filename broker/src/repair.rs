@@ -42,17 +42,9 @@ pub fn quarantine(data_dir: &Path, unix_ms: u64) -> Result<PathBuf> {
             format!("quarantine of {}: {e}", p.display()),
         ))
     };
-    let sync = |p: &Path| {
-        std::fs::File::open(p)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io(p, e))
-    };
+    let sync = |p: &Path| crate::snapshot::sync_dir(p).map_err(|e| io(p, e));
     let q = data_dir.join(QUARANTINE_DIR);
-    match std::fs::remove_dir_all(&q) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&q, e)),
-    }
+    crate::snapshot::remove_dir_all_if_exists(&q).map_err(|e| io(&q, e))?;
     let dest = q.join(unix_ms.to_string());
     std::fs::create_dir_all(&dest).map_err(|e| io(&dest, e))?;
     sync(data_dir)?;

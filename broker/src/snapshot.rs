@@ -108,10 +108,26 @@ pub fn write_file_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         f.sync_all().map_err(|e| err(&tmp, e))?;
     }
     fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| err(dir, e))?;
+    sync_dir(dir).map_err(|e| err(dir, e))?;
     Ok(())
+}
+
+/// fsyncs directory `dir`, so that the names created, renamed or removed in it are durable.
+///
+/// Errors: the I/O error (callers name the path in their own error type).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Removes directory `path` with everything in it; a directory that is not there is not an
+/// error (so a step that a crash interrupted can simply be run again).
+///
+/// Errors: the I/O error.
+pub fn remove_dir_all_if_exists(path: &Path) -> std::io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Writes `bytes` as `dir/snapshot.bin` atomically.

@@ -50,17 +50,11 @@ fn io(path: &Path, e: std::io::Error) -> crate::Error {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))
+    snapshot::sync_dir(dir).map_err(|e| io(dir, e))
 }
 
 fn remove_dir_if_there(path: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io(path, e)),
-    }
+    snapshot::remove_dir_all_if_exists(path).map_err(|e| io(path, e))
 }
 
 /// Step 1: an empty staging directory `<dir>/install/` (a leftover one is removed first).

@@ -897,7 +897,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return match meta {
                 None => Ok(None),
                 Some(m) => {
-                    let empty = tempfile_in(&sh.dir)?;
+                    let empty = tempfile::tempfile_in(&sh.dir)?;
                     Ok(Some(Snapshot {
                         meta: m.meta,
                         snapshot: tokio::fs::File::from_std(empty),
@@ -928,19 +928,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         sh.snapshots_built.fetch_add(1, Ordering::Relaxed);
         // openraft keeps only the meta of a built snapshot; the data is read again through
         // `get_current_snapshot` when a follower needs it.
-        let empty = tempfile_in(&sh.dir)?;
+        let empty = tempfile::tempfile_in(&sh.dir)?;
         Ok(Snapshot {
             meta: meta.meta,
             snapshot: tokio::fs::File::from_std(empty),
         })
     }
-}
-
-/// An unnamed temporary file in `dir` (`O_TMPFILE` where the file system has it): gone when the
-/// last handle closes, so a transfer never leaves a file behind and two transfers never share
-/// one.
-fn tempfile_in(dir: &Path) -> std::io::Result<std::fs::File> {
-    tempfile::tempfile_in(dir)
 }
 
 /// Files of transfers written by earlier broker versions under fixed names; removed at open.
@@ -1017,7 +1010,7 @@ pub fn write_transfer(sh: &Shared) -> Result<Option<(SnapMeta, std::fs::File)>, 
     // One unnamed file per transfer (two followers may need a snapshot at once), deleted
     // when openraft drops it after sending.
     let out_path = sh.dir.join("<transfer>");
-    let out = tempfile_in(&sh.dir).map_err(|e| format!("{}: {e}", out_path.display()))?;
+    let out = tempfile::tempfile_in(&sh.dir).map_err(|e| format!("{}: {e}", out_path.display()))?;
     let mut w = BufWriter::new(out);
     let werr = |e: std::io::Error| format!("{}: {e}", out_path.display());
     w.write_all(XFER_MAGIC).map_err(werr)?;
