@@ -160,7 +160,7 @@ impl Broker {
             let storage = Replica::open_storage(
                 spec.clone(),
                 &dir,
-                &replica_config(config, spec),
+                replica_config(config, spec),
                 metrics.stream(&spec.name),
             )
             .map_err(|e| match e {
@@ -201,16 +201,7 @@ impl Broker {
                 Duration::from_millis(config.raft_rpc_timeout_ms),
             );
             let started = match storage.remove(&spec.name) {
-                Some(st) => {
-                    Replica::start(
-                        st,
-                        replica_config(&config, spec),
-                        node_id,
-                        Arc::clone(&raft_config),
-                        network,
-                    )
-                    .await
-                }
+                Some(st) => Replica::start(st, node_id, Arc::clone(&raft_config), network).await,
                 None => Err(Error::Config(format!(
                     "stream {}: storage was not opened",
                     spec.name

@@ -77,6 +77,8 @@ pub struct Storage {
     pub shared: Arc<Shared>,
     /// This stream's metrics.
     pub metrics: StreamMetrics,
+    /// The settings it was opened with (the replica keeps them).
+    pub cfg: ReplicaConfig,
 }
 
 /// One stream's replica. See the module docs.
@@ -113,8 +115,8 @@ impl Replica {
         N: RaftNetworkFactory<TypeConfig>,
         N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
     {
-        let storage = Self::open_storage(spec, dir, &cfg, metrics)?;
-        Self::start(storage, cfg, node_id, raft_config, network).await
+        let storage = Self::open_storage(spec, dir, cfg, metrics)?;
+        Self::start(storage, node_id, raft_config, network).await
     }
 
     /// Recovers the stream's storage in `dir` (created if missing), without Raft: finishes or
@@ -127,7 +129,7 @@ impl Replica {
     pub fn open_storage(
         spec: StreamSpec,
         dir: &Path,
-        cfg: &ReplicaConfig,
+        cfg: ReplicaConfig,
         metrics: StreamMetrics,
     ) -> Result<Storage> {
         std::fs::create_dir_all(dir)?;
@@ -166,6 +168,7 @@ impl Replica {
             spec,
             shared,
             metrics,
+            cfg,
         })
     }
 
@@ -175,7 +178,6 @@ impl Replica {
     /// Errors: [`Error::Unavailable`] when openraft refuses to start (its message says why).
     pub async fn start<N>(
         storage: Storage,
-        cfg: ReplicaConfig,
         node_id: NodeId,
         raft_config: Arc<openraft::Config>,
         network: N,
@@ -188,6 +190,7 @@ impl Replica {
             spec,
             shared,
             metrics,
+            cfg,
         } = storage;
         let raft = openraft::Raft::new(
             node_id,
