@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::procs::*;
-use common::rec;
 use txpipe_broker::failpoints::CRASH_EXIT_CODE;
 use txpipe_client::broker::v1::FetchRequest;
 
@@ -39,12 +38,31 @@ const FLAGS: &[&str] = &[
     "0",
 ];
 
-/// Produces until some node exits at `point`; returns the acknowledged `offset → key`.
+/// Four keys never used before in this test process (`key-<n>`).
+fn next_keys() -> Vec<String> {
+    static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k0 = NEXT_KEY.fetch_add(4, std::sync::atomic::Ordering::Relaxed);
+    (k0..k0 + 4).map(|k| format!("key-{k}")).collect()
+}
+
+/// Produces one batch of [`next_keys`] with 300-byte values; a batch that fails (while the
+/// crashed node was leader, say) is simply not acknowledged.
+async fn produce_batch(c: &ProcCluster, acked: &mut BTreeMap<u64, String>) -> bool {
+    let value = "v".repeat(300);
+    match produce_keys(c, STREAM, next_keys(), &value, Duration::from_secs(2)).await {
+        Ok(pairs) => {
+            acked.extend(pairs);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Produces until some node exits at `point`; returns the acknowledged `offset → key` and the
+/// node that crashed.
 async fn produce_until_crash(c: &mut ProcCluster, point: &str) -> (BTreeMap<u64, String>, usize) {
     let started = Instant::now();
     let mut acked = BTreeMap::new();
-    let value = "v".repeat(300);
-    let mut next_key = 0u64;
     loop {
         for i in 0..c.nodes.len() {
             if let Some(st) = c.exited(i) {
@@ -62,15 +80,7 @@ async fn produce_until_crash(c: &mut ProcCluster, point: &str) -> (BTreeMap<u64,
             "crash point {point} never reached in 60 s ({} records acknowledged)",
             acked.len()
         );
-        let keys: Vec<String> = (0..4).map(|k| format!("key-{}", next_key + k)).collect();
-        next_key += 4;
-        let records = keys.iter().map(|k| rec(k, &value)).collect();
-        // A batch may fail while the crashed node was leader: it is simply not acknowledged.
-        if let Ok(base) = produce_anywhere(c, STREAM, records, Duration::from_secs(2)).await {
-            for (j, k) in keys.into_iter().enumerate() {
-                acked.insert(base + j as u64, k);
-            }
-        }
+        produce_batch(c, &mut acked).await;
     }
 }
 
@@ -180,7 +190,7 @@ async fn install_crash_at(point: &str) {
     // The follower's log ends at `behind`; produce until retention removed the records it has
     // not got (the snapshot and purge that go with it leave it only the install).
     let behind = read_back(&c, 0).await.1;
-    let (mut acked, _) = produce_for(&mut c, |start, _| start > behind + 64).await;
+    let mut acked = produce_for(&c, |start, _| start > behind + 64).await;
     c.start(follower, Some(&format!("{point}=return")));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -199,7 +209,7 @@ async fn install_crash_at(point: &str) {
             c.log(follower)
         );
         // Keep writing so that the leader keeps the follower behind its purge point.
-        let (more, _) = produce_for(&mut c, |_, n| n >= 8).await;
+        let more = produce_for(&c, |_, n| n >= 8).await;
         acked.extend(more);
     }
     c.start(follower, None);
@@ -218,7 +228,7 @@ async fn install_crash_at(point: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (more, _) = produce_for(&mut c, |_, n| n >= 8).await;
+    let more = produce_for(&c, |_, n| n >= 8).await;
     acked.extend(more);
     check_recovered(&c, &acked, point).await;
     let streams = c.nodes[follower].data_dir.join("streams");
@@ -239,26 +249,15 @@ async fn install_crash_at(point: &str) {
     );
 }
 
-/// Produces 4-record batches to `STREAM` until `done(start_offset, batches acknowledged)`
+/// Produces batches ([`produce_batch`]) until `done(start_offset, batches acknowledged)`
 /// (checked after each batch, with the leader's start offset); returns the acknowledged
-/// `offset → key` and the number of batches. Fails after 60 s.
-async fn produce_for(
-    c: &mut ProcCluster,
-    done: impl Fn(u64, usize) -> bool,
-) -> (BTreeMap<u64, String>, usize) {
-    static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// `offset → key`. Fails after 60 s.
+async fn produce_for(c: &ProcCluster, done: impl Fn(u64, usize) -> bool) -> BTreeMap<u64, String> {
     let started = Instant::now();
     let mut acked = BTreeMap::new();
-    let value = "v".repeat(300);
     let mut batches = 0;
     loop {
-        let k0 = NEXT_KEY.fetch_add(4, std::sync::atomic::Ordering::Relaxed);
-        let keys: Vec<String> = (k0..k0 + 4).map(|k| format!("key-{k}")).collect();
-        let records = keys.iter().map(|k| rec(k, &value)).collect();
-        if let Ok(base) = produce_anywhere(c, STREAM, records, Duration::from_secs(2)).await {
-            for (j, k) in keys.into_iter().enumerate() {
-                acked.insert(base + j as u64, k);
-            }
+        if produce_batch(c, &mut acked).await {
             batches += 1;
         }
         let start = match c.leader(STREAM).await {
@@ -266,7 +265,7 @@ async fn produce_for(
             None => 0,
         };
         if done(start, batches) {
-            return (acked, batches);
+            return acked;
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -364,7 +363,7 @@ async fn bootstrap_crash_at(point: &str, replicas: usize) {
     }
     c.start(0, None);
     c.wait_serving(STREAM, Duration::from_secs(60)).await;
-    let (acked, _) = produce_for(&mut c, |_, n| n >= 4).await;
+    let acked = produce_for(&c, |_, n| n >= 4).await;
     check_recovered(&c, &acked, point).await;
     assert!(
         c.log(0)

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use prost::Message;
+use tonic::transport::Channel;
+use txpipe_client::broker::v1::broker_client::BrokerClient;
 use txpipe_client::pipeline::v1::DeadLetter;
 
 const T: Duration = Duration::from_secs(10);
@@ -168,6 +170,23 @@ async fn a_nacked_delivery_is_redelivered_after_its_delay() {
     b.stop().await;
 }
 
+/// Waits until `transactions` has dead-lettered one message and has nothing pending, then
+/// reads `transactions.dlq`, which must hold exactly that one letter: its key and the letter.
+async fn the_one_dead_letter(c: &mut BrokerClient<Channel>) -> (bytes::Bytes, DeadLetter) {
+    wait_until(T, "dead-lettered", || {
+        let mut c = c.clone();
+        async move {
+            let i = stream_info(&mut c, "transactions").await;
+            i.dead_lettered_total == 1 && i.pending == 0
+        }
+    })
+    .await;
+    let dl = fetch_all(c, "transactions.dlq").await;
+    assert_eq!(dl.len(), 1);
+    let r = dl[0].record.as_ref().unwrap();
+    (r.key.clone(), DeadLetter::decode(r.value.clone()).unwrap())
+}
+
 #[tokio::test]
 async fn a_message_failing_max_deliveries_times_lands_in_the_dead_letter_stream_and_is_resolved() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,19 +203,8 @@ async fn a_message_failing_max_deliveries_times_lands_in_the_dead_letter_stream_
         assert_eq!(d[0].attempt, attempt);
         w.nack(vec![d[0].offset], 0, "cannot parse").await;
     }
-    wait_until(T, "dead-lettered", || {
-        let mut c = c.clone();
-        async move {
-            let i = stream_info(&mut c, "transactions").await;
-            i.dead_lettered_total == 1 && i.pending == 0
-        }
-    })
-    .await;
-    let dl = fetch_all(&mut c, "transactions.dlq").await;
-    assert_eq!(dl.len(), 1);
-    let r = dl[0].record.as_ref().unwrap();
-    assert_eq!(&r.key[..], b"tx-0");
-    let letter = DeadLetter::decode(r.value.clone()).unwrap();
+    let (key, letter) = the_one_dead_letter(&mut c).await;
+    assert_eq!(&key[..], b"tx-0");
     assert_eq!(
         (letter.stream.as_str(), letter.offset, letter.attempts),
         ("transactions", 0, 3)
@@ -226,17 +234,7 @@ async fn a_permanent_nack_dead_letters_on_the_first_attempt() {
     w.nack_permanent(vec![d[0].offset], "undecodable Transaction")
         .await;
     w.ack(vec![d[1].offset]).await;
-    wait_until(T, "dead-lettered", || {
-        let mut c = c.clone();
-        async move {
-            let i = stream_info(&mut c, "transactions").await;
-            i.dead_lettered_total == 1 && i.pending == 0
-        }
-    })
-    .await;
-    let dl = fetch_all(&mut c, "transactions.dlq").await;
-    assert_eq!(dl.len(), 1);
-    let letter = DeadLetter::decode(dl[0].record.as_ref().unwrap().value.clone()).unwrap();
+    let (_, letter) = the_one_dead_letter(&mut c).await;
     assert_eq!((letter.offset, letter.attempts), (d[0].offset, 1));
     assert!(
         letter.reason.contains("undecodable Transaction") && letter.reason.contains("permanent"),

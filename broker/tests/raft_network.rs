@@ -533,19 +533,8 @@ async fn write_trim(raft: &Raft, start_offset: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicates_fails_over_and_installs_snapshot_over_grpc() {
-    let mut nodes = Vec::new();
-    for id in 0..3 {
-        nodes.push(start_node(id, CLUSTER).await);
-    }
-    let members: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (n.id, n.node())).collect();
-    nodes[0]
-        .raft
-        .initialize(members)
-        .await
-        .expect("initialize from node 0");
-
     // Election and replication to all three.
-    let leader = wait_for_leader(&nodes.iter().collect::<Vec<_>>(), None).await;
+    let (mut nodes, leader) = three_initialised_nodes().await;
     let l = leader as usize;
     for i in 1..=5 {
         write_trim(&nodes[l].raft, i).await;
@@ -930,9 +919,9 @@ async fn cached_channel_reconnects_after_the_peer_restarts() {
     restarted.stop().await;
 }
 
-/// Starts three nodes, initialises the group from node 0 and writes trim 1 through the leader;
-/// returns the nodes and the leader's id.
-async fn three_nodes_with_a_leader() -> (Vec<TestNode>, NodeId) {
+/// Starts three nodes and initialises the group from node 0; returns the nodes and the id of
+/// the leader they agree on.
+async fn three_initialised_nodes() -> (Vec<TestNode>, NodeId) {
     let mut nodes = Vec::new();
     for id in 0..3 {
         nodes.push(start_node(id, CLUSTER).await);
@@ -944,6 +933,13 @@ async fn three_nodes_with_a_leader() -> (Vec<TestNode>, NodeId) {
         .await
         .expect("initialize from node 0");
     let leader = wait_for_leader(&nodes.iter().collect::<Vec<_>>(), None).await;
+    (nodes, leader)
+}
+
+/// [`three_initialised_nodes`], then trim 1 written through the leader and applied
+/// everywhere; returns the nodes and the leader's id.
+async fn three_nodes_with_a_leader() -> (Vec<TestNode>, NodeId) {
+    let (nodes, leader) = three_initialised_nodes().await;
     write_trim(&nodes[leader as usize].raft, 1).await;
     for n in &nodes {
         wait_until(&format!("trim 1 applied on node {}", n.id), || {

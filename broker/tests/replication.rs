@@ -3,6 +3,7 @@
 //! the leader's purge point catches up by install-snapshot, and clients get leader hints.
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -38,6 +39,24 @@ fn restart(configs: &[Config], i: usize) -> TestBroker {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
     );
     TestBroker::start_on(cfg, listeners)
+}
+
+/// Starts a 3-replica cluster in `dir`, each node's configuration changed by `tweak`; returns
+/// the configurations (for [`restart`]) and the running nodes.
+fn start_cluster(
+    dir: &Path,
+    tweak: impl Fn(&mut Config),
+) -> (Vec<Config>, Vec<Option<TestBroker>>) {
+    let mut cfgs = cluster_configs(dir, 3);
+    for (c, _) in cfgs.iter_mut() {
+        tweak(c);
+    }
+    let configs = cfgs.iter().map(|(c, _)| c.clone()).collect();
+    let nodes = cfgs
+        .into_iter()
+        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
+        .collect();
+    (configs, nodes)
 }
 
 /// Index of the node leading `stream`, once every live node agrees on one.
@@ -96,12 +115,7 @@ async fn end_offset_on(n: &TestBroker, stream: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_leader_crash_and_the_node_catches_up_on_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = cluster_configs(dir.path(), 3);
-    let configs: Vec<_> = cfgs.iter().map(|(c, _)| c.clone()).collect();
-    let mut nodes: Vec<Option<TestBroker>> = cfgs
-        .into_iter()
-        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
-        .collect();
+    let (configs, mut nodes) = start_cluster(dir.path(), |_| {});
     let l = leader_of(&nodes, "labels").await;
 
     // A follower answers UNAVAILABLE with the leader's client address.
@@ -178,16 +192,10 @@ async fn acknowledged_writes_survive_a_leader_crash_and_the_node_catches_up_on_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_the_purge_point_catches_up_by_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfgs = cluster_configs(dir.path(), 3);
-    for (c, _) in cfgs.iter_mut() {
+    let (configs, mut nodes) = start_cluster(dir.path(), |c| {
         c.segment_bytes = 8 * 1024;
         c.snapshot_interval_ms = 100;
-    }
-    let configs: Vec<_> = cfgs.iter().map(|(c, _)| c.clone()).collect();
-    let mut nodes: Vec<Option<TestBroker>> = cfgs
-        .into_iter()
-        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
-        .collect();
+    });
     let l = leader_of(&nodes, "transactions").await;
     let f = (l + 1) % 3;
     nodes[f].take().unwrap().crash();
@@ -344,12 +352,7 @@ async fn a_single_node_grows_to_three_voters_and_shrinks_back_without_losing_dat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_with_a_torn_log_tail_truncates_it_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = cluster_configs(dir.path(), 3);
-    let configs: Vec<_> = cfgs.iter().map(|(c, _)| c.clone()).collect();
-    let mut nodes: Vec<Option<TestBroker>> = cfgs
-        .into_iter()
-        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
-        .collect();
+    let (configs, mut nodes) = start_cluster(dir.path(), |_| {});
     let l = leader_of(&nodes, "labels").await;
     let mut c = nodes[l].as_ref().unwrap().client().await;
     for s in 1..=30u64 {
@@ -491,17 +494,11 @@ async fn replicas_started_one_by_one_bootstrap_with_their_ordinals_and_a_lost_vo
 #[tokio::test]
 async fn a_follower_that_installs_a_snapshot_gets_the_dedupe_keys_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfgs = cluster_configs(dir.path(), 3);
-    for (c, _) in cfgs.iter_mut() {
+    let (configs, mut nodes) = start_cluster(dir.path(), |c| {
         c.segment_bytes = 8 * 1024;
         c.decisions_max_bytes = 8 * 1024;
         c.snapshot_interval_ms = 100;
-    }
-    let configs: Vec<_> = cfgs.iter().map(|(c, _)| c.clone()).collect();
-    let mut nodes: Vec<Option<TestBroker>> = cfgs
-        .into_iter()
-        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
-        .collect();
+    });
     let l = leader_of(&nodes, "decisions").await;
     let f = (l + 1) % 3;
     nodes[f].take().unwrap().crash();

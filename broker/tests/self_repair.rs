@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::procs::*;
-use common::{fetch_all, rec, try_http_get};
+use common::{fetch_all, try_http_get};
 
 const STREAM: &str = "decisions";
 /// Small segments, so that a few hundred records make sealed segments to corrupt.
@@ -25,13 +25,10 @@ async fn produce_n(c: &ProcCluster, n: usize, tag: &str) -> BTreeMap<u64, String
     let value = "v".repeat(200);
     for b in 0..n {
         let keys: Vec<String> = (0..4).map(|k| format!("{tag}-{b}-{k}")).collect();
-        let records = keys.iter().map(|k| rec(k, &value)).collect();
-        let base = produce_anywhere(c, STREAM, records, Duration::from_secs(10))
+        let pairs = produce_keys(c, STREAM, keys, &value, Duration::from_secs(10))
             .await
             .unwrap_or_else(|e| panic!("batch {b} not acknowledged: {e}"));
-        for (j, k) in keys.into_iter().enumerate() {
-            acked.insert(base + j as u64, k);
-        }
+        acked.extend(pairs);
     }
     acked
 }

@@ -11,7 +11,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::procs::*;
-use common::rec;
 use txpipe_client::broker::v1::FetchRequest;
 
 const STREAM: &str = "decisions";
@@ -19,11 +18,16 @@ const STREAM: &str = "decisions";
 async fn produce_some(c: &ProcCluster) -> Vec<(u64, String)> {
     let mut acked = Vec::new();
     for b in 0..20 {
-        let key = format!("k-{b}");
-        let base = produce_anywhere(c, STREAM, vec![rec(&key, "v")], Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|e| panic!("batch {b}: {e}"));
-        acked.push((base, key));
+        let pairs = produce_keys(
+            c,
+            STREAM,
+            vec![format!("k-{b}")],
+            "v",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("batch {b}: {e}"));
+        acked.extend(pairs);
     }
     acked
 }

@@ -257,3 +257,22 @@ pub async fn produce_anywhere(
     }
     Err(last_err)
 }
+
+/// Produces one batch of records keyed `keys`, each with value `value`, to whichever node leads
+/// `stream`: the acknowledged `(offset, key)` pairs, or the error when no node acknowledged the
+/// batch within `timeout` (it may or may not be stored).
+pub async fn produce_keys(
+    cluster: &ProcCluster,
+    stream: &str,
+    keys: Vec<String>,
+    value: &str,
+    timeout: Duration,
+) -> Result<Vec<(u64, String)>, String> {
+    let records = keys.iter().map(|k| super::rec(k, value)).collect();
+    let base = produce_anywhere(cluster, stream, records, timeout).await?;
+    Ok(keys
+        .into_iter()
+        .enumerate()
+        .map(|(j, k)| (base + j as u64, k))
+        .collect())
+}
