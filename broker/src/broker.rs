@@ -98,7 +98,7 @@ pub struct Broker {
     started: Instant,
 }
 
-/// The standard streams of DESIGN.md §3.
+/// The standard streams of a pipeline (see docs/architecture.md, "Streams").
 pub fn standard_streams(group: &str) -> Vec<StreamSpec> {
     let limits = |name: &str, dedupe: bool| StreamSpec {
         name: name.into(),

@@ -5,7 +5,7 @@
 //! configurable with `--crypto-rounds`, using `ring`'s AES-256-GCM: `ring` picks its AES-NI /
 //! CLMUL assembly at run time (CPU feature detection), so the cost is the same whatever
 //! `RUSTFLAGS`/target features the binary was built with; RustCrypto's `aes-gcm` is 2-4x slower
-//! without compile-time target features (DESIGN.md §3). One round seals a fixed 32-byte block
+//! without compile-time target features. One round seals a fixed 32-byte block
 //! (the PAN, zero padded) with the transaction id as associated data, then opens it again; the
 //! first tag byte is folded into the block so every round depends on the previous one and
 //! none can be optimised away.

@@ -1,4 +1,4 @@
-//! The CPU stages of scoring (DESIGN.md §3), each doing a fixed amount of work per
+//! The CPU stages of scoring, each doing a fixed amount of work per
 //! transaction whatever its content (no early exits), so its cost is stable and measurable:
 //!
 //! | order | stage | work |
@@ -9,7 +9,7 @@
 //! | 4 | [`Stage::Model`] | feature extraction + logistic regression ([`crate::model`]) |
 //! | 5 | [`Stage::External`] | the awaited issuer call ([`crate::timer`]), not part of [`Scorer`] |
 //!
-//! DESIGN.md lists the profile lookup first; the card's BIN is inside the encrypted PAN, so
+//! The original design put the profile lookup first; the card's BIN is inside the encrypted PAN, so
 //! decryption runs first here. [`Scorer::assess`] runs stages 1-4 and [`Verdict`] turns the
 //! result into approve / review / decline.
 
