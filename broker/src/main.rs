@@ -6,7 +6,7 @@ use clap::Parser;
 use txpipe_broker::{Config, LogFormat};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     #[cfg(feature = "failpoints")]
     let _failpoints = txpipe_broker::failpoints::setup();
@@ -23,6 +23,19 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init(),
     }
+    match serve(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the cause chain on one line, so the last lines of a log (what a
+            // supervisor shows) hold the reason, not a backtrace dump.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Validates the config, binds the three listeners and runs the broker until a signal.
+async fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await

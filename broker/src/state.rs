@@ -79,8 +79,11 @@ pub struct StreamSpec {
 pub const MAX_PRODUCERS: usize = 65_536;
 /// Longest producer name, bytes.
 pub const MAX_PRODUCER_NAME: usize = 256;
-/// Recent batches remembered per producer, to answer retries with their original offsets.
-pub const RECENT_BATCHES: usize = 8;
+/// Recent batches remembered per producer, to answer retries with their original offsets:
+/// as many as a producer may keep in flight ([`txpipe_client::produce::MAX_IN_FLIGHT`]), so a
+/// resend after a failover is always answered. Only replies depend on it, never the state, so
+/// replicas with different values (a rolling upgrade) stay identical.
+pub const RECENT_BATCHES: usize = txpipe_client::produce::MAX_IN_FLIGHT;
 
 /// Offsets `[base_offset, base_offset + count)` live in the `Append` entry at `log_index`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -561,7 +564,7 @@ impl StreamState {
             p.last_sequence = b.sequence;
             p.last_position = p.last_position.max(b.position);
             p.last_log_index = log_index;
-            if p.recent.len() == RECENT_BATCHES {
+            while p.recent.len() >= RECENT_BATCHES {
                 p.recent.pop_front();
             }
             p.recent.push_back(BatchMemo {

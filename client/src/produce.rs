@@ -79,6 +79,16 @@ pub enum ProducerIdentity {
     NonIdempotent,
 }
 
+/// Most batches an idempotent producer keeps unacknowledged at once.
+///
+/// The broker remembers this many recent batches of every producer (its `RECENT_BATCHES` is
+/// defined from this constant), so every batch a producer resends after a failover is still
+/// remembered and answered as a duplicate with its original offsets. With more in flight, a
+/// failover could resend a batch the new leader stored but no longer remembers, which it must
+/// reject as `OUT_OF_RANGE` ("older than the remembered batches"). Kafka has the same rule:
+/// `max.in.flight.requests.per.connection` at most 5 with idempotence (KIP-98).
+pub const MAX_IN_FLIGHT: usize = 16;
+
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -88,7 +98,9 @@ pub struct ProducerConfig {
     pub stream: String,
     /// How the producer registers. Default [`ProducerIdentity::Anonymous`].
     pub identity: ProducerIdentity,
-    /// Batches sent but not yet acknowledged, at most. Default 16.
+    /// Batches sent but not yet acknowledged, at most. Default 16. An idempotent producer
+    /// (every identity but [`ProducerIdentity::NonIdempotent`]) uses at most
+    /// [`MAX_IN_FLIGHT`]; a larger value is lowered to it, and 0 counts as 1.
     pub max_in_flight: usize,
     /// How long a failover may last (from a broken Produce call to the first acknowledgement on
     /// the new leader) before the producer gives up with [`ProduceError::Unreachable`].
@@ -374,6 +386,10 @@ async fn run(
     stats_tx: watch::Sender<ProducerStats>,
 ) -> Result<ProducerStats, ProduceError> {
     let mut stats = ProducerStats::default();
+    let max_in_flight = match config.identity {
+        ProducerIdentity::NonIdempotent => config.max_in_flight.max(1),
+        _ => config.max_in_flight.clamp(1, MAX_IN_FLIGHT),
+    };
     let mut unacked: VecDeque<Pending> = VecDeque::new();
     let mut next_seq: u64 = 1;
     let mut input_open = true;
@@ -393,7 +409,7 @@ async fn run(
         }
         // One Produce call per leader; resend everything unacknowledged first, in sequence
         // order, with the sequences it had (the leader answers stored ones as duplicates).
-        let (out_tx, out_rx) = mpsc::channel::<ProduceRequest>(config.max_in_flight + 1);
+        let (out_tx, out_rx) = mpsc::channel::<ProduceRequest>(max_in_flight + 1);
         let mk = |p: &Pending| ProduceRequest {
             stream: config.stream.clone(),
             producer_id: reg.producer_id,
@@ -418,7 +434,7 @@ async fn run(
                 if !input_open && unacked.is_empty() {
                     return Ok(stats);
                 }
-                let room = input_open && unacked.len() < config.max_in_flight;
+                let room = input_open && unacked.len() < max_in_flight;
                 tokio::select! {
                     opened = &mut call, if inbound.is_none() => match opened {
                         Err(status) => break status,

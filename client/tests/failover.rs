@@ -375,3 +375,34 @@ async fn a_named_producer_registers_with_the_leader_and_sends_its_id_epoch_and_p
     assert_eq!(batches.len(), 1);
     assert_eq!((batches[0].producer_id, batches[0].epoch), (100, 1));
 }
+
+#[tokio::test]
+async fn an_idempotent_producer_keeps_at_most_max_in_flight_batches_unacknowledged() {
+    // The broker remembers MAX_IN_FLIGHT recent batches per producer; with more in flight, a
+    // resend after a failover could be older than every remembered batch and be rejected
+    // (OUT_OF_RANGE), which is how a 5-broker chaos run failed. A larger setting is lowered.
+    use txpipe_client::produce::MAX_IN_FLIGHT;
+    let a = FakeBroker::new("a");
+    a.st().ack_limit = Some(0);
+    let a = Node::start(a).await;
+    let b = Node::start(FakeBroker::new("b")).await;
+    let p = Producer::connect(config(vec![a.uri(), b.uri()], 5, 4 * MAX_IN_FLIGHT))
+        .await
+        .unwrap();
+    let n = 3 * MAX_IN_FLIGHT as u64;
+    let (receipts, ()) = tokio::join!(send_all(&p, n), async {
+        wait_for("a to receive the first window", || {
+            a.fake.sequences(5).len() >= MAX_IN_FLIGHT
+        })
+        .await;
+        a.kill().await;
+    });
+    assert_eq!(
+        a.fake.sequences(5),
+        (1..=MAX_IN_FLIGHT as u64).collect::<Vec<_>>(),
+        "no more than MAX_IN_FLIGHT batches were sent before the first ack"
+    );
+    resolved(receipts).await;
+    assert_eq!(b.fake.sequences(5), (1..=n).collect::<Vec<_>>());
+    p.close().await.unwrap();
+}

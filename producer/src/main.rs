@@ -69,7 +69,8 @@ struct Args {
     /// Records per produce batch (1-10000).
     #[arg(long, env = "PRODUCER_BATCH_SIZE", default_value_t = 500)]
     batch_size: usize,
-    /// Unacknowledged batches per stream, at most.
+    /// Unacknowledged batches per stream, at most: 1-16 (the broker remembers 16 recent
+    /// batches per producer to answer a resend after a failover as a duplicate).
     #[arg(long, env = "PRODUCER_MAX_IN_FLIGHT", default_value_t = 16)]
     max_in_flight: usize,
     /// Read transactions from this CSV or JSON Lines file instead of generating them.

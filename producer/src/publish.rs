@@ -200,8 +200,12 @@ impl Config {
         if !(1..=10_000).contains(&self.batch_size) {
             return bad(format!("batch size {} is not 1-10000", self.batch_size));
         }
-        if self.max_in_flight == 0 {
-            return bad("max in-flight batches must be >= 1".into());
+        if !(1..=txpipe_client::produce::MAX_IN_FLIGHT).contains(&self.max_in_flight) {
+            return bad(format!(
+                "max in-flight batches {} is not 1-{} (the most batches a broker remembers per producer)",
+                self.max_in_flight,
+                txpipe_client::produce::MAX_IN_FLIGHT
+            ));
         }
         if let Some(n) = &self.producer_name
             && (n.is_empty() || n.len() > 256)

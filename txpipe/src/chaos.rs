@@ -356,10 +356,15 @@ impl Chaos {
         }
     }
 
-    /// The broker that is down on purpose (killed and not yet rejoined): the supervisor must
-    /// not restart it on its own.
+    /// The broker that is down on purpose (killed and not yet restarted): the supervisor must
+    /// not restart it on its own. Once the schedule has restarted it, a crash of the new process
+    /// (a start-up failure) is the supervisor's to restart again, as a pod's restart policy
+    /// would; the rejoin deadline still fails a run whose broker never comes back.
     pub fn down_broker(&self) -> Option<usize> {
-        self.outage.as_ref().map(|o| o.node)
+        self.outage
+            .as_ref()
+            .filter(|o| !o.restarted)
+            .map(|o| o.node)
     }
 
     /// No kill is in progress: the run may end.
@@ -760,6 +765,8 @@ mod tests {
         let a = c.step(&tick(2600 + delay, Some(due), Some(&new)));
         assert_eq!(kinds(&a), ["restart broker-0"]);
         assert!(!c.idle());
+        // Restarted: a crash of the new process is the supervisor's to restart.
+        assert_eq!(c.down_broker(), None);
         // Rejoined: the record is complete and the machine is idle again.
         let a = c.step(&tick(4000 + delay, Some(due + 5), Some(&led_by(2, 4, 3))));
         assert_eq!(kinds(&a), ["finished broker-0"]);

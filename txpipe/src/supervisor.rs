@@ -166,8 +166,38 @@ impl Proc {
     }
 }
 
-/// A loopback port that was free a moment ago (bind to port 0, read it, release it).
+/// A loopback port that was free a moment ago, below the kernel's ephemeral port range.
+///
+/// A broker killed by the chaos schedule is restarted on the same ports. A port from the
+/// ephemeral range (what binding port 0 gives) can meanwhile be taken as the local port of an
+/// outgoing connection, for as long as that connection lives, and the restart then fails with
+/// "address in use". Ports below the range are never handed out that way, so the search starts
+/// at a seeded place in `10000..` up to the range's first port (`/proc/sys/net/ipv4/
+/// ip_local_port_range`; 32768 when unreadable) and binds port 0 only when none is free.
 pub(crate) fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(65_535);
+    if high > LOW + 100 {
+        let span = high - LOW;
+        // Seeded by the process id and the clock, so concurrent runs start apart.
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        let _ = NEXT.compare_exchange(0, seed % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+        for _ in 0..512 {
+            let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return Ok(port as u16);
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
     Ok(l.local_addr()?.port())
 }

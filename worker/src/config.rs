@@ -88,8 +88,9 @@ pub struct Config {
     /// How long to keep trying to reach a broker before giving up, milliseconds.
     #[arg(long, env = "WORKER_RECONNECT_DEADLINE_MS", default_value_t = 60_000)]
     pub reconnect_deadline_ms: u64,
-    /// Decision produce batches in flight, at most.
-    #[arg(long, env = "WORKER_PRODUCE_IN_FLIGHT", default_value_t = 32)]
+    /// Decision produce batches in flight, at most: 1-16 (the broker remembers 16 recent
+    /// batches per producer to answer a resend after a failover as a duplicate).
+    #[arg(long, env = "WORKER_PRODUCE_IN_FLIGHT", default_value_t = 16)]
     pub produce_in_flight: usize,
 }
 
@@ -117,7 +118,7 @@ impl Config {
             score_chunk: 64,
             nack_delay_ms: 0,
             reconnect_deadline_ms: 60_000,
-            produce_in_flight: 32,
+            produce_in_flight: 16,
         }
     }
 
@@ -132,6 +133,13 @@ impl Config {
             return Err(Error::Config(format!(
                 "--decision-batch ({}), --score-chunk ({}) and --produce-in-flight ({}) must be at least 1",
                 self.decision_batch, self.score_chunk, self.produce_in_flight
+            )));
+        }
+        if self.produce_in_flight > txpipe_client::produce::MAX_IN_FLIGHT {
+            return Err(Error::Config(format!(
+                "--produce-in-flight {} is above {}, the most batches a broker remembers per producer",
+                self.produce_in_flight,
+                txpipe_client::produce::MAX_IN_FLIGHT
             )));
         }
         if self.issuer_latency_us > 10_000_000 {
