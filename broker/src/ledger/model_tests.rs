@@ -1,0 +1,1 @@
+//! The ledger state machine against a simple reference model (proptest).
