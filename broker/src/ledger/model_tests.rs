@@ -512,34 +512,64 @@ enum Step {
     Expire,
 }
 
+/// An id from `1..=n` mostly, rarely 0, `u128::MAX` or one past `n`.
+fn id(n: u128) -> impl Strategy<Value = u128> {
+    prop_oneof![
+        40 => 1..=n,
+        1 => Just(0u128),
+        1 => Just(u128::MAX),
+        1 => Just(n + 1),
+    ]
+}
+
 fn account() -> impl Strategy<Value = Account> {
+    let flags = prop_oneof![
+        6 => Just(AccountFlags::default()),
+        2 => Just(AccountFlags::HISTORY),
+        2 => Just(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+        1 => Just(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS),
+        1 => (0u16..16).prop_map(AccountFlags),
+        1 => Just(AccountFlags(1 << 5)),
+    ];
     (
-        1..=ACCOUNT_IDS - 1,
+        id(ACCOUNT_IDS - 1),
         prop_oneof![8 => Just(1u32), 2 => Just(2), 1 => Just(0)],
         prop_oneof![10 => Just(1u16), 1 => Just(0), 1 => Just(2)],
-        // Linked, limits, history; rarely a reserved bit.
-        prop_oneof![20 => 0u16..16, 1 => Just(1u16 << 5)],
+        (flags, prop::bool::weighted(0.15)),
         prop_oneof![10 => Just(0u128), 1 => Just(1)],
-        prop_oneof![20 => Just((0u128, 0u64)), 1 => Just((5, 0)), 1 => Just((0, 3))],
+        prop_oneof![
+            30 => Just([0u128; 4]),
+            1 => Just([5, 0, 0, 0]),
+            1 => Just([0, 5, 0, 0]),
+            1 => Just([0, 0, 5, 0]),
+            1 => Just([0, 0, 0, 5]),
+        ],
+        prop::bool::weighted(0.02),
     )
         .prop_map(
-            |(id, ledger, code, flags, user_data, (balance, timestamp))| Account {
+            |(id, ledger, code, (flags, link), user_data, [dp, dpo, cp, cpo], stamped)| Account {
                 id,
                 ledger,
                 code,
-                flags: AccountFlags(flags),
+                flags: if link {
+                    flags | AccountFlags::LINKED
+                } else {
+                    flags
+                },
                 user_data,
-                debits_posted: balance,
-                timestamp,
-                ..Account::default()
+                debits_pending: dp,
+                debits_posted: dpo,
+                credits_pending: cp,
+                credits_posted: cpo,
+                timestamp: u64::from(stamped),
             },
         )
 }
 
 fn amount() -> impl Strategy<Value = u128> {
     prop_oneof![
-        2 => Just(0u128),
-        10 => 1u128..=20,
+        1 => Just(0u128),
+        12 => 1u128..=20,
         4 => Just(100u128),
         1 => Just(u128::MAX / 2),
         1 => Just(u128::MAX - 1),
@@ -547,26 +577,70 @@ fn amount() -> impl Strategy<Value = u128> {
     ]
 }
 
+/// Holds take ids `1..=HOLD_IDS` (so that posts and voids find them), other transfers
+/// `1..=TRANSFER_IDS`.
+const HOLD_IDS: u128 = 10;
+
 fn transfer() -> impl Strategy<Value = Transfer> {
+    // 0 plain, 1 hold, 2 post, 3 void.
     let kind = prop_oneof![4 => Just(0u8), 3 => Just(1), 2 => Just(2), 1 => Just(3)];
+    let resolve_amount = prop_oneof![
+        6 => Just(0u128),
+        3 => 1u128..=20,
+        1 => Just(100u128),
+        1 => Just(u128::MAX),
+    ];
+    let resolve_account = prop_oneof![8 => Just(0u128), 2 => 1..=ACCOUNT_IDS, 1 => Just(u128::MAX)];
     (
-        (kind, 1..=TRANSFER_IDS, 0..=ACCOUNT_IDS, 0..=ACCOUNT_IDS),
-        (amount(), 0..=TRANSFER_IDS),
-        prop_oneof![3 => Just(0u64), 2 => Just(1), 2 => Just(5), 1 => Just(50), 1 => Just(u64::MAX / 1_000_000)],
-        prop_oneof![10 => Just(1u32), 1 => Just(0), 1 => Just(2)],
-        prop_oneof![10 => Just(1u16), 1 => Just(0)],
-        (prop::bool::weighted(0.25), prop::bool::weighted(0.03), 0u128..=1),
-        prop::bool::weighted(0.02),
+        (
+            kind,
+            id(HOLD_IDS),
+            id(TRANSFER_IDS),
+            id(ACCOUNT_IDS - 1),
+            id(ACCOUNT_IDS - 1),
+        ),
+        (
+            amount(),
+            resolve_amount,
+            id(HOLD_IDS),
+            resolve_account.clone(),
+            resolve_account,
+        ),
+        prop_oneof![
+            3 => Just(0u64),
+            2 => Just(1),
+            2 => Just(5),
+            1 => Just(50),
+            1 => Just(u64::MAX / NS_PER_MS),
+        ],
+        (
+            prop_oneof![8 => Just(1u32), 1 => Just(0), 3 => Just(2)],
+            prop_oneof![10 => Just(1u16), 1 => Just(0), 1 => Just(2)],
+        ),
+        (
+            prop::bool::weighted(0.25),
+            prop::bool::weighted(0.03),
+            0u128..=1,
+            prop::bool::weighted(0.02),
+            prop::bool::weighted(0.05),
+            prop::bool::weighted(0.1),
+        ),
     )
         .prop_map(
-            |((kind, id, dr, cr), (amount, pending_id), timeout_ms, ledger, code, (link, both, user_data), stamped)| {
+            |(
+                (kind, hold_id, other_id, dr, cr),
+                (amount, resolve_amount, pending_id, rdr, rcr),
+                timeout_ms,
+                (ledger, code),
+                (link, two_kinds, user_data, stamped, odd, named),
+            )| {
                 let mut flags = match kind {
                     0 => TransferFlags::default(),
                     1 => TransferFlags::PENDING,
                     2 => TransferFlags::POST_PENDING_TRANSFER,
                     _ => TransferFlags::VOID_PENDING_TRANSFER,
                 };
-                if both {
+                if two_kinds {
                     flags = flags | TransferFlags::PENDING | TransferFlags::VOID_PENDING_TRANSFER;
                 }
                 if link {
@@ -574,15 +648,21 @@ fn transfer() -> impl Strategy<Value = Transfer> {
                 }
                 let resolving = kind >= 2;
                 Transfer {
-                    id,
-                    // Posts and voids mostly leave the hold's fields at 0.
-                    debit_account_id: if resolving && dr > 3 { 0 } else { dr },
-                    credit_account_id: if resolving && cr > 3 { 0 } else { cr },
-                    amount: if resolving && amount > 20 { 0 } else { amount },
-                    pending_id: if kind == 0 && pending_id > 2 { 0 } else { pending_id },
-                    timeout_ms: if kind == 1 || timeout_ms == 1 { timeout_ms } else { 0 },
-                    ledger: if resolving && ledger == 1 { 0 } else { ledger },
-                    code: if resolving && code == 1 { 0 } else { code },
+                    id: if kind == 1 { hold_id } else { other_id },
+                    debit_account_id: if resolving { rdr } else { dr },
+                    credit_account_id: if resolving { rcr } else { cr },
+                    amount: if resolving { resolve_amount } else { amount },
+                    // `odd`: a field set where it must not be, or left out where needed.
+                    pending_id: match (resolving, odd) {
+                        (true, false) => pending_id,
+                        (true, true) => 0,
+                        (false, false) => 0,
+                        (false, true) => pending_id,
+                    },
+                    timeout_ms: if kind == 1 || odd { timeout_ms } else { 0 },
+                    // `named`: a post or void that names the hold's ledger and code (or others).
+                    ledger: if resolving && !named { 0 } else { ledger },
+                    code: if resolving && !named { 0 } else { code },
                     flags,
                     user_data,
                     timestamp: u64::from(stamped),
@@ -602,15 +682,51 @@ fn step() -> impl Strategy<Value = (i64, Step)> {
         1 => Just(-2_000_000),
     ];
     let s = prop_oneof![
-        2 => prop::collection::vec(account(), 1..5).prop_map(Step::Accounts),
-        6 => prop::collection::vec(transfer(), 1..10).prop_map(Step::Transfers),
+        1 => prop::collection::vec(account(), 1..4).prop_map(Step::Accounts),
+        8 => prop::collection::vec(transfer(), 1..10).prop_map(Step::Transfers),
         1 => Just(Step::Expire),
     ];
     (dt, s)
 }
 
+/// The first step of every case: accounts 1–6 of every kind, 2 and 5 funded from 1.
+fn opening() -> [Step; 2] {
+    let a = |id, ledger, flags| Account {
+        id,
+        ledger,
+        code: 1,
+        flags,
+        ..Account::default()
+    };
+    let fund = |id, cr| Transfer {
+        id,
+        debit_account_id: 1,
+        credit_account_id: cr,
+        amount: 60,
+        ledger: 1,
+        code: 1,
+        ..Transfer::default()
+    };
+    [
+        Step::Accounts(vec![
+            a(1, 1, AccountFlags::default()),
+            a(2, 1, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+            a(3, 1, AccountFlags::HISTORY),
+            a(4, 1, AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS),
+            a(
+                5,
+                1,
+                AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::HISTORY,
+            ),
+            a(6, 2, AccountFlags::default()),
+        ]),
+        // Ids above every generated one.
+        Step::Transfers(vec![fund(1001, 2), fund(1002, 5)]),
+    ]
+}
+
 fn compare(s: &LedgerState, m: &Model) -> Result<(), String> {
-    for id in 0..=ACCOUNT_IDS {
+    for id in (0..=ACCOUNT_IDS).chain([u128::MAX]) {
         let want = m.account(id).map(|a| m.with_balances(a));
         let got = s.lookup_accounts(&[id]).first().copied();
         if got != want {
@@ -643,7 +759,7 @@ fn compare(s: &LedgerState, m: &Model) -> Result<(), String> {
             ));
         }
     }
-    for id in 0..=TRANSFER_IDS {
+    for id in (0..=TRANSFER_IDS + 1).chain([1001, 1002, u128::MAX]) {
         let want = m.transfer(id).copied();
         let got = s.lookup_transfers(&[id]).first().copied();
         if got != want {
@@ -680,7 +796,8 @@ fn run(steps: &[(i64, Step)]) -> Result<(), TestCaseError> {
     let mut s = LedgerState::new();
     let mut m = Model::default();
     let mut now = T0;
-    for (i, (dt, step)) in steps.iter().enumerate() {
+    let opening = opening().map(|s| (0i64, s));
+    for (i, (dt, step)) in opening.iter().chain(steps).enumerate() {
         now = now.saturating_add_signed(*dt);
         match step {
             Step::Accounts(batch) => {
