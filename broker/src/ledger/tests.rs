@@ -124,10 +124,10 @@ fn base() -> LedgerState {
     s
 }
 
-#[test]
-fn every_bad_account_gets_its_own_code_and_nothing_is_created() {
+/// One account per account result code (but the chain codes), against [`base`].
+fn account_cases() -> Vec<(&'static str, Account, A)> {
     let ok = account(10, 1, AccountFlags::default());
-    let cases: Vec<(&str, Account, A)> = vec![
+    vec![
         ("valid", ok, A::Ok),
         (
             "timestamp set",
@@ -229,7 +229,12 @@ fn every_bad_account_gets_its_own_code_and_nothing_is_created() {
             },
             A::ExistsWithDifferentCode,
         ),
-    ];
+    ]
+}
+
+#[test]
+fn every_bad_account_gets_its_own_code_and_nothing_is_created() {
+    let cases = account_cases();
     let start = base();
     for (name, a, want) in cases {
         let mut s = start.clone();
@@ -238,24 +243,19 @@ fn every_bad_account_gets_its_own_code_and_nothing_is_created() {
         if want == A::Ok {
             assert_eq!(s.lookup_accounts(&[a.id])[0].timestamp, s.last_timestamp());
         } else {
-            assert_eq!(
-                s.encode(),
-                {
-                    let mut u = start.clone();
-                    u.last_timestamp = s.last_timestamp();
-                    u.encode()
-                },
-                "{name}: nothing but the clock changed"
-            );
+            let mut u = start.clone();
+            u.last_timestamp = s.last_timestamp();
+            assert_eq!(s, u, "{name}: nothing but the clock changed");
         }
     }
 }
 
-#[test]
-fn every_bad_transfer_gets_its_own_code_and_nothing_is_applied() {
+/// One transfer per transfer result code (but the chain and overflow codes), against
+/// [`base`] at `T0 + SEC / 2`.
+fn transfer_cases() -> Vec<(&'static str, Transfer, R)> {
     let max = u128::MAX;
     let t = transfer(1000, 1, 2, 7);
-    let cases: Vec<(&str, Transfer, R)> = vec![
+    vec![
         ("valid", t, R::Ok),
         ("valid hold", hold(1000, 1, 2, 7, 10), R::Ok),
         (
@@ -603,7 +603,12 @@ fn every_bad_transfer_gets_its_own_code_and_nothing_is_applied() {
             hold(1000, 1, 2, 7, u64::MAX / NS_PER_MS),
             R::OverflowsTimeout,
         ),
-    ];
+    ]
+}
+
+#[test]
+fn every_bad_transfer_gets_its_own_code_and_nothing_is_applied() {
+    let cases = transfer_cases();
     let start = base();
     for (name, t, want) in cases {
         let mut s = start.clone();
@@ -621,7 +626,28 @@ fn every_bad_transfer_gets_its_own_code_and_nothing_is_applied() {
 }
 
 #[test]
-fn every_result_code_is_covered_by_a_test_and_has_a_wire_code() {
+fn every_result_code_is_covered_by_a_table_and_has_a_wire_code() {
+    use std::collections::BTreeSet;
+    // The chain codes have tests of their own (linked chains, open chains).
+    let chains = [A::LinkedEventFailed, A::LinkedEventChainOpen];
+    let covered: BTreeSet<A> = account_cases().iter().map(|c| c.2).chain(chains).collect();
+    let missing: Vec<_> = A::ALL.iter().filter(|r| !covered.contains(r)).collect();
+    assert!(
+        missing.is_empty(),
+        "account codes without a case: {missing:?}"
+    );
+    let chains = [R::LinkedEventFailed, R::LinkedEventChainOpen];
+    let covered: BTreeSet<R> = transfer_cases()
+        .iter()
+        .map(|c| c.2)
+        .chain(overflow_cases().iter().map(|c| c.3))
+        .chain(chains)
+        .collect();
+    let missing: Vec<_> = R::ALL.iter().filter(|r| !covered.contains(r)).collect();
+    assert!(
+        missing.is_empty(),
+        "transfer codes without a case: {missing:?}"
+    );
     for r in CreateTransferResult::ALL {
         assert_eq!(CreateTransferResult::from_code(*r as u8), Some(*r));
         assert!(!r.as_str().is_empty());
@@ -663,10 +689,10 @@ fn rich(dr_posted_1: u128, cr_posted_2: u128, pending: u128) -> LedgerState {
     s
 }
 
-#[test]
-fn overflows_are_refused_with_their_own_codes() {
+/// One case per overflow code: a start state, the transfer and its result.
+fn overflow_cases() -> Vec<(&'static str, LedgerState, Transfer, R)> {
     let max = u128::MAX;
-    let cases: Vec<(&str, LedgerState, Transfer, R)> = vec![
+    vec![
         (
             "debits posted",
             rich(max, 0, 0),
@@ -722,7 +748,12 @@ fn overflows_are_refused_with_their_own_codes() {
             post(10, 3, 0),
             R::Ok,
         ),
-    ];
+    ]
+}
+
+#[test]
+fn overflows_are_refused_with_their_own_codes() {
+    let cases = overflow_cases();
     for (name, start, t, want) in cases {
         let mut s = start.clone();
         assert_eq!(
@@ -1109,7 +1140,7 @@ fn reads_page_through_accounts_transfers_holds_and_history() {
 
 #[test]
 fn apply_dispatches_commands_and_commands_round_trip_through_bytes() {
-    let cmds = vec![
+    let cmds = [
         LedgerCommand::CreateAccounts(vec![
             account(1, 1, AccountFlags::HISTORY),
             Account {
@@ -1217,4 +1248,18 @@ fn the_state_hash_depends_only_on_the_commands_and_times() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn balances_are_signed_differences_of_the_posted_amounts() {
+    let a = |dpo: u128, cpo: u128| Account {
+        debits_posted: dpo,
+        credits_posted: cpo,
+        ..Account::default()
+    };
+    assert_eq!(a(10, 3).debit_balance(), 7);
+    assert_eq!(a(10, 3).credit_balance(), -7);
+    assert_eq!(a(u128::MAX, 0).debit_balance(), i128::MAX);
+    assert_eq!(a(0, u128::MAX).debit_balance(), i128::MIN);
+    assert_eq!(a(0, i128::MAX as u128).debit_balance(), -i128::MAX);
 }

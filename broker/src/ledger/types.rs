@@ -102,15 +102,25 @@ pub struct Account {
 }
 
 impl Account {
-    /// Debits minus credits over posted amounts (what an asset account "has"), saturating.
+    /// `debits_posted - credits_posted` (what an asset account "has"), saturating at the
+    /// ends of `i128`.
     pub fn debit_balance(&self) -> i128 {
-        (self.debits_posted as i128).saturating_sub(self.credits_posted as i128)
+        signed_difference(self.debits_posted, self.credits_posted)
     }
 
-    /// Credits minus debits over posted amounts (what a liability account, such as a
-    /// customer's deposit at the bank, "has"), saturating.
+    /// `credits_posted - debits_posted` (what a liability account, such as a customer's
+    /// deposit at the bank, "has"), saturating at the ends of `i128`.
     pub fn credit_balance(&self) -> i128 {
-        (self.credits_posted as i128).saturating_sub(self.debits_posted as i128)
+        signed_difference(self.credits_posted, self.debits_posted)
+    }
+}
+
+/// `a - b` as an `i128`, saturating.
+fn signed_difference(a: u128, b: u128) -> i128 {
+    if a >= b {
+        i128::try_from(a - b).unwrap_or(i128::MAX)
+    } else {
+        i128::try_from(b - a).map_or(i128::MIN, |d| -d)
     }
 }
 
