@@ -8,6 +8,8 @@
 //! - [`state`]: the pure, deterministic state machine of a stream (offsets, idempotent
 //!   producers, key dedupe, ack floor) — unit-tested table style.
 //! - [`dedupe`]: the on-disk key-dedupe index and its window (age and count).
+//! - [`ledger`]: the ledger's pure state machine (accounts, transfers, holds) with its
+//!   snapshot and command encodings; not yet served (issue 15).
 //! - [`snapshot`]: atomic snapshot files of a stream's state.
 //! - [`replica`]: one stream = log + state + the single-node replicator seam
 //!   ([`replica::Replica::propose`]), recovery, reads, snapshots and retention. Issue
@@ -32,6 +34,9 @@ pub mod failpoints;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod health;
+/// The ledger's deterministic state machine (accounts, transfers, holds, linked events;
+/// TigerBeetle's semantics), pure and ready for a Raft group's apply (issue 15).
+pub mod ledger;
 pub mod log;
 pub mod metrics;
 pub mod raft;
