@@ -548,9 +548,17 @@ pub fn quorum_loss_probe_ms(election_timeout_max: u64) -> u64 {
     election_timeout_max * 2
 }
 
-/// Runs the delivery task of a work-queue stream while this node leads its group: on gaining
-/// leadership it waits until the state machine has applied everything committed by earlier
-/// terms (`ensure_linearizable`), then starts [`DeliveryHandle`]; on losing it, stops it.
+/// Runs the delivery task of a work-queue stream while this node leads its group **with a
+/// quorum**: on gaining leadership it waits until the state machine has applied everything
+/// committed by earlier terms (`ensure_linearizable`), then starts [`DeliveryHandle`]; on
+/// losing leadership, or the quorum lease ([`Replica::has_quorum_lease`]: no quorum acknowledged
+/// this leader within `election_timeout_max`), it stops it, which ends every open Consume call
+/// with UNAVAILABLE. openraft 0.10 keeps a cut-off leader in the `Leader` state until it hears
+/// of a higher term, so without the lease check a partitioned leader would go on handing out
+/// deliveries whose acks can never commit while the new leader redelivers them (issue 13).
+/// The lease is re-checked every heartbeat interval (it lapses by time passing, not by a
+/// metrics change), so deliveries stop within `election_timeout_max` plus a heartbeat of the
+/// last quorum acknowledgement; they start again once a quorum acknowledges this node.
 async fn lead_delivery(
     replica: Arc<Replica>,
     dlq: Option<Arc<Replica>>,
@@ -558,10 +566,14 @@ async fn lead_delivery(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut metrics = replica.raft.metrics();
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(replica.raft.config().heartbeat_interval));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let leading = replica.is_leader();
         let running = slot.handle().is_some();
-        if leading && !running {
+        let lease = leading && replica.has_quorum_lease();
+        if leading && !running && lease {
             match tokio::time::timeout(
                 Duration::from_secs(10),
                 replica
@@ -589,15 +601,21 @@ async fn lead_delivery(
             }
             continue;
         }
-        if !leading && running {
+        if running && !lease {
             let h = slot.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(h) = h {
                 h.send(crate::delivery::Event::Stop);
-                tracing::info!(stream = %replica.spec.name, "leadership lost: delivery stopped");
+                if leading {
+                    replica.metrics.quorum_lease_lost.inc();
+                    tracing::warn!(stream = %replica.spec.name, "no quorum acknowledged this leader within the lease: delivery stopped");
+                } else {
+                    tracing::info!(stream = %replica.spec.name, "leadership lost: delivery stopped");
+                }
             }
         }
         tokio::select! {
             r = metrics.changed() => if r.is_err() { break },
+            _ = tick.tick() => {}
             _ = stopped(&mut shutdown) => break,
         }
     }

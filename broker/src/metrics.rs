@@ -44,6 +44,7 @@ pub struct Metrics {
     raft_applied_index: IntGaugeVec,
     raft_last_log_index: IntGaugeVec,
     raft_leader_changes: IntCounterVec,
+    quorum_lease_lost: IntCounterVec,
     snapshots: IntCounterVec,
     snapshot_bytes: IntGaugeVec,
     lag: IntGaugeVec,
@@ -112,6 +113,9 @@ pub struct StreamMetrics {
     pub raft_last_log_index: IntGauge,
     /// Leader changes seen by this node.
     pub raft_leader_changes: IntCounter,
+    /// Times this node, leading the stream, stopped deliveries because no quorum acknowledged
+    /// it within the lease (cut off from its followers).
+    pub quorum_lease_lost: IntCounter,
     /// Snapshots built by this node.
     pub snapshots: IntCounter,
     /// Size of the newest snapshot file, bytes.
@@ -322,6 +326,11 @@ impl Metrics {
                 "Leader changes of the stream's group seen by this node",
                 &["stream"],
             ),
+            quorum_lease_lost: cv(
+                "txpipe_broker_quorum_lease_lost_total",
+                "Times this node, leading the stream, stopped deliveries because no quorum acknowledged it within the lease",
+                &["stream"],
+            ),
             snapshots: cv(
                 "txpipe_broker_snapshots_total",
                 "Snapshots built",
@@ -379,6 +388,7 @@ impl Metrics {
             raft_applied_index: self.raft_applied_index.with_label_values(l),
             raft_last_log_index: self.raft_last_log_index.with_label_values(l),
             raft_leader_changes: self.raft_leader_changes.with_label_values(l),
+            quorum_lease_lost: self.quorum_lease_lost.with_label_values(l),
             snapshots: self.snapshots.with_label_values(l),
             snapshot_bytes: self.snapshot_bytes.with_label_values(l),
             dedupe_keys: self.dedupe_keys.with_label_values(l),

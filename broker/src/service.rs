@@ -298,8 +298,17 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
                     }
                     _ = delivery.closed() => {
                         // Leadership moved: the consumer resumes on the new leader, keeping
-                        // the deliveries it holds (their acks are accepted there).
-                        let _ = tx.send(Err(replica.not_leader().into()));
+                        // the deliveries it holds (their acks are accepted there). A leader
+                        // that lost its quorum names no leader: the client tries the others.
+                        let err = if replica.is_leader() {
+                            Error::Unavailable(format!(
+                                "stream {}: this leader lost contact with a quorum of its group; retry on another broker",
+                                replica.spec.name
+                            ))
+                        } else {
+                            replica.not_leader()
+                        };
+                        let _ = tx.send(Err(err.into()));
                         break;
                     }
                 }

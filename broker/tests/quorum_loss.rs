@@ -117,3 +117,68 @@ async fn a_leader_without_a_quorum_answers_unavailable_and_serves_again_when_one
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An already open Consume call on a leader that loses its quorum ends with UNAVAILABLE (no
+/// leader hint: the client tries the other brokers) within twice the election timeout, so no
+/// consumer goes on working on deliveries whose acks can never commit while the new leader
+/// redelivers them. Test timers: election timeout 300-450 ms, heartbeat 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_subscription_on_a_leader_that_loses_its_quorum_ends_with_unavailable() {
+    const WQ: &str = "transactions";
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ProcCluster::new(dir.path(), 3, &[]);
+    c.start_all(None);
+    let leader = c.wait_serving(WQ, Duration::from_secs(60)).await;
+    for b in 0..4 {
+        produce_anywhere(
+            &c,
+            WQ,
+            vec![rec(&format!("t{b}"), "v")],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    let li = (0..3).find(|&i| c.nodes[i].grpc == leader).unwrap();
+    let mut client = client_at(leader).await.unwrap();
+    let mut consumer = common::TestConsumer::connect(&mut client, WQ, "cut-off", 2)
+        .await
+        .unwrap();
+    // A window of 2 of the 4 records: the consumer holds two and more wait.
+    let held = consumer.take(2, Duration::from_secs(10)).await;
+    assert_eq!(held.len(), 2);
+
+    for i in (0..3).filter(|&i| i != li) {
+        c.kill(i);
+    }
+    let cut = Instant::now();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), consumer.rx.message()).await {
+            Ok(Err(s)) => break s,
+            Ok(Ok(Some(m))) => panic!("a message after the quorum was lost: {m:?}"),
+            Ok(Ok(None)) => panic!("the call ended without a status"),
+            Err(_) => panic!(
+                "the open subscription was still open 10 s after both followers died\n--- leader log\n{}",
+                c.log(li)
+            ),
+        }
+    };
+    let took = cut.elapsed();
+    println!(
+        "quorum_loss: open Consume ended with {:?} {} ms after both followers died ({})",
+        status.code(),
+        took.as_millis(),
+        status.message()
+    );
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("quorum"),
+        "the reason names the lost quorum: {status:?}"
+    );
+    assert!(
+        status.metadata().get("txpipe-leader").is_none(),
+        "a leader without a quorum names no leader: {status:?}"
+    );
+    // Twice the election timeout (2 x 450 ms) is the target; generous for loaded CI machines.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
