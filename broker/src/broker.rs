@@ -93,6 +93,8 @@ pub struct Broker {
     pub shutdown: watch::Receiver<bool>,
     /// Identity, peers and membership.
     pub cluster: Arc<Cluster>,
+    /// Admission limits (in-flight produce bytes, concurrent reads, connections).
+    pub limits: crate::limits::Limits,
     status: Mutex<BrokerStatus>,
     health: Mutex<HealthReport>,
     started: Instant,
@@ -251,6 +253,11 @@ impl Broker {
         cluster.set_groups(replicas);
         Ok(Arc::new(Self {
             streams: streams_map,
+            limits: crate::limits::Limits::new(
+                config.max_inflight_produce_bytes,
+                config.max_concurrent_reads,
+                config.max_connections,
+            ),
             config,
             metrics,
             ready: AtomicBool::new(false),
@@ -566,8 +573,9 @@ async fn lead_delivery(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut metrics = replica.raft.metrics();
-    let mut tick =
-        tokio::time::interval(Duration::from_millis(replica.raft.config().heartbeat_interval));
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        replica.raft.config().heartbeat_interval,
+    ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let leading = replica.is_leader();

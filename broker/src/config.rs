@@ -139,6 +139,19 @@ pub struct Config {
     /// coalesced into the next entry.
     #[arg(long, env = "BROKER_MAX_INFLIGHT_ENTRIES", default_value_t = 2)]
     pub max_inflight_entries: usize,
+    /// Record bytes (keys and values) of produce batches accepted and not yet answered, over
+    /// every connection, at most; a batch beyond it is refused with RESOURCE_EXHAUSTED (nothing
+    /// stored; retry later). At least --max-batch-bytes.
+    #[arg(long, env = "BROKER_MAX_INFLIGHT_PRODUCE_BYTES", default_value_t = 256 << 20)]
+    pub max_inflight_produce_bytes: usize,
+    /// Fetch calls reading the log at once; more wait up to 1 s for a turn, then
+    /// RESOURCE_EXHAUSTED (reads share the blocking threads with the log's fsyncs).
+    #[arg(long, env = "BROKER_MAX_CONCURRENT_READS", default_value_t = 16)]
+    pub max_concurrent_reads: usize,
+    /// Client connections on the gRPC port at once; more are closed at once (the client sees a
+    /// transport error, as from a broker that is down, and tries another broker).
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -176,6 +189,9 @@ impl Config {
             raft_rpc_timeout_ms: 2000,
             max_inflight_entries: 2,
             raft_keep_entries: 20_000,
+            max_inflight_produce_bytes: 256 << 20,
+            max_concurrent_reads: 16,
+            max_connections: 1024,
         }
     }
 
@@ -308,6 +324,18 @@ impl Config {
         }
         if self.max_inflight_entries == 0 {
             return bad("--max-inflight-entries 0: must be at least 1".into());
+        }
+        if self.max_inflight_produce_bytes < self.max_batch_bytes {
+            return bad(format!(
+                "--max-inflight-produce-bytes {} is below --max-batch-bytes {}",
+                self.max_inflight_produce_bytes, self.max_batch_bytes
+            ));
+        }
+        if self.max_concurrent_reads == 0 || self.max_connections == 0 {
+            return bad(format!(
+                "--max-concurrent-reads ({}) and --max-connections ({}) must be at least 1",
+                self.max_concurrent_reads, self.max_connections
+            ));
         }
         Ok(())
     }

@@ -55,6 +55,9 @@ pub enum Error {
         /// Why.
         reject: ProducerReject,
     },
+    /// An admission limit of the broker is reached ([`crate::limits`]); retry later.
+    #[error("{0}")]
+    Overloaded(String),
     /// The storage engine failed.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -166,6 +169,7 @@ impl Error {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::StreamNotFound(_) | Error::GroupNotFound { .. } => "not_found",
             Error::BatchTooLarge { .. } => "resource_exhausted",
+            Error::Overloaded(_) => "overloaded",
             Error::Producer { reject, .. } => match reject {
                 ProducerReject::Fenced { .. } => "fenced",
                 ProducerReject::UnknownProducer { .. } | ProducerReject::UnknownEpoch { .. } => {
@@ -201,7 +205,9 @@ impl From<Error> for tonic::Status {
         match e {
             Error::InvalidArgument(_) | Error::Config(_) => tonic::Status::invalid_argument(msg),
             Error::StreamNotFound(_) | Error::GroupNotFound { .. } => tonic::Status::not_found(msg),
-            Error::BatchTooLarge { .. } => tonic::Status::resource_exhausted(msg),
+            Error::BatchTooLarge { .. } | Error::Overloaded(_) => {
+                tonic::Status::resource_exhausted(msg)
+            }
             Error::Producer { reject, .. } => match reject {
                 ProducerReject::SequenceTooOld { .. } | ProducerReject::SequenceGap { .. } => {
                     tonic::Status::out_of_range(msg)

@@ -37,6 +37,8 @@ pub mod health;
 /// The ledger's deterministic state machine (accounts, transfers, holds, linked events;
 /// TigerBeetle's semantics), pure and ready for a Raft group's apply (issue 15).
 pub mod ledger;
+/// Broker-wide admission limits: in-flight produce bytes, concurrent reads, connections.
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod raft;
@@ -299,9 +301,12 @@ pub async fn run(
             .serve_with_incoming_shutdown(
                 // TCP_NODELAY on accepted sockets: without it Nagle + delayed ACK stall
                 // pipelined batches by ~40 ms.
-                tonic::transport::server::TcpIncoming::from(grpc_listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(30))),
+                admitted(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(Duration::from_secs(30))),
+                    Arc::clone(&b),
+                ),
                 async move {
                     crate::broker::stopped(&mut grpc_stop).await;
                 },
@@ -422,4 +427,33 @@ async fn report_health(
         }
         last = Some(report);
     }
+}
+
+/// The accepted client connections that get a slot of `--max-connections`
+/// ([`limits::Limits::admit_connection`]); the others are closed at once and counted.
+fn admitted<S, T, E>(
+    incoming: S,
+    b: Arc<broker::Broker>,
+) -> impl futures::Stream<Item = std::result::Result<limits::Admitted<T>, E>>
+where
+    S: futures::Stream<Item = std::result::Result<T, E>>,
+{
+    use futures::StreamExt;
+    incoming.filter_map(move |conn| {
+        let out = match conn {
+            Err(e) => Some(Err(e)),
+            Ok(io) => match b.limits.admit_connection() {
+                Some(slot) => Some(Ok(limits::Admitted::new(io, slot))),
+                None => {
+                    b.metrics.connections_rejected.inc();
+                    tracing::warn!(
+                        max = b.config.max_connections,
+                        "client connection closed: --max-connections reached"
+                    );
+                    None
+                }
+            },
+        };
+        std::future::ready(out)
+    })
 }

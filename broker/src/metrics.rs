@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Start-ups that found the storage damaged and quarantined it to re-sync under a new node
     /// id ([`crate::repair`]).
     pub self_repairs: IntCounter,
+    /// Client connections closed at once because `--max-connections` were open.
+    pub connections_rejected: IntCounter,
     append_seconds: HistogramVec,
     fsync_seconds: HistogramVec,
     entries_per_fsync: GaugeVec,
@@ -190,6 +192,14 @@ impl Metrics {
         registry
             .register(Box::new(self_repairs.clone()))
             .expect("register");
+        let connections_rejected = IntCounter::new(
+            "txpipe_broker_connections_rejected_total",
+            "client connections closed at once because --max-connections were open",
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(connections_rejected.clone()))
+            .expect("register");
         register_process_collector(&registry);
         Self {
             dedupe_keys: gv(
@@ -278,6 +288,7 @@ impl Metrics {
             log_segments: gv("txpipe_broker_log_segments", "Segment files of the stream"),
             fsync_total,
             self_repairs,
+            connections_rejected,
             append_seconds: hv(
                 "txpipe_broker_append_duration_seconds",
                 "Group-commit append + fdatasync per batch",

@@ -84,6 +84,9 @@ fn start_produce(broker: &Broker, req: ProduceRequest) -> Result<ProduceFuture> 
             max_bytes: cfg.max_batch_bytes,
         });
     }
+    // Held until the batch is answered: bounds what all Produce calls keep in memory and queue
+    // for the proposer (crate::limits).
+    let admitted = broker.limits.admit_produce(&req.stream, bytes)?;
     let replica = Arc::clone(&stream.replica);
     let n = req.records.len() as u64;
     let (name, producer_id, sequence) = (req.stream, req.producer_id, req.sequence);
@@ -96,7 +99,9 @@ fn start_produce(broker: &Broker, req: ProduceRequest) -> Result<ProduceFuture> 
     }]);
     let metrics = broker.metrics.clone();
     Ok(Box::pin(async move {
-        let outcome = fut.await?.pop();
+        let outcome = fut.await;
+        drop(admitted);
+        let outcome = outcome?.pop();
         match outcome {
             Some(ApplyOutcome::Appended {
                 base_offset,
@@ -338,8 +343,10 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
             n => n.min(FETCH_MAX_BYTES),
         };
         let replica = Arc::clone(&stream.replica);
+        let slot = self.broker.limits.admit_read(&req.stream).await?;
         let (records, next_offset, end_offset, start_offset) =
             tokio::task::spawn_blocking(move || {
+                let _slot = slot;
                 replica.fetch(req.start_offset, max_records, max_bytes)
             })
             .await

@@ -152,16 +152,14 @@ async fn an_open_subscription_on_a_leader_that_loses_its_quorum_ends_with_unavai
         c.kill(i);
     }
     let cut = Instant::now();
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), consumer.rx.message()).await {
-            Ok(Err(s)) => break s,
-            Ok(Ok(Some(m))) => panic!("a message after the quorum was lost: {m:?}"),
-            Ok(Ok(None)) => panic!("the call ended without a status"),
-            Err(_) => panic!(
-                "the open subscription was still open 10 s after both followers died\n--- leader log\n{}",
-                c.log(li)
-            ),
-        }
+    let status = match tokio::time::timeout(Duration::from_secs(10), consumer.rx.message()).await {
+        Ok(Err(s)) => s,
+        Ok(Ok(Some(m))) => panic!("a message after the quorum was lost: {m:?}"),
+        Ok(Ok(None)) => panic!("the call ended without a status"),
+        Err(_) => panic!(
+            "the open subscription was still open 10 s after both followers died\n--- leader log\n{}",
+            c.log(li)
+        ),
     };
     let took = cut.elapsed();
     println!(
