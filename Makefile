@@ -36,7 +36,7 @@ pydeps:
 ## CRD's schema, the bad ones are rejected, and every object the operator renders passes
 ## kubernetes-validate (strict) for Kubernetes 1.30 and the newest version it knows.
 k8s: pydeps
-	$(CARGO) build -p txpipe-operator
+	$(CARGO) build -p txpipe-operator -p txpipe-broker -p txpipe-worker -p txpipe-producer
 	$(PY) scripts/validate_k8s.py target/debug/txpipe-operator
 
 ## Fuzz targets of every broker decoder (docs/fuzzing.md): libFuzzer via cargo-fuzz (installed

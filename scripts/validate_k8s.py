@@ -16,6 +16,11 @@
    kubernetes-validate in strict mode for Kubernetes 1.30 and for the newest version
    kubernetes-validate knows. ServiceMonitors (a CRD of the Prometheus Operator, not in the
    Kubernetes schemas) get a minimal shape check instead.
+6. Every environment variable the operator renders into a container is one that the container's
+   program accepts: each name must appear as `[env: NAME=...]` (or `[env: NAME]`, value hidden)
+   in `<program> --help` (the
+   programs are looked up next to the operator binary; `cargo build --workspace`), so a renamed
+   flag cannot leave a pipeline silently running on a default.
 
 Prints one PASS/FAIL row per check and exits 1 on any failure (2 on usage errors).
 
@@ -231,6 +236,45 @@ def object_name(obj: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+# Variables a container reads that are not flags of its program (none today).
+ENV_NOT_FLAGS: set[str] = set()
+_HELP: dict[str, str] = {}
+
+
+def program_help(bin_dir: Path, program: str) -> str | None:
+    """`program --help` from bin_dir (cached), or None when the program is not built."""
+    if program not in _HELP:
+        path = bin_dir / program
+        if not path.exists():
+            return None
+        _HELP[program] = subprocess.run(
+            [str(path), "--help"], capture_output=True, text=True, check=False).stdout
+    return _HELP[program]
+
+
+def check_env(bin_dir: Path, rel: Path, obj: dict[str, Any]) -> None:
+    """Check 6: every env name of every container is accepted by its program."""
+    pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for c in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+        command = c.get("command") or []
+        if not command or not str(command[0]).startswith("txpipe"):
+            continue
+        program = Path(str(command[0])).name
+        names = [e["name"] for e in c.get("env") or [] if e.get("name") not in ENV_NOT_FLAGS]
+        subject = f"{rel}: {object_name(obj)} container {c.get('name')}"
+        help_text = program_help(bin_dir, program)
+        if help_text is None:
+            record("env", subject, False,
+                   f"{bin_dir / program} not found (cargo build --workspace)")
+            continue
+        # `[env: NAME=value]`, or `[env: NAME]` for a flag whose value is hidden (a key).
+        unknown = [n for n in names
+                   if f"[env: {n}=" not in help_text and f"[env: {n}]" not in help_text]
+        record("env", subject, not unknown,
+               f"not accepted by {program}: {unknown}" if unknown
+               else f"{len(names)} variables accepted by {program}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -293,6 +337,7 @@ def main() -> int:
         for obj in rendered:
             for version, ok, detail in validate_object(obj, versions):
                 record("k8s-schema", f"{rel}: {object_name(obj)}", ok, detail, version)
+            check_env(binary.parent, rel, obj)
 
     # 5. The operator's own install manifests (RBAC, Deployment), also strict.
     for path in sorted((repo / "manifests" / "rbac").glob("*.yaml")) + sorted(
