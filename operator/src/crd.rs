@@ -35,6 +35,7 @@ pub fn default_image() -> String {
     doc = "A txpipe pipeline: a replicated broker (StatefulSet), autoscaled scoring workers (Deployment) and an optional producer Job.",
     status = "TransactionPipelineStatus",
     cel,
+    validation = Rule::new("self.metadata.name.size() <= 45").message("metadata.name must be at most 45 characters: the broker StatefulSet <name>-broker must stay within Kubernetes' 52 characters for StatefulSet names (its pods carry the label controller-revision-hash=<statefulset>-<hash>, at most 63)"),
     scale(
         spec_replicas_path = ".spec.workers.replicas",
         status_replicas_path = ".status.workers.replicas",

@@ -149,6 +149,12 @@ pub fn namespace(p: &TransactionPipeline) -> String {
     p.namespace().unwrap_or_else(|| "default".to_string())
 }
 
+/// Longest pipeline name, characters: `<n>-broker` must fit the 52 characters Kubernetes allows
+/// a StatefulSet name (its pods get the label `controller-revision-hash=<name>-<10-char hash>`,
+/// at most 63), and `<n>-broker-headless` (62) and `<n>-producer` (54) the 63 of a Service or
+/// Job name. The CRD's CEL rule on `metadata.name` says the same.
+pub const MAX_PIPELINE_NAME: usize = 45;
+
 /// `<n>-broker`: the broker StatefulSet.
 pub fn broker_statefulset_name(p: &TransactionPipeline) -> String {
     format!("{}-broker", p.name_any())
@@ -1058,8 +1064,20 @@ fn render_producer(p: &TransactionPipeline) -> Option<Job> {
 /// [`RenderContext::existing_volume_size`]) or `InvalidReplicas`. Owner references are set when
 /// the pipeline has a `metadata.uid` and omitted otherwise (rendering from a file).
 pub fn render(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Children> {
-    if p.metadata.name.as_deref().is_none_or(str::is_empty) {
+    let name = p.metadata.name.as_deref().unwrap_or_default();
+    if name.is_empty() {
         return Err(Error::MissingField("metadata.name"));
+    }
+    // The CRD's CEL rule says the same; checked here too for objects stored before the rule
+    // or on API servers without CEL validation.
+    if name.len() > MAX_PIPELINE_NAME {
+        return Err(Error::InvalidSpec {
+            reason: "NameTooLong".into(),
+            message: format!(
+                "metadata.name {name:?} has {} characters; at most {MAX_PIPELINE_NAME}: the broker StatefulSet {name}-broker must stay within Kubernetes' 52 characters for StatefulSet names",
+                name.len()
+            ),
+        });
     }
     let (broker_headless, broker_client) = render_broker_services(p);
     Ok(Children {
@@ -1146,6 +1164,30 @@ mod tests {
         p.metadata.namespace = Some("payments".into());
         p.metadata.uid = Some("1234-uid".into());
         p
+    }
+
+    #[test]
+    fn a_name_longer_than_45_characters_is_refused_and_45_fit_every_child() {
+        let long = "p".repeat(MAX_PIPELINE_NAME + 1);
+        match render(&pipeline(&long), &RenderContext::default()) {
+            Err(Error::InvalidSpec { reason, message }) => {
+                assert_eq!(reason, "NameTooLong");
+                assert!(message.contains("at most 45"), "{message}");
+            }
+            other => panic!("expected NameTooLong, got {other:?}"),
+        }
+        let name = "p".repeat(MAX_PIPELINE_NAME);
+        let c = render(&pipeline(&name), &RenderContext::default()).expect("45 characters fit");
+        let sts = c.broker.metadata.name.as_deref().unwrap();
+        assert!(sts.len() <= 52, "StatefulSet name {sts}");
+        for n in [
+            c.broker_headless.metadata.name.as_deref().unwrap(),
+            c.broker_client.metadata.name.as_deref().unwrap(),
+            c.worker.metadata.name.as_deref().unwrap(),
+            &broker_pod_name(&pipeline(&name), 6),
+        ] {
+            assert!(n.len() <= 63, "{n} ({} characters)", n.len());
+        }
     }
 
     fn worker_container(c: &Children) -> &Container {
