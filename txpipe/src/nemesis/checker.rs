@@ -197,7 +197,10 @@ pub fn analyse(h: &History, stored: &[(u64, u64)]) -> CheckerReport {
         } else if let Some(&want) = acked.get(&n) {
             if !offsets.contains(&want) {
                 r.misplaced += 1;
-                r.example("misplaced", format!("{n} acked at {want}, stored at {offsets:?}"));
+                r.example(
+                    "misplaced",
+                    format!("{n} acked at {want}, stored at {offsets:?}"),
+                );
             }
         } else {
             r.stored_unacknowledged += 1;
@@ -215,11 +218,8 @@ pub fn analyse(h: &History, stored: &[(u64, u64)]) -> CheckerReport {
     }
     // Stale reads: the end offset every read had to see is the highest end of a batch
     // acknowledged before it began.
-    let mut acks: Vec<(Duration, u64)> = h
-        .acks
-        .iter()
-        .map(|a| (a.at, a.base_offset + a.n))
-        .collect();
+    let mut acks: Vec<(Duration, u64)> =
+        h.acks.iter().map(|a| (a.at, a.base_offset + a.n)).collect();
     acks.sort_unstable();
     let mut reads = h.reads.clone();
     reads.sort_by_key(|r| r.began);
@@ -474,11 +474,16 @@ pub async fn read_all(
 /// Reads the checker's records (those of run `tag`) from `labels`: `(offset, key number)`.
 pub async fn read_own(router: &LeaderRouter, tag: &str) -> Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
-    read_all(router, streams::LABELS, Duration::from_secs(30), |o, k, _| {
-        if let Some(n) = parse_key(tag, k) {
-            out.push((o, n));
-        }
-    })
+    read_all(
+        router,
+        streams::LABELS,
+        Duration::from_secs(30),
+        |o, k, _| {
+            if let Some(n) = parse_key(tag, k) {
+                out.push((o, n));
+            }
+        },
+    )
     .await?;
     Ok(out)
 }
@@ -502,19 +507,25 @@ pub async fn read_pipeline(router: &LeaderRouter) -> Result<PipelineRecords> {
     let deadline = Duration::from_secs(30);
     let mut p = PipelineRecords::default();
     let mut bad = 0u64;
-    read_all(router, streams::TRANSACTIONS, deadline, |_, _, v| {
-        match Transaction::decode(v) {
+    read_all(
+        router,
+        streams::TRANSACTIONS,
+        deadline,
+        |_, _, v| match Transaction::decode(v) {
             Ok(t) => p.transactions.push(t.id),
             Err(_) => bad += 1,
-        }
-    })
+        },
+    )
     .await?;
-    read_all(router, streams::DECISIONS, deadline, |_, _, v| {
-        match Decision::decode(v) {
+    read_all(
+        router,
+        streams::DECISIONS,
+        deadline,
+        |_, _, v| match Decision::decode(v) {
             Ok(d) => p.decisions.push(d.transaction_id),
             Err(_) => bad += 1,
-        }
-    })
+        },
+    )
     .await?;
     read_all(router, streams::TRANSACTIONS_DLQ, deadline, |_, k, _| {
         p.dead_letters.push(String::from_utf8_lossy(k).into_owned());
@@ -638,8 +649,7 @@ pub fn check_pipeline(p: &PipelineRecords, count: u64, producer_finished: bool) 
     for id in &p.decisions {
         *decided.entry(id.as_str()).or_default() += 1;
     }
-    let dead: std::collections::HashSet<&str> =
-        p.dead_letters.iter().map(String::as_str).collect();
+    let dead: std::collections::HashSet<&str> = p.dead_letters.iter().map(String::as_str).collect();
     for (id, _) in &ids {
         match decided.get(**id).copied().unwrap_or(0) {
             0 if dead.contains(**id) => r.dead_lettered += 1,
@@ -689,16 +699,34 @@ mod tests {
         let h = History {
             sent: 10,
             acks: vec![
-                Ack { first: 0, n: 5, base_offset: 100, at: ms(10) },
-                Ack { first: 5, n: 5, base_offset: 105, at: ms(20) },
+                Ack {
+                    first: 0,
+                    n: 5,
+                    base_offset: 100,
+                    at: ms(10),
+                },
+                Ack {
+                    first: 5,
+                    n: 5,
+                    base_offset: 105,
+                    at: ms(20),
+                },
             ],
             ..History::default()
         };
         // 0..5 at their offsets, 5 twice, 6 misplaced, 7 and 8 lost, 9 at its offset, 12
         // never sent.
         let stored = vec![
-            (100, 0), (101, 1), (102, 2), (103, 3), (104, 4),
-            (105, 5), (106, 5), (120, 6), (109, 9), (110, 12),
+            (100, 0),
+            (101, 1),
+            (102, 2),
+            (103, 3),
+            (104, 4),
+            (105, 5),
+            (106, 5),
+            (120, 6),
+            (109, 9),
+            (110, 12),
         ];
         let r = analyse(&h, &stored);
         assert_eq!((r.sent, r.acked, r.stored), (10, 10, 10));
@@ -715,17 +743,42 @@ mod tests {
         let h = History {
             sent: 10,
             acks: vec![
-                Ack { first: 0, n: 5, base_offset: 0, at: ms(10) },
-                Ack { first: 5, n: 5, base_offset: 5, at: ms(20) },
+                Ack {
+                    first: 0,
+                    n: 5,
+                    base_offset: 0,
+                    at: ms(10),
+                },
+                Ack {
+                    first: 5,
+                    n: 5,
+                    base_offset: 5,
+                    at: ms(20),
+                },
             ],
             reads: vec![
                 // Concurrent with the second ack: either answer is right.
-                Read { began: ms(15), end_offset: 5 },
-                Read { began: ms(19), end_offset: 10 },
+                Read {
+                    began: ms(15),
+                    end_offset: 5,
+                },
+                Read {
+                    began: ms(19),
+                    end_offset: 10,
+                },
                 // After both: must see 10.
-                Read { began: ms(21), end_offset: 10 },
-                Read { began: ms(25), end_offset: 7 },
-                Read { began: ms(5), end_offset: 0 },
+                Read {
+                    began: ms(21),
+                    end_offset: 10,
+                },
+                Read {
+                    began: ms(25),
+                    end_offset: 7,
+                },
+                Read {
+                    began: ms(5),
+                    end_offset: 0,
+                },
             ],
             ..History::default()
         };
@@ -739,7 +792,10 @@ mod tests {
 
     #[test]
     fn unacknowledged_records_may_or_may_not_be_stored() {
-        let h = History { sent: 10, ..History::default() };
+        let h = History {
+            sent: 10,
+            ..History::default()
+        };
         let r = analyse(&h, &[(0, 3)]);
         assert_eq!(r.stored_unacknowledged, 1);
         assert!(r.violations().is_empty());

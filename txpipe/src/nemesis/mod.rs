@@ -63,7 +63,7 @@ pub struct NemesisArgs {
     /// Worker processes.
     #[arg(long, env = "TXPIPE_WORKERS", default_value_t = 2)]
     pub workers: u32,
-    /// Producer rate, transactions per second; it sends `rate × duration` transactions.
+    /// Producer rate, transactions per second; it sends `rate × duration × 1.25` transactions (so it runs through every fault).
     #[arg(long, env = "TXPIPE_RATE", default_value_t = 200)]
     pub rate: u64,
     /// After the faults: how long the producer may take to finish and the workers to decide
@@ -111,7 +111,7 @@ impl NemesisArgs {
     }
 
     fn count(&self) -> u64 {
-        self.rate * self.duration_s
+        self.rate * self.duration_s * 5 / 4
     }
 }
 
@@ -711,7 +711,11 @@ impl Run {
     }
 
     /// The fault loop: each fault begins at its time and is healed after its length.
-    async fn inject(&mut self, faults: &[Fault], by_kind: &mut BTreeMap<String, u64>) -> Result<()> {
+    async fn inject(
+        &mut self,
+        faults: &[Fault],
+        by_kind: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
         let mut next = 0;
         let mut active: Option<(Duration, Vec<Undo>)> = None;
         let mut polled = Instant::now();
@@ -762,12 +766,16 @@ impl Run {
             self.poll().await;
             if self.producer_done {
                 let info = router
-                    .call(streams::TRANSACTIONS, Duration::from_secs(2), |mut c| async move {
-                        c.get_stream(GetStreamRequest {
-                            stream: streams::TRANSACTIONS.into(),
-                        })
-                        .await
-                    })
+                    .call(
+                        streams::TRANSACTIONS,
+                        Duration::from_secs(2),
+                        |mut c| async move {
+                            c.get_stream(GetStreamRequest {
+                                stream: streams::TRANSACTIONS.into(),
+                            })
+                            .await
+                        },
+                    )
                     .await
                     .ok()
                     .and_then(|r| r.stream);
@@ -814,7 +822,9 @@ fn kind_name(k: &FaultKind) -> String {
             format!("{who}-{how}")
         }
         FaultKind::Split { .. } => "majority-minority-split".into(),
-        FaultKind::Pause { node: Role::Leader { .. } } => "leader-pause".into(),
+        FaultKind::Pause {
+            node: Role::Leader { .. },
+        } => "leader-pause".into(),
         FaultKind::Pause { .. } => "follower-pause".into(),
         FaultKind::KillBroker { .. } => "broker-kill".into(),
         FaultKind::KillWorker { .. } => "worker-kill".into(),
@@ -843,15 +853,28 @@ pub fn render(r: &NemesisReport) -> String {
     let _ = writeln!(
         s,
         "  checker: {} sent, {} acked, {} stored; lost {}, duplicated {}, unexpected {}, misplaced {}; {} reads, {} stale, {} failed",
-        c.sent, c.acked, c.stored, c.lost, c.duplicated, c.unexpected, c.misplaced, c.reads,
-        c.stale_reads, c.read_errors
+        c.sent,
+        c.acked,
+        c.stored,
+        c.lost,
+        c.duplicated,
+        c.unexpected,
+        c.misplaced,
+        c.reads,
+        c.stale_reads,
+        c.read_errors
     );
     let p = &r.pipeline;
     let _ = writeln!(
         s,
         "  pipeline: {} of {} transactions stored, {} decided once, {} dead-lettered, {} undecided, {} duplicate decisions, {} lost",
-        p.transactions_stored, p.expected, p.decided_once, p.dead_lettered, p.undecided,
-        p.decisions_duplicated, p.transactions_lost
+        p.transactions_stored,
+        p.expected,
+        p.decided_once,
+        p.dead_lettered,
+        p.undecided,
+        p.decisions_duplicated,
+        p.transactions_lost
     );
     if r.passed() {
         let _ = writeln!(s, "nemesis: PASSED");

@@ -64,7 +64,9 @@ pub fn unsupported() -> Option<String> {
     let exec = run("ip", &["netns", "exec", &probe, "iptables", "-w", "-S"]);
     let _ = run("ip", &["netns", "del", &probe]);
     if let Err(e) = exec {
-        return Some(format!("iptables does not work in a network namespace: {e:#}"));
+        return Some(format!(
+            "iptables does not work in a network namespace: {e:#}"
+        ));
     }
     None
 }
@@ -144,7 +146,10 @@ impl Net {
         run("ip", &["link", "set", &br, "up"])?;
         let mut rule = vec!["-w".to_string(), "-I".to_string()];
         rule.extend(self.forward_rule());
-        run("iptables", &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+        run(
+            "iptables",
+            &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?;
         for i in 0..self.brokers {
             let ns = self.netns(i);
             let host = format!("{}v{i}", self.prefix);
@@ -208,12 +213,18 @@ impl Net {
             return;
         }
         for i in 0..self.brokers {
+            // Deleting the root side deletes the pair; a namespace whose killed processes
+            // have not exited yet would otherwise keep its end (and so this one) alive.
+            let _ = run("ip", &["link", "del", &format!("{}v{i}", self.prefix)]);
             remove_netns(&self.netns(i));
         }
         let _ = run("ip", &["link", "del", &self.bridge()]);
         let mut rule = vec!["-w".to_string(), "-D".to_string()];
         rule.extend(self.forward_rule());
-        if let Err(e) = run("iptables", &rule.iter().map(String::as_str).collect::<Vec<_>>()) {
+        if let Err(e) = run(
+            "iptables",
+            &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+        ) {
             eprintln!("txpipe nemesis: removing the FORWARD rule: {e:#}");
         }
     }
@@ -229,7 +240,10 @@ impl Drop for Net {
 /// deletes it.
 fn remove_netns(ns: &str) {
     if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);

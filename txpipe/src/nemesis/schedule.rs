@@ -269,7 +269,10 @@ mod tests {
         assert!(a.faults.len() >= 6, "{}", a.faults.len());
         let mut end = Duration::ZERO;
         for f in &a.faults {
-            assert!(f.at >= end + Duration::from_secs(1), "{f:?} starts before a gap");
+            assert!(
+                f.at >= end + Duration::from_secs(1),
+                "{f:?} starts before a gap"
+            );
             assert!((1_000..=5_000).contains(&(f.length.as_millis() as u64)));
             end = f.at + f.length;
         }
