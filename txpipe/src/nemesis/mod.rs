@@ -150,6 +150,22 @@ pub struct StreamLeadership {
     leader: Option<usize>,
 }
 
+/// One fault as it was carried out.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultRecord {
+    /// When it began, milliseconds since the faults' clock started.
+    pub at_ms: u64,
+    /// Its scheduled length, milliseconds.
+    pub length_ms: u64,
+    /// Its kind (as in `faults_by_kind`).
+    pub kind: String,
+    /// What was done, with the nodes it hit.
+    pub what: String,
+    /// Term increases summed over the streams from its start to the next fault's start (or
+    /// the end of the faults): the elections it caused.
+    pub elections: u64,
+}
+
 /// The report of a run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NemesisReport {
@@ -167,6 +183,10 @@ pub struct NemesisReport {
     pub faults_injected: usize,
     /// Faults by kind.
     pub faults_by_kind: BTreeMap<String, u64>,
+    /// Every fault carried out.
+    pub faults: Vec<FaultRecord>,
+    /// Elections (term increases) caused, by kind of fault.
+    pub elections_by_kind: BTreeMap<String, u64>,
     /// What was done and when.
     pub log: Vec<LogLine>,
     /// Leadership per stream.
@@ -427,6 +447,11 @@ impl Run {
         }
     }
 
+    /// Highest term seen so far, summed over the streams.
+    fn terms(&self) -> u64 {
+        self.leadership.values().map(|l| l.last_term).sum()
+    }
+
     /// Starts the brokers and waits until every stream has a leader every broker knows.
     async fn start_brokers(&mut self) -> Result<()> {
         for b in &mut self.brokers {
@@ -661,7 +686,11 @@ impl Run {
         let tag = format!("{}-s{}-{}", self.net.prefix, args.seed, std::process::id());
         let workload = Workload::start(self.clients.clone(), tag.clone())?;
         let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
-        self.inject(&schedule.faults, &mut by_kind).await?;
+        let faults = self.inject(&schedule.faults, &mut by_kind).await?;
+        let mut elections_by_kind: BTreeMap<String, u64> = BTreeMap::new();
+        for f in &faults {
+            *elections_by_kind.entry(f.kind.clone()).or_default() += f.elections;
+        }
         self.say("faults over; checker workload stopping".into());
         let history = workload.finish().await;
         let settled = self.settle(Duration::from_secs(args.settle_s)).await?;
@@ -698,6 +727,8 @@ impl Run {
             network: format!("{} {}", self.net.prefix, self.net.subnet()),
             faults_injected: by_kind.values().sum::<u64>() as usize,
             faults_by_kind: by_kind,
+            faults,
+            elections_by_kind,
             log: std::mem::take(&mut self.log),
             leadership: self.leadership.clone(),
             elections,
@@ -715,7 +746,9 @@ impl Run {
         &mut self,
         faults: &[Fault],
         by_kind: &mut BTreeMap<String, u64>,
-    ) -> Result<()> {
+    ) -> Result<Vec<FaultRecord>> {
+        let mut records: Vec<FaultRecord> = Vec::new();
+        let mut terms_before = 0u64;
         let mut next = 0;
         let mut active: Option<(Duration, Vec<Undo>)> = None;
         let mut polled = Instant::now();
@@ -740,8 +773,20 @@ impl Run {
                 let f = &faults[next];
                 next += 1;
                 self.poll().await;
+                let terms = self.terms();
+                if let Some(last) = records.last_mut() {
+                    last.elections = terms.saturating_sub(terms_before);
+                }
+                terms_before = terms;
                 let (undo, what) = self.begin(&f.kind).await?;
                 *by_kind.entry(kind_name(&f.kind)).or_default() += 1;
+                records.push(FaultRecord {
+                    at_ms: self.started.elapsed().as_millis() as u64,
+                    length_ms: f.length.as_millis() as u64,
+                    kind: kind_name(&f.kind),
+                    what: what.clone(),
+                    elections: 0,
+                });
                 self.say(format!(
                     "fault {next}/{}: {what} for {:.3} s",
                     faults.len(),
@@ -750,7 +795,12 @@ impl Run {
                 active = Some((self.started.elapsed() + f.length, undo));
             }
             if active.is_none() && next >= faults.len() && now >= end {
-                return Ok(());
+                // The last fault's elections: up to one more poll after the heal.
+                self.poll().await;
+                if let Some(last) = records.last_mut() {
+                    last.elections = self.terms().saturating_sub(terms_before);
+                }
+                return Ok(records);
             }
         }
     }
@@ -849,6 +899,17 @@ pub fn render(r: &NemesisReport) -> String {
             l.first_term, l.last_term, l.leader_changes, l.two_leader_samples
         );
     }
+    let by_kind: Vec<String> = r
+        .faults_by_kind
+        .iter()
+        .map(|(k, n)| {
+            format!(
+                "{k} x{n}: {} elections",
+                r.elections_by_kind.get(k).unwrap_or(&0)
+            )
+        })
+        .collect();
+    let _ = writeln!(s, "  faults: {}", by_kind.join("; "));
     let c = &r.checker;
     let _ = writeln!(
         s,
