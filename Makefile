@@ -7,7 +7,7 @@ PY ?= python3
 export PIP_ROOT_USER_ACTION=ignore
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: release run test lint unit k8s pydeps crds e2e ci bench soak bench-broker bench-failover bench-pipeline bench-stages ulb ulb-data ulb-train bench-ulb
+.PHONY: release run test lint unit k8s pydeps crds e2e nemesis nemesis-long ci bench soak bench-broker bench-failover bench-pipeline bench-stages ulb ulb-data ulb-train bench-ulb
 
 ## The main job: 2,000,000 generated transactions through 3 broker replicas + 4 workers (0.5 CPU each).
 run: release
@@ -62,6 +62,17 @@ crds:
 ## the leader (every few seconds, several seeds) and of workers. Prints per-case timings.
 e2e: release
 	bash scripts/e2e.sh
+
+## Nemesis (docs/nemesis.md): 3 brokers in network namespaces under seeded partitions, pauses and
+## kills, checked by an independent client. Needs root; exit code 3 = skipped (not root, no
+## netns). nemesis: 2 seeds of 60 s (about 4 minutes); nemesis-long: 5 seeds of 5 minutes.
+NEMESIS_SEEDS ?= 1 2
+NEMESIS_LONG_SEEDS ?= 11 12 13 14 15
+nemesis: release
+	NEMESIS_SEEDS="$(NEMESIS_SEEDS)" NEMESIS_DURATION_S=60 bash scripts/nemesis.sh $(TXPIPE)
+
+nemesis-long: release
+	NEMESIS_SEEDS="$(NEMESIS_LONG_SEEDS)" NEMESIS_DURATION_S=300 bash scripts/nemesis.sh $(TXPIPE)
 
 ci: test
 

@@ -9,6 +9,8 @@
 //! - [`audit`]: reads the streams back and checks exactly-once decisions.
 //! - [`bench`]: broker benchmark against NATS JetStream (1 or 3 replicas each) and the
 //!   leader-failover benchmark.
+//! - [`nemesis`]: brokers in network namespaces, seeded partitions, pauses and kills, and
+//!   an independent checker (`txpipe nemesis`).
 //! - [`procstat`]: CPU and peak memory of child processes from `/proc`.
 
 pub mod audit;
@@ -17,6 +19,7 @@ pub mod cgroup;
 pub mod chaos;
 pub mod cluster;
 pub mod local;
+pub mod nemesis;
 pub mod procstat;
 pub mod progress;
 pub mod report;

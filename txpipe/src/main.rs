@@ -24,6 +24,10 @@ enum Cmd {
     Bench(BenchCmd),
     /// Run the whole pipeline on this machine (broker, workers, producer) and print the report.
     Run(Box<txpipe::local::LocalArgs>),
+    /// Brokers in network namespaces under seeded partitions, pauses and kills, checked by an
+    /// independent client (docs/nemesis.md). Exit codes: 0 passed, 1 violations, 2 error,
+    /// 3 cannot run here (not root, no network namespaces).
+    Nemesis(Box<txpipe::nemesis::NemesisArgs>),
     /// Audit a running broker: every produced transaction has exactly one decision.
     Audit {
         /// Broker addresses, comma-separated host:port: every replica (each read goes to its
@@ -81,6 +85,38 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Nemesis(args) => {
+            use txpipe::nemesis::{Outcome, render, run_nemesis};
+            let exe = std::env::current_exe().context("locating the txpipe binary")?;
+            // On SIGTERM/SIGINT the run is dropped: its processes are killed and its
+            // namespaces, bridge and FORWARD rule removed.
+            let outcome = tokio::select! {
+                r = run_nemesis(*args, exe) => r?,
+                sig = shutdown_signal() => anyhow::bail!("{sig} received; stopped the nemesis and removed its namespaces"),
+            };
+            match outcome {
+                Outcome::Skipped(why) => {
+                    eprintln!("txpipe nemesis: skipped: {why}");
+                    Ok(ExitCode::from(3))
+                }
+                Outcome::Cleaned(removed) => {
+                    eprintln!("txpipe nemesis: removed {} leftover(s)", removed.len());
+                    for r in removed {
+                        eprintln!("  {r}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Outcome::Checked(report) => {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    eprint!("{}", render(&report));
+                    Ok(if report.passed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+            }
         }
         Cmd::Bench(BenchCmd::Broker(args)) => {
             let exe = std::env::current_exe().context("locating the txpipe binary")?;
