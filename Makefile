@@ -7,7 +7,7 @@ PY ?= python3
 export PIP_ROOT_USER_ACTION=ignore
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: release run test lint unit k8s pydeps crds e2e nemesis nemesis-long ci bench soak bench-broker bench-failover bench-pipeline bench-stages ulb ulb-data ulb-train bench-ulb
+.PHONY: release run test lint unit k8s pydeps crds e2e nemesis nemesis-ci nemesis-long ci bench soak bench-broker bench-failover bench-pipeline bench-stages ulb ulb-data ulb-train bench-ulb
 
 ## The main job: 2,000,000 generated transactions through 3 broker replicas + 4 workers (0.5 CPU each).
 run: release
@@ -17,7 +17,7 @@ release:
 	$(CARGO) build --release --workspace
 
 ## Everything CI checks except system packages: lint, unit + integration tests, end-to-end runs.
-test: lint unit fuzz-ci k8s chart e2e compose-test compose-chaos dashboards ulb
+test: lint unit fuzz-ci k8s chart e2e nemesis-ci compose-test compose-chaos dashboards ulb
 
 lint:
 	$(CARGO) fmt --all --check
@@ -70,6 +70,12 @@ NEMESIS_SEEDS ?= 1 2
 NEMESIS_LONG_SEEDS ?= 11 12 13 14 15
 nemesis: release
 	NEMESIS_SEEDS="$(NEMESIS_SEEDS)" NEMESIS_DURATION_S=60 bash scripts/nemesis.sh $(TXPIPE)
+
+## In `make test`: the same seeds; a machine where the nemesis cannot run (not root, no network
+## namespaces) skips it with a message instead of failing.
+nemesis-ci: release
+	NEMESIS_SEEDS="$(NEMESIS_SEEDS)" NEMESIS_DURATION_S=60 bash scripts/nemesis.sh $(TXPIPE); \
+	rc=$$?; if [ $$rc -eq 3 ]; then echo "nemesis: skipped on this machine"; exit 0; fi; exit $$rc
 
 nemesis-long: release
 	NEMESIS_SEEDS="$(NEMESIS_LONG_SEEDS)" NEMESIS_DURATION_S=300 bash scripts/nemesis.sh $(TXPIPE)
