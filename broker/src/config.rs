@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// Most ledger shards (each is a Raft group on every node).
+pub const MAX_LEDGER_SHARDS: u32 = 64;
+
 /// Log output format of the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -139,6 +142,15 @@ pub struct Config {
     /// coalesced into the next entry.
     #[arg(long, env = "BROKER_MAX_INFLIGHT_ENTRIES", default_value_t = 2)]
     pub max_inflight_entries: usize,
+    /// Ledger shards (Raft groups `ledger-0` ... `ledger-{N-1}`, served by
+    /// `txpipe.ledger.v1`); 0: no ledger. Fixed when the data directory is created
+    /// (`<data-dir>/ledger.json`): a later start with another value is refused.
+    #[arg(long, env = "BROKER_LEDGER_SHARDS", default_value_t = 0)]
+    pub ledger_shards: u32,
+    /// How account ids map to ledger shards: `range:<ids per shard>` (ids 1..=size on
+    /// shard 0, ...; other ids hashed) or `hash`. Fixed like `--ledger-shards`.
+    #[arg(long, env = "BROKER_LEDGER_PARTITIONING", default_value = "range:1000")]
+    pub ledger_partitioning: String,
 }
 
 impl Config {
@@ -176,7 +188,16 @@ impl Config {
             raft_rpc_timeout_ms: 2000,
             max_inflight_entries: 2,
             raft_keep_entries: 20_000,
+            ledger_shards: 0,
+            ledger_partitioning: "range:1000".to_string(),
         }
+    }
+
+    /// The ledger partitioning (validated by [`Self::validate`]).
+    ///
+    /// Errors: [`Error::Config`] naming the value.
+    pub fn partitioning(&self) -> Result<txpipe_client::ledger::Partitioning> {
+        self.ledger_partitioning.parse().map_err(Error::Config)
     }
 
     /// This node's ordinal: `--node-id`, else the trailing number of `$HOSTNAME`, else 0.
@@ -309,6 +330,13 @@ impl Config {
         if self.max_inflight_entries == 0 {
             return bad("--max-inflight-entries 0: must be at least 1".into());
         }
+        if self.ledger_shards > MAX_LEDGER_SHARDS {
+            return bad(format!(
+                "--ledger-shards {} is above the maximum of {MAX_LEDGER_SHARDS}",
+                self.ledger_shards
+            ));
+        }
+        self.partitioning()?;
         Ok(())
     }
 

@@ -201,6 +201,7 @@ fn gen_spec(g: &mut Gen) -> StreamSpec {
         dedupe_by_key: flags & 2 != 0,
         group: "g".into(),
         dead_letter_stream: None,
+        ledger: flags & 4 != 0,
     }
 }
 
@@ -655,6 +656,7 @@ fn install(
         dedupe_by_key: false,
         group: "g".into(),
         dead_letter_stream: None,
+        ledger: false,
     };
     let (log, _) = SegmentedLog::open(log_config(&dir.join("log"), 4096)).expect("open log");
     // One registry for the whole run: building one per input dominated the target's time.

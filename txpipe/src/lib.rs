@@ -9,6 +9,7 @@
 //! - [`audit`]: reads the streams back and checks exactly-once decisions.
 //! - [`bench`]: broker benchmark against NATS JetStream (1 or 3 replicas each) and the
 //!   leader-failover benchmark.
+//! - [`ledger`]: `txpipe ledger`, the ledger's CLI (accounts, transfers, balances, dump).
 //! - [`procstat`]: CPU and peak memory of child processes from `/proc`.
 
 pub mod audit;
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod cgroup;
 pub mod chaos;
 pub mod cluster;
+pub mod ledger;
 pub mod local;
 pub mod procstat;
 pub mod progress;
