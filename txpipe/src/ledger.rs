@@ -221,10 +221,13 @@ fn hex(b: &[u8]) -> String {
     })
 }
 
+/// A transfer of a file: `(line number, sender, receiver, amount)`.
+pub type TransferLine = (usize, u128, u128, u128);
+
 /// Parses seed 004's transfer file: one `(sender,receiver,amount)` per line (blank lines
 /// and `#` comments ignored). Returns `(line number, s, r, a)` of the good lines and
 /// `(line number, error)` of the bad ones.
-pub fn parse_transfer_file(text: &str) -> (Vec<(usize, u128, u128, u128)>, Vec<(usize, String)>) {
+pub fn parse_transfer_file(text: &str) -> (Vec<TransferLine>, Vec<(usize, String)>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -266,7 +269,7 @@ fn new_id(seq: u64) -> u128 {
 
 async fn transfer(
     client: &LedgerClient,
-    lines: Vec<(usize, u128, u128, u128)>,
+    lines: Vec<TransferLine>,
     id: Option<u128>,
     ledger: u32,
     code: u32,
@@ -298,7 +301,7 @@ async fn transfer(
     let single = sent.len() == 1 && skipped == 0;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for chunk in sent.chunks(BATCH) {
-        let batch: Vec<pb::Transfer> = chunk.iter().map(|(_, t)| t.clone()).collect();
+        let batch: Vec<pb::Transfer> = chunk.iter().map(|(_, t)| *t).collect();
         let results = client.create_transfers(batch).await?;
         for r in results {
             let ((n, s, rr, a), t) = &chunk[r.index as usize];
