@@ -109,6 +109,41 @@ impl LedgerService {
     }
 }
 
+/// Proposes [`LedgerCommand::ExpirePending`] on every ledger shard this node leads whose
+/// earliest hold deadline has passed by this node's clock, so that holds are released when no
+/// transfers arrive (a `CreateTransfers` expires due holds too). Called every second by the
+/// broker's background task; failures are logged and retried at the next call.
+pub async fn expire_due_holds(broker: &Broker) {
+    let now = unix_ns();
+    for (name, stream) in &broker.streams {
+        let r = &stream.replica;
+        if !r.spec.ledger || !r.is_leader() {
+            continue;
+        }
+        let due = r.with_core(|c| {
+            c.state
+                .ledger()
+                .and_then(|l| l.next_expiry())
+                .is_some_and(|at| at <= now)
+        });
+        if !due {
+            continue;
+        }
+        let cmd = Command::Ledger {
+            time_ns: unix_ns(),
+            command: LedgerCommand::ExpirePending,
+        };
+        match r.propose(vec![cmd]).await {
+            Ok(out) => {
+                if let Some(ApplyOutcome::Ledger(LedgerReply::Expired(ids))) = out.first() {
+                    tracing::debug!(shard = %name, expired = ids.len(), "holds expired");
+                }
+            }
+            Err(e) => tracing::warn!(shard = %name, error = %e, "expiring holds failed"),
+        }
+    }
+}
+
 /// Nanoseconds since the Unix epoch (0 before it).
 fn unix_ns() -> u64 {
     std::time::SystemTime::now()

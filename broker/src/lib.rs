@@ -324,7 +324,8 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    // Background: status sampling every second, snapshots + retention on their interval.
+    // Background: status sampling and expiry of due ledger holds every second, snapshots +
+    // retention on their interval.
     let bg = {
         let b = Arc::clone(&b);
         let mut stop = stop_rx.clone();
@@ -339,7 +340,12 @@ pub async fn run(
             b.sample(&mut sample);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => b.sample(&mut sample),
+                    _ = tick.tick() => {
+                        b.sample(&mut sample);
+                        // Apart: a proposal may wait for a quorum.
+                        let b = Arc::clone(&b);
+                        tokio::spawn(async move { ledger_service::expire_due_holds(&b).await });
+                    }
                     _ = snap.tick() => b.snapshot_and_retain().await,
                     _ = crate::broker::stopped(&mut stop) => break,
                 }

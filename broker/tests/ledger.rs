@@ -344,6 +344,18 @@ async fn a_data_directory_keeps_its_ledger_layout() {
         .await
         .unwrap();
     assert_eq!(names(&r), ["ok", "ok"]);
+    // A hold with a timeout is released by the leader's periodic expiry, with no transfer
+    // arriving after it.
+    let mut hold = transfer(1, 1001, 1002, 5, PENDING);
+    hold.timeout_ms = 1;
+    c.create_accounts(vec![account(1002)]).await.unwrap();
+    let r = c.create_transfers(vec![hold]).await.unwrap();
+    assert_eq!(names(&r), ["ok"]);
+    assert_eq!(balance(&c, 1001).await.0, 5);
+    wait_until(T, "hold expired", || async {
+        balance(&c, 1001).await.0 == 0 && c.get_shard(1).await.unwrap().pending == 0
+    })
+    .await;
     let hash = c.get_shard(1).await.unwrap().state_hash;
     b.stop().await;
 
