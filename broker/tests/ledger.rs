@@ -319,6 +319,14 @@ async fn ledger_shards_agree_on_every_replica_through_a_leader_crash_and_a_resta
     assert_ne!(before, after);
 
     // The crashed node restarts from its snapshot and log and catches up to the same hashes.
+    // Its snapshot of ledger-0 (written every 200 ms) holds the ledger.
+    let snap = configs[killed]
+        .data_dir
+        .join("streams")
+        .join("ledger-0")
+        .join(txpipe_broker::snapshot::FILE_NAME);
+    let (_, state) = txpipe_broker::snapshot::decode(&std::fs::read(&snap).unwrap()).unwrap();
+    assert_eq!(state.ledger().map(|l| l.account_count()), Some(1000));
     nodes[killed] = Some(restart(&configs, killed));
     let agreed = assert_replicas_agree(&nodes).await;
     assert_eq!(agreed, after);
