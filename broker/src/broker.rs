@@ -222,10 +222,11 @@ fn replica_config(config: &Config, spec: &StreamSpec) -> ReplicaConfig {
 }
 
 impl Broker {
-    /// Recovers the storage of every standard stream under `config.data_dir`
+    /// Checks (or records) the ledger layout ([`check_ledger_layout`]), then recovers the
+    /// storage of every stream ([`all_streams`]) under `config.data_dir`
     /// ([`Replica::open_storage`]), without starting Raft.
     ///
-    /// Errors: the first stream's recovery error ([`Error::Log`], [`Error::Snapshot`], ...),
+    /// Errors: [`Error::Config`] for another ledger layout; the first stream's recovery error ([`Error::Log`], [`Error::Snapshot`], ...),
     /// with I/O errors naming the stream.
     pub fn open_storage(config: &Config, metrics: &Metrics) -> Result<BTreeMap<String, Storage>> {
         check_ledger_layout(config)?;
