@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("txpipe/broker/v1/broker.proto"),
         root.join("txpipe/pipeline/v1/pipeline.proto"),
+        root.join("txpipe/ledger/v1/ledger.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

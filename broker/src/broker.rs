@@ -108,6 +108,7 @@ pub fn standard_streams(group: &str) -> Vec<StreamSpec> {
         dedupe_by_key: dedupe,
         group: String::new(),
         dead_letter_stream: None,
+        ledger: false,
     };
     vec![
         StreamSpec {
@@ -116,12 +117,85 @@ pub fn standard_streams(group: &str) -> Vec<StreamSpec> {
             dedupe_by_key: false,
             group: group.into(),
             dead_letter_stream: Some(streams::TRANSACTIONS_DLQ.into()),
+            ledger: false,
         },
         limits(streams::DECISIONS, true),
         limits(streams::LABELS, false),
         // Deduplicated by key so that a dead letter re-written after a crash is stored once.
         limits(streams::TRANSACTIONS_DLQ, true),
     ]
+}
+
+/// Every stream of a broker with `config`: the [`standard_streams`] and, when
+/// `--ledger-shards N` is set, the ledger shards `ledger-0` ... `ledger-{N-1}`
+/// ([`crate::ledger_service`]).
+pub fn all_streams(config: &Config) -> Vec<StreamSpec> {
+    let mut specs = standard_streams(&config.group);
+    specs.extend((0..config.ledger_shards).map(|i| StreamSpec {
+        name: txpipe_client::ledger::shard_name(i),
+        retention: Retention::Limits,
+        dedupe_by_key: false,
+        group: String::new(),
+        dead_letter_stream: None,
+        ledger: true,
+    }));
+    specs
+}
+
+/// File in the data directory that fixes the ledger layout at the first start.
+pub const LEDGER_LAYOUT_FILE: &str = "ledger.json";
+
+/// The ledger layout of a data directory (`<data-dir>/ledger.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerLayout {
+    /// Shard count (0: no ledger).
+    pub shards: u32,
+    /// `range:<size>` or `hash`.
+    pub partitioning: String,
+}
+
+/// Checks the configured ledger layout against the one recorded in the data directory, or
+/// records it when there is none (first start, or a directory of a version before ledgers).
+///
+/// Errors: [`Error::Config`] when they differ (naming both: accounts would move to other
+/// shards), or the file is unreadable; [`Error::Io`] when it cannot be written.
+pub fn check_ledger_layout(config: &Config) -> Result<LedgerLayout> {
+    let want = LedgerLayout {
+        shards: config.ledger_shards,
+        partitioning: config.partitioning()?.to_string(),
+    };
+    let path = config.data_dir.join(LEDGER_LAYOUT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let have: LedgerLayout = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Config(format!("{}: unreadable ledger layout: {e}", path.display()))
+            })?;
+            // With no shards the partitioning means nothing: only the count must match.
+            if have.shards != want.shards
+                || (want.shards > 0 && have.partitioning != want.partitioning)
+            {
+                return Err(Error::Config(format!(
+                    "the data directory was created with --ledger-shards {} --ledger-partitioning {} ({}), this broker was started with --ledger-shards {} --ledger-partitioning {}; the ledger layout is fixed for the life of a cluster (accounts would change shards): start with the recorded values",
+                    have.shards,
+                    have.partitioning,
+                    path.display(),
+                    want.shards,
+                    want.partitioning
+                )));
+            }
+            Ok(have)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let json = serde_json::to_vec_pretty(&want).expect("layout serialises");
+            std::fs::create_dir_all(&config.data_dir)?;
+            crate::snapshot::write_file_atomic(&config.data_dir, LEDGER_LAYOUT_FILE, &json)?;
+            Ok(want)
+        }
+        Err(e) => Err(Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        ))),
+    }
 }
 
 /// The replica settings of `spec` from the broker configuration.
@@ -150,14 +224,16 @@ fn replica_config(config: &Config, spec: &StreamSpec) -> ReplicaConfig {
 }
 
 impl Broker {
-    /// Recovers the storage of every standard stream under `config.data_dir`
+    /// Checks (or records) the ledger layout ([`check_ledger_layout`]), then recovers the
+    /// storage of every stream ([`all_streams`]) under `config.data_dir`
     /// ([`Replica::open_storage`]), without starting Raft.
     ///
-    /// Errors: the first stream's recovery error ([`Error::Log`], [`Error::Snapshot`], ...),
+    /// Errors: [`Error::Config`] for another ledger layout; the first stream's recovery error ([`Error::Log`], [`Error::Snapshot`], ...),
     /// with I/O errors naming the stream.
     pub fn open_storage(config: &Config, metrics: &Metrics) -> Result<BTreeMap<String, Storage>> {
+        check_ledger_layout(config)?;
         let mut out = BTreeMap::new();
-        for spec in &standard_streams(&config.group) {
+        for spec in &all_streams(config) {
             let dir = config.data_dir.join("streams").join(&spec.name);
             let storage = Replica::open_storage(
                 spec.clone(),
@@ -191,7 +267,7 @@ impl Broker {
         cluster: Arc<Cluster>,
         mut storage: BTreeMap<String, Storage>,
     ) -> Result<Arc<Self>> {
-        let specs = standard_streams(&config.group);
+        let specs = all_streams(&config);
         let raft_config = Arc::new(raft_config(&config)?);
         let mut replicas: BTreeMap<String, Arc<Replica>> = BTreeMap::new();
         for spec in &specs {

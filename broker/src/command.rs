@@ -23,11 +23,14 @@
 //! rules of that time (see [`crate::state`]). New entries always use kind 6. A broker of an
 //! older version cannot read kinds 6 and 7: upgrade every replica of a cluster together.
 //! | `Clock` (kind 8) | `unix_ms: u64`, `dedupe_max_age_ms: u64`, `dedupe_max_keys: u64` |
+//! | `Ledger` (kind 9) | `time_ns: u64`, `command: bytes` ([`LedgerCommand::encode`]) |
 //!
 //! Decoding an `Append` slices keys and values out of the entry's buffer without copying.
 
 use bytes::{Buf, Bytes};
 use txpipe_client::broker::v1::Record;
+
+use crate::ledger::LedgerCommand;
 
 /// Version byte written first in every entry.
 pub const VERSION: u8 = 1;
@@ -87,6 +90,15 @@ pub enum Command {
         /// At most this many keys are remembered.
         dedupe_max_keys: u64,
     },
+    /// A command of a ledger shard ([`crate::ledger`]), only in streams whose
+    /// [`crate::state::StreamSpec::ledger`] is set.
+    Ledger {
+        /// The leader's clock when it proposed the entry, ns since the Unix epoch: the
+        /// ledger's only source of time (timestamps, hold expiry).
+        time_ns: u64,
+        /// The command.
+        command: LedgerCommand,
+    },
 }
 
 const APPEND_V1: u8 = 1;
@@ -97,6 +109,7 @@ const TRIM: u8 = 5;
 const APPEND: u8 = 6;
 const INIT_PRODUCER: u8 = 7;
 const CLOCK: u8 = 8;
+const LEDGER: u8 = 9;
 
 impl Command {
     /// Encodes the command (see the module docs for the layout).
@@ -163,6 +176,11 @@ impl Command {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
+            Command::Ledger { time_ns, command } => {
+                out.push(LEDGER);
+                out.extend_from_slice(&time_ns.to_le_bytes());
+                put_bytes(&mut out, &command.encode());
+            }
         }
         Bytes::from(out)
     }
@@ -182,6 +200,7 @@ impl Command {
             Command::Trim { .. } => 8,
             Command::InitProducer { name } => 4 + name.len(),
             Command::Clock { .. } => 24,
+            Command::Ledger { command, .. } => 12 + command.encoded_len(),
         }
     }
 
@@ -261,6 +280,11 @@ impl Command {
                 unix_ms: r.u64()?,
                 dedupe_max_age_ms: r.u64()?,
                 dedupe_max_keys: r.u64()?,
+            },
+            LEDGER => Command::Ledger {
+                time_ns: r.u64()?,
+                command: LedgerCommand::decode(&r.bytes()?)
+                    .map_err(|e| format!("ledger command: {e}"))?,
             },
             k => return Err(format!("unknown command kind {k}")),
         };

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// Most ledger shards (each is a Raft group on every node).
+pub const MAX_LEDGER_SHARDS: u32 = 64;
+
 /// Log output format of the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -152,6 +155,15 @@ pub struct Config {
     /// transport error, as from a broker that is down, and tries another broker).
     #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Ledger shards (Raft groups `ledger-0` ... `ledger-{N-1}`, served by
+    /// `txpipe.ledger.v1`); 0: no ledger. Fixed when the data directory is created
+    /// (`<data-dir>/ledger.json`): a later start with another value is refused.
+    #[arg(long, env = "BROKER_LEDGER_SHARDS", default_value_t = 0)]
+    pub ledger_shards: u32,
+    /// How account ids map to ledger shards: `range:<ids per shard>` (ids 1..=size on
+    /// shard 0, ...; other ids hashed) or `hash`. Fixed like `--ledger-shards`.
+    #[arg(long, env = "BROKER_LEDGER_PARTITIONING", default_value = "range:1000")]
+    pub ledger_partitioning: String,
 }
 
 impl Config {
@@ -192,7 +204,16 @@ impl Config {
             max_inflight_produce_bytes: 256 << 20,
             max_concurrent_reads: 16,
             max_connections: 1024,
+            ledger_shards: 0,
+            ledger_partitioning: "range:1000".to_string(),
         }
+    }
+
+    /// The ledger partitioning (validated by [`Self::validate`]).
+    ///
+    /// Errors: [`Error::Config`] naming the value.
+    pub fn partitioning(&self) -> Result<txpipe_client::ledger::Partitioning> {
+        self.ledger_partitioning.parse().map_err(Error::Config)
     }
 
     /// This node's ordinal: `--node-id`, else the trailing number of `$HOSTNAME`, else 0.
@@ -337,6 +358,13 @@ impl Config {
                 self.max_concurrent_reads, self.max_connections
             ));
         }
+        if self.ledger_shards > MAX_LEDGER_SHARDS {
+            return bad(format!(
+                "--ledger-shards {} is above the maximum of {MAX_LEDGER_SHARDS}",
+                self.ledger_shards
+            ));
+        }
+        self.partitioning()?;
         Ok(())
     }
 

@@ -884,6 +884,7 @@ mod tests {
             dedupe_by_key: true,
             group: String::new(),
             dead_letter_stream: None,
+            ledger: false,
         }
     }
     fn append(keys: &[&str]) -> Command {

@@ -23,6 +23,10 @@ pub enum Error {
     /// The named stream does not exist.
     #[error("stream {0:?} not found")]
     StreamNotFound(String),
+    /// A valid request the system does not support in its current state (gRPC
+    /// FAILED_PRECONDITION), e.g. a cross-shard ledger transfer.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A consumer group other than the stream's own was asked for.
     #[error("consumer group {group:?} not found on stream {stream:?} (its group is {expected:?})")]
     GroupNotFound {
@@ -168,6 +172,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::StreamNotFound(_) | Error::GroupNotFound { .. } => "not_found",
+            Error::FailedPrecondition(_) => "failed_precondition",
             Error::BatchTooLarge { .. } => "resource_exhausted",
             Error::Overloaded(_) => "overloaded",
             Error::Producer { reject, .. } => match reject {
@@ -208,6 +213,7 @@ impl From<Error> for tonic::Status {
             Error::BatchTooLarge { .. } | Error::Overloaded(_) => {
                 tonic::Status::resource_exhausted(msg)
             }
+            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             Error::Producer { reject, .. } => match reject {
                 ProducerReject::SequenceTooOld { .. } | ProducerReject::SequenceGap { .. } => {
                     tonic::Status::out_of_range(msg)

@@ -9,7 +9,9 @@
 //!   producers, key dedupe, ack floor) — unit-tested table style.
 //! - [`dedupe`]: the on-disk key-dedupe index and its window (age and count).
 //! - [`ledger`]: the ledger's pure state machine (accounts, transfers, holds) with its
-//!   snapshot and command encodings; not yet served (issue 15).
+//!   snapshot and command encodings (issue 15); its shards are streams (Raft groups)
+//!   `ledger-<i>` whose state holds a ledger, served by [`ledger_service`]
+//!   (`txpipe.ledger.v1`).
 //! - [`snapshot`]: atomic snapshot files of a stream's state.
 //! - [`replica`]: one stream = log + state + the single-node replicator seam
 //!   ([`replica::Replica::propose`]), recovery, reads, snapshots and retention. Issue
@@ -39,6 +41,7 @@ pub mod health;
 pub mod ledger;
 /// Broker-wide admission limits: in-flight produce bytes, concurrent reads, connections.
 pub mod limits;
+pub mod ledger_service;
 pub mod log;
 pub mod metrics;
 pub mod raft;
@@ -289,6 +292,11 @@ pub async fn run(
     let svc = BrokerServer::new(service::BrokerService::new(Arc::clone(&b)))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
+    let ledger_svc = txpipe_client::ledger::v1::ledger_server::LedgerServer::new(
+        ledger_service::LedgerService::new(Arc::clone(&b))?,
+    )
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_msg);
     let mut grpc_stop = stop_rx.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
@@ -298,6 +306,7 @@ pub async fn run(
             .add_service(reflection)
             .add_service(reflection_v1alpha)
             .add_service(svc)
+            .add_service(ledger_svc)
             .serve_with_incoming_shutdown(
                 // TCP_NODELAY on accepted sockets: without it Nagle + delayed ACK stall
                 // pipelined batches by ~40 ms.
@@ -320,7 +329,8 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    // Background: status sampling every second, snapshots + retention on their interval.
+    // Background: status sampling and expiry of due ledger holds every second, snapshots +
+    // retention on their interval.
     let bg = {
         let b = Arc::clone(&b);
         let mut stop = stop_rx.clone();
@@ -335,7 +345,12 @@ pub async fn run(
             b.sample(&mut sample);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => b.sample(&mut sample),
+                    _ = tick.tick() => {
+                        b.sample(&mut sample);
+                        // Apart: a proposal may wait for a quorum.
+                        let b = Arc::clone(&b);
+                        tokio::spawn(async move { ledger_service::expire_due_holds(&b).await });
+                    }
                     _ = snap.tick() => b.snapshot_and_retain().await,
                     _ = crate::broker::stopped(&mut stop) => break,
                 }

@@ -197,6 +197,7 @@ mod tests {
             dedupe_by_key: false,
             group: String::new(),
             dead_letter_stream: None,
+            ledger: false,
         };
         let st = StreamState::new(&spec);
         let meta = SnapMeta {

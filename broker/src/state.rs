@@ -47,6 +47,7 @@ use bytes::{BufMut, Bytes};
 
 use crate::command::{Command, Reader, batch_checksum, key_hash};
 use crate::dedupe::KeyDedupe;
+use crate::ledger::{LedgerReply, LedgerState};
 
 /// Retention policy of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub struct StreamSpec {
     pub group: String,
     /// Dead-letter stream (work-queue streams).
     pub dead_letter_stream: Option<String>,
+    /// A ledger shard ([`crate::ledger`]): the state keeps a [`LedgerState`] that
+    /// [`Command::Ledger`] entries change (other streams ignore those entries).
+    pub ledger: bool,
 }
 
 /// Idempotent producers remembered per stream; beyond this the least recently active one is
@@ -219,7 +223,9 @@ pub enum ApplyOutcome {
         /// Offsets newly resolved.
         count: u64,
     },
-    /// Other commands.
+    /// A [`Command::Ledger`] applied to a ledger shard: the state machine's reply.
+    Ledger(LedgerReply),
+    /// Other commands (and a [`Command::Ledger`] on a stream that is not a ledger shard).
     Done,
 }
 
@@ -253,6 +259,8 @@ pub struct StreamState {
     acked_total: u64,
     dead_lettered_total: u64,
     deduplicated_total: u64,
+    /// The ledger of a ledger shard (boxed: most streams have none).
+    ledger: Option<Box<LedgerState>>,
 }
 
 impl StreamState {
@@ -284,7 +292,13 @@ impl StreamState {
             acked_total: 0,
             dead_lettered_total: 0,
             deduplicated_total: 0,
+            ledger: spec.ledger.then(Box::default),
         }
+    }
+
+    /// The ledger of a ledger shard (`None` for other streams).
+    pub fn ledger(&self) -> Option<&LedgerState> {
+        self.ledger.as_deref()
     }
 
     /// Applies `cmd`, the entry at `log_index`. Deterministic: the same entries in the same
@@ -355,6 +369,10 @@ impl StreamState {
                 }
                 ApplyOutcome::Done
             }
+            Command::Ledger { time_ns, command } => match &mut self.ledger {
+                Some(l) => ApplyOutcome::Ledger(l.apply(command, *time_ns)),
+                None => ApplyOutcome::Done,
+            },
         }
     }
 
@@ -728,7 +746,11 @@ impl StreamState {
         let mut b = Vec::with_capacity(
             128 + crate::dedupe::ENCODED_LEN + self.chunks.len() * 24 + self.resolved.len() * 8,
         );
-        b.put_u8(u8::from(self.work_queue) | (u8::from(self.dedupe_by_key) << 1));
+        b.put_u8(
+            u8::from(self.work_queue)
+                | (u8::from(self.dedupe_by_key) << 1)
+                | (u8::from(self.ledger.is_some()) << 2),
+        );
         for v in [
             self.next_offset,
             self.start_offset,
@@ -790,6 +812,11 @@ impl StreamState {
             b.put_u64_le(*o);
             b.put_u32_le(*a);
         }
+        if let Some(l) = &self.ledger {
+            let e = l.encode();
+            b.put_u64_le(e.len() as u64);
+            b.put_slice(&e);
+        }
         b
     }
 
@@ -834,6 +861,7 @@ impl StreamState {
             dedupe: KeyDedupe::default(),
             resolved: VecDeque::new(),
             attempts: BTreeMap::new(),
+            ledger: None,
         };
         let n = r.u64()? as usize;
         for _ in 0..n {
@@ -909,6 +937,17 @@ impl StreamState {
             let o = r.u64()?;
             s.attempts.insert(o, r.u32()?);
         }
+        if flags & 4 != 0 {
+            // Ledger shards (issue 15): the ledger's own snapshot encoding, length first.
+            // Bodies written before ledgers existed never set this flag.
+            let n = r.u64()?;
+            if n > r.buf.len() as u64 {
+                return Err(format!("ledger of {n} bytes in {} bytes", r.buf.len()));
+            }
+            let body = r.buf.split_to(n as usize);
+            let l = LedgerState::decode(&body).map_err(|e| e.to_string())?;
+            s.ledger = Some(Box::new(l));
+        }
         if !r.buf.is_empty() {
             return Err(format!("{} trailing bytes in state", r.buf.len()));
         }
@@ -928,6 +967,7 @@ mod tests {
             dedupe_by_key: dedupe,
             group: "workers".into(),
             dead_letter_stream: None,
+            ledger: false,
         }
     }
     fn recs(keys: &[&str]) -> Vec<Record> {
@@ -1289,6 +1329,58 @@ mod tests {
         let mut e = s.encode();
         e.push(1);
         assert!(StreamState::decode(Bytes::from(e)).is_err());
+    }
+
+    #[test]
+    fn a_ledger_shard_applies_ledger_commands_and_snapshots_its_ledger() {
+        use crate::ledger::{Account, CreateAccountResult, LedgerCommand, LedgerReply};
+        let mut spec = spec(Retention::Limits, false);
+        let create = Command::Ledger {
+            time_ns: 1_000,
+            command: LedgerCommand::CreateAccounts(vec![Account {
+                id: 7,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            }]),
+        };
+        // Not a ledger shard: the entry changes nothing.
+        let mut plain = StreamState::new(&spec);
+        assert_eq!(plain.apply(0, &create), ApplyOutcome::Done);
+        assert!(plain.ledger().is_none());
+        spec.ledger = true;
+        let mut s = StreamState::new(&spec);
+        assert_eq!(
+            s.apply(0, &create),
+            ApplyOutcome::Ledger(LedgerReply::Accounts(vec![(0, CreateAccountResult::Ok)]))
+        );
+        assert_eq!(
+            s.apply(1, &create),
+            ApplyOutcome::Ledger(LedgerReply::Accounts(vec![(
+                0,
+                CreateAccountResult::Exists
+            )]))
+        );
+        let d = StreamState::decode(Bytes::from(s.encode())).unwrap();
+        assert_eq!(d, s);
+        assert_eq!(
+            d.ledger().map(|l| l.state_hash()),
+            s.ledger().map(|l| l.state_hash())
+        );
+        // A body without the ledger flag (written before ledgers) still decodes.
+        let old = StreamState::decode(Bytes::from(plain.encode())).unwrap();
+        assert!(old.ledger().is_none());
+        // A truncated or damaged ledger is an error, not a panic.
+        let mut e = s.encode();
+        e.truncate(e.len() - 3);
+        assert!(StreamState::decode(Bytes::from(e)).is_err());
+        // Ledger entries round-trip; garbage in one is a decode error.
+        let b = create.encode();
+        assert_eq!(b.len(), create.encoded_len());
+        assert_eq!(Command::decode(b.clone()), Ok(create));
+        let mut g = b.to_vec();
+        g[14] = 99;
+        assert!(Command::decode(Bytes::from(g)).is_err());
     }
 
     #[test]

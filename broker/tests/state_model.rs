@@ -315,6 +315,8 @@ impl Model {
                 }
                 ApplyOutcome::Done
             }
+            // The model streams are not ledger shards: a ledger entry changes nothing.
+            Command::Ledger { .. } => ApplyOutcome::Done,
             Command::Clock {
                 unix_ms,
                 dedupe_max_age_ms,
@@ -999,6 +1001,7 @@ fn run(retention: Retention, dedupe_by_key: bool, ops: &[Op]) -> Result<(), Test
         dedupe_by_key,
         group: "workers".into(),
         dead_letter_stream: None,
+        ledger: false,
     };
     let mut state = StreamState::new(&spec);
     let index = dedupe_by_key.then(DedupeIndex::in_memory);

@@ -4,6 +4,9 @@
 //!   generated from `proto/txpipe/broker/v1/broker.proto`.
 //! - [`pipeline::v1`]: record payloads (`Transaction`, `Decision`, `Label`, `DeadLetter`),
 //!   generated from `proto/txpipe/pipeline/v1/pipeline.proto`.
+//! - [`ledger`]: the `txpipe.ledger.v1` API (generated from
+//!   `proto/txpipe/ledger/v1/ledger.proto`), the account → shard rule and a client that splits
+//!   batches per shard and follows each shard's leader.
 //! - [`produce`]: an idempotent, pipelined producer that follows its stream's leader and retries
 //!   through failovers and broker restarts without storing a batch twice.
 //! - [`leader`]: leader discovery and failover over a replicated broker (`txpipe-leader` hints,
@@ -19,6 +22,7 @@
 pub mod connect;
 pub mod features;
 pub mod leader;
+pub mod ledger;
 pub mod pan;
 pub mod produce;
 pub mod status;

@@ -11,6 +11,7 @@
 //!   leader-failover benchmark.
 //! - [`nemesis`]: brokers in network namespaces, seeded partitions, pauses and kills, and
 //!   an independent checker (`txpipe nemesis`).
+//! - [`ledger`]: `txpipe ledger`, the ledger's CLI (accounts, transfers, balances, dump).
 //! - [`procstat`]: CPU and peak memory of child processes from `/proc`.
 
 pub mod audit;
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod cgroup;
 pub mod chaos;
 pub mod cluster;
+pub mod ledger;
 pub mod local;
 pub mod nemesis;
 pub mod procstat;

@@ -1,4 +1,5 @@
-//! `txpipe`: one binary for local mode (`txpipe run`), the audit (`txpipe audit`) and, as
+//! `txpipe`: one binary for local mode (`txpipe run`), the audit (`txpipe audit`), the ledger
+//! (`txpipe ledger`) and, as
 //! subcommands, the broker, worker and producer services.
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The ledger: accounts and transfers on the brokers' ledger shards (docs/ledger.md).
+    Ledger(txpipe::ledger::LedgerArgs),
 }
 
 #[derive(Subcommand)]
@@ -128,6 +131,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             txpipe::bench::failover_bench(args, exe).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Ledger(args) => Ok(if txpipe::ledger::run(args).await? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Cmd::Audit { brokers, json } => {
             let addrs = txpipe_client::connect::parse_addrs(&brokers)?;
             let report =

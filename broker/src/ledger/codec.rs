@@ -202,6 +202,15 @@ impl LedgerCommand {
         out
     }
 
+    /// Exact length of [`LedgerCommand::encode`]'s output, bytes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            LedgerCommand::CreateAccounts(batch) => 6 + batch.len() * ACCOUNT_BYTES,
+            LedgerCommand::CreateTransfers(batch) => 6 + batch.len() * TRANSFER_BYTES,
+            LedgerCommand::ExpirePending => 2,
+        }
+    }
+
     /// Decodes [`LedgerCommand::encode`]'s output.
     ///
     /// Errors: unknown version or kind, truncation, trailing bytes. Field values are not

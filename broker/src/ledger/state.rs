@@ -269,6 +269,12 @@ impl LedgerState {
         )
     }
 
+    /// The earliest deadline (ns) of a pending hold with a timeout, if any: a leader proposes
+    /// [`super::LedgerCommand::ExpirePending`] once its clock has passed it.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
     /// Expires, in order of deadline then id, every pending hold whose deadline
     /// (`timestamp + timeout_ms`) is at or before `max(now_ns, last_timestamp + 1)`: releases
     /// its pending amounts and marks it [`HoldStatus::Expired`]. Each expiry takes the next

@@ -1,0 +1,447 @@
+//! The `txpipe.ledger.v1.Ledger` gRPC service: the ledger shards' front, served on the
+//! broker's client port next to the Broker service.
+//!
+//! Each request names one shard (`ledger-<i>`, a Raft group of the broker). Writes are
+//! proposed on that shard's leader as [`Command::Ledger`] entries stamped with the leader's
+//! clock; a follower answers UNAVAILABLE with the `txpipe-leader` hint (as the Broker
+//! service does). Reads run after [`crate::replica::Replica::read_barrier`], so they are
+//! linearizable. The events of a request must belong to its shard (by the cluster's
+//! [`Partitioning`]): others are INVALID_ARGUMENT naming their shard, and a transfer between
+//! two shards is FAILED_PRECONDITION until the cross-shard two-phase commit exists.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use txpipe_client::ledger::v1::ledger_server::Ledger;
+use txpipe_client::ledger::v1::{
+    self as pb, CreateAccountsRequest, CreateAccountsResponse, CreateTransfersRequest,
+    CreateTransfersResponse, EventResult, GetAccountTransfersRequest, GetAccountTransfersResponse,
+    GetShardRequest, GetShardResponse, ListAccountsRequest, ListAccountsResponse,
+    LookupAccountsRequest, LookupAccountsResponse, LookupTransfersRequest, LookupTransfersResponse,
+};
+use txpipe_client::ledger::{Partitioning, from_pb, shard_index, shard_name, to_pb};
+
+use crate::broker::{Broker, Stream};
+use crate::command::Command;
+use crate::error::{Error, Result};
+use crate::ledger::{Account, AccountFlags, LedgerCommand, LedgerReply, Transfer, TransferFlags};
+use crate::state::ApplyOutcome;
+
+/// Most events in one CreateAccounts / CreateTransfers request (TigerBeetle's batch size).
+pub const MAX_BATCH: usize = 8190;
+/// Most ids in one lookup.
+pub const MAX_LOOKUP: usize = 8190;
+/// Default and largest page of a list.
+pub const DEFAULT_PAGE: usize = 1000;
+/// Largest page of a list.
+pub const MAX_PAGE: usize = 10_000;
+
+/// gRPC front of the ledger shards.
+#[derive(Clone)]
+pub struct LedgerService {
+    broker: Arc<Broker>,
+    partitioning: Partitioning,
+}
+
+impl LedgerService {
+    /// Wraps a broker.
+    ///
+    /// Errors: [`Error::Config`] for an invalid `--ledger-partitioning`.
+    pub fn new(broker: Arc<Broker>) -> Result<Self> {
+        let partitioning = broker.config.partitioning()?;
+        Ok(Self {
+            broker,
+            partitioning,
+        })
+    }
+
+    fn shards(&self) -> u32 {
+        self.broker.config.ledger_shards
+    }
+
+    /// The shard named `name`.
+    fn shard(&self, name: &str) -> Result<(u32, &Stream)> {
+        if self.shards() == 0 {
+            return Err(Error::FailedPrecondition(
+                "this cluster has no ledger (brokers were started with --ledger-shards 0)".into(),
+            ));
+        }
+        let last = shard_name(self.shards() - 1);
+        match shard_index(name) {
+            Some(i) if i < self.shards() => Ok((i, self.broker.stream(name)?)),
+            _ => Err(Error::InvalidArgument(format!(
+                "{name:?} is not a ledger shard of this cluster (ledger-0 ... {last})"
+            ))),
+        }
+    }
+
+    /// Checks that account `id` of event `index` lives on `shard`.
+    fn owned(&self, shard: u32, what: &str, index: usize, id: u128) -> Result<()> {
+        let s = self.partitioning.shard_of(id, self.shards());
+        if s == shard {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "event {index}: {what} {id} belongs to shard {}, not {} (partitioning {}); send it there",
+                shard_name(s),
+                shard_name(shard),
+                self.partitioning
+            )))
+        }
+    }
+
+    async fn propose(&self, stream: &Stream, command: LedgerCommand) -> Result<LedgerReply> {
+        let replica = &stream.replica;
+        replica.require_leader()?;
+        // The leader's clock, stamped once here: every replica applies the same time.
+        let time_ns = unix_ns();
+        let out = replica
+            .propose(vec![Command::Ledger { time_ns, command }])
+            .await?
+            .pop();
+        match out {
+            Some(ApplyOutcome::Ledger(reply)) => Ok(reply),
+            other => Err(Error::Unavailable(format!(
+                "{}: unexpected outcome {other:?}",
+                replica.spec.name
+            ))),
+        }
+    }
+}
+
+/// Proposes [`LedgerCommand::ExpirePending`] on every ledger shard this node leads whose
+/// earliest hold deadline has passed by this node's clock, so that holds are released when no
+/// transfers arrive (a `CreateTransfers` expires due holds too). Called every second by the
+/// broker's background task; failures are logged and retried at the next call.
+pub async fn expire_due_holds(broker: &Broker) {
+    let now = unix_ns();
+    for (name, stream) in &broker.streams {
+        let r = &stream.replica;
+        if !r.spec.ledger || !r.is_leader() {
+            continue;
+        }
+        let due = r.with_core(|c| {
+            c.state
+                .ledger()
+                .and_then(|l| l.next_expiry())
+                .is_some_and(|at| at <= now)
+        });
+        if !due {
+            continue;
+        }
+        let cmd = Command::Ledger {
+            time_ns: unix_ns(),
+            command: LedgerCommand::ExpirePending,
+        };
+        match r.propose(vec![cmd]).await {
+            Ok(out) => {
+                if let Some(ApplyOutcome::Ledger(LedgerReply::Expired(ids))) = out.first() {
+                    tracing::debug!(shard = %name, expired = ids.len(), "holds expired");
+                }
+            }
+            Err(e) => tracing::warn!(shard = %name, error = %e, "expiring holds failed"),
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch (0 before it).
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn u16_field(index: usize, name: &str, v: u32) -> Result<u16> {
+    u16::try_from(v).map_err(|_| {
+        Error::InvalidArgument(format!("event {index}: {name} {v} does not fit in 16 bits"))
+    })
+}
+
+fn account_from_pb(index: usize, a: &pb::Account) -> Result<Account> {
+    Ok(Account {
+        id: from_pb(a.id.as_ref()),
+        user_data: from_pb(a.user_data.as_ref()),
+        debits_pending: from_pb(a.debits_pending.as_ref()),
+        debits_posted: from_pb(a.debits_posted.as_ref()),
+        credits_pending: from_pb(a.credits_pending.as_ref()),
+        credits_posted: from_pb(a.credits_posted.as_ref()),
+        ledger: a.ledger,
+        code: u16_field(index, "code", a.code)?,
+        flags: AccountFlags(u16_field(index, "flags", a.flags)?),
+        timestamp: a.timestamp_ns,
+    })
+}
+
+fn transfer_from_pb(index: usize, t: &pb::Transfer) -> Result<Transfer> {
+    Ok(Transfer {
+        id: from_pb(t.id.as_ref()),
+        debit_account_id: from_pb(t.debit_account_id.as_ref()),
+        credit_account_id: from_pb(t.credit_account_id.as_ref()),
+        amount: from_pb(t.amount.as_ref()),
+        pending_id: from_pb(t.pending_id.as_ref()),
+        user_data: from_pb(t.user_data.as_ref()),
+        timeout_ms: t.timeout_ms,
+        ledger: t.ledger,
+        code: u16_field(index, "code", t.code)?,
+        flags: TransferFlags(u16_field(index, "flags", t.flags)?),
+        timestamp: t.timestamp_ns,
+    })
+}
+
+/// An account on the wire.
+pub fn account_to_pb(a: &Account) -> pb::Account {
+    pb::Account {
+        id: to_pb(a.id),
+        user_data: to_pb(a.user_data),
+        debits_pending: to_pb(a.debits_pending),
+        debits_posted: to_pb(a.debits_posted),
+        credits_pending: to_pb(a.credits_pending),
+        credits_posted: to_pb(a.credits_posted),
+        ledger: a.ledger,
+        code: u32::from(a.code),
+        flags: u32::from(a.flags.0),
+        timestamp_ns: a.timestamp,
+    }
+}
+
+/// A transfer on the wire.
+pub fn transfer_to_pb(t: &Transfer) -> pb::Transfer {
+    pb::Transfer {
+        id: to_pb(t.id),
+        debit_account_id: to_pb(t.debit_account_id),
+        credit_account_id: to_pb(t.credit_account_id),
+        amount: to_pb(t.amount),
+        pending_id: to_pb(t.pending_id),
+        user_data: to_pb(t.user_data),
+        timeout_ms: t.timeout_ms,
+        ledger: t.ledger,
+        code: u32::from(t.code),
+        flags: u32::from(t.flags.0),
+        timestamp_ns: t.timestamp,
+    }
+}
+
+fn check_batch(what: &str, n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::InvalidArgument(format!("{what}: empty batch")));
+    }
+    if n > MAX_BATCH {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: {n} events, at most {MAX_BATCH} per request"
+        )));
+    }
+    Ok(())
+}
+
+fn page(limit: u32) -> usize {
+    match limit as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+fn ids(v: &[pb::U128]) -> Result<Vec<u128>> {
+    if v.len() > MAX_LOOKUP {
+        return Err(Error::InvalidArgument(format!(
+            "{} ids, at most {MAX_LOOKUP} per lookup",
+            v.len()
+        )));
+    }
+    Ok(v.iter().map(|id| from_pb(Some(id))).collect())
+}
+
+#[tonic::async_trait]
+impl Ledger for LedgerService {
+    #[tracing::instrument(skip_all, fields(shard = %req.get_ref().shard, n = req.get_ref().accounts.len()))]
+    async fn create_accounts(
+        &self,
+        req: Request<CreateAccountsRequest>,
+    ) -> std::result::Result<Response<CreateAccountsResponse>, Status> {
+        let req = req.into_inner();
+        let (shard, stream) = self.shard(&req.shard)?;
+        check_batch("create accounts", req.accounts.len())?;
+        let mut batch = Vec::with_capacity(req.accounts.len());
+        for (i, a) in req.accounts.iter().enumerate() {
+            let a = account_from_pb(i, a)?;
+            self.owned(shard, "account", i, a.id)?;
+            batch.push(a);
+        }
+        let results = match self
+            .propose(stream, LedgerCommand::CreateAccounts(batch))
+            .await?
+        {
+            LedgerReply::Accounts(r) => r
+                .into_iter()
+                .map(|(index, r)| EventResult {
+                    index,
+                    code: r as u32,
+                    name: r.as_str().to_string(),
+                })
+                .collect(),
+            other => return Err(Error::Unavailable(format!("unexpected reply {other:?}")).into()),
+        };
+        Ok(Response::new(CreateAccountsResponse { results }))
+    }
+
+    #[tracing::instrument(skip_all, fields(shard = %req.get_ref().shard, n = req.get_ref().transfers.len()))]
+    async fn create_transfers(
+        &self,
+        req: Request<CreateTransfersRequest>,
+    ) -> std::result::Result<Response<CreateTransfersResponse>, Status> {
+        let req = req.into_inner();
+        let (shard, stream) = self.shard(&req.shard)?;
+        check_batch("create transfers", req.transfers.len())?;
+        let mut batch = Vec::with_capacity(req.transfers.len());
+        for (i, t) in req.transfers.iter().enumerate() {
+            let t = transfer_from_pb(i, t)?;
+            // A post or void may leave the accounts 0 (taken from the hold): nothing to route.
+            if t.debit_account_id != 0 {
+                self.owned(shard, "debit account", i, t.debit_account_id)?;
+            }
+            if t.credit_account_id != 0 {
+                let s = self
+                    .partitioning
+                    .shard_of(t.credit_account_id, self.shards());
+                if s != shard {
+                    return Err(Error::FailedPrecondition(format!(
+                        "cross-shard transfers are not supported yet: event {i} (transfer {}) debits account {} on {} and credits account {} on {}",
+                        t.id,
+                        t.debit_account_id,
+                        shard_name(shard),
+                        t.credit_account_id,
+                        shard_name(s)
+                    ))
+                    .into());
+                }
+            }
+            batch.push(t);
+        }
+        let results = match self
+            .propose(stream, LedgerCommand::CreateTransfers(batch))
+            .await?
+        {
+            LedgerReply::Transfers(r) => r
+                .into_iter()
+                .map(|(index, r)| EventResult {
+                    index,
+                    code: r as u32,
+                    name: r.as_str().to_string(),
+                })
+                .collect(),
+            other => return Err(Error::Unavailable(format!("unexpected reply {other:?}")).into()),
+        };
+        Ok(Response::new(CreateTransfersResponse { results }))
+    }
+
+    async fn lookup_accounts(
+        &self,
+        req: Request<LookupAccountsRequest>,
+    ) -> std::result::Result<Response<LookupAccountsResponse>, Status> {
+        let req = req.into_inner();
+        let (_, stream) = self.shard(&req.shard)?;
+        let ids = ids(&req.ids)?;
+        stream.replica.read_barrier().await?;
+        let accounts = stream.replica.with_core(|c| {
+            c.state.ledger().map_or_else(Vec::new, |l| {
+                l.lookup_accounts(&ids).iter().map(account_to_pb).collect()
+            })
+        });
+        Ok(Response::new(LookupAccountsResponse { accounts }))
+    }
+
+    async fn lookup_transfers(
+        &self,
+        req: Request<LookupTransfersRequest>,
+    ) -> std::result::Result<Response<LookupTransfersResponse>, Status> {
+        let req = req.into_inner();
+        let (_, stream) = self.shard(&req.shard)?;
+        let ids = ids(&req.ids)?;
+        stream.replica.read_barrier().await?;
+        let transfers = stream.replica.with_core(|c| {
+            c.state.ledger().map_or_else(Vec::new, |l| {
+                l.lookup_transfers(&ids)
+                    .iter()
+                    .map(transfer_to_pb)
+                    .collect()
+            })
+        });
+        Ok(Response::new(LookupTransfersResponse { transfers }))
+    }
+
+    async fn get_account_transfers(
+        &self,
+        req: Request<GetAccountTransfersRequest>,
+    ) -> std::result::Result<Response<GetAccountTransfersResponse>, Status> {
+        let req = req.into_inner();
+        let (shard, stream) = self.shard(&req.shard)?;
+        let id = from_pb(req.account_id.as_ref());
+        self.owned(shard, "account", 0, id)?;
+        stream.replica.read_barrier().await?;
+        let limit = page(req.limit);
+        let transfers = stream.replica.with_core(|c| {
+            c.state.ledger().map_or_else(Vec::new, |l| {
+                l.account_transfers(id, req.after_timestamp_ns, limit)
+                    .iter()
+                    .map(transfer_to_pb)
+                    .collect()
+            })
+        });
+        Ok(Response::new(GetAccountTransfersResponse { transfers }))
+    }
+
+    async fn list_accounts(
+        &self,
+        req: Request<ListAccountsRequest>,
+    ) -> std::result::Result<Response<ListAccountsResponse>, Status> {
+        let req = req.into_inner();
+        let (_, stream) = self.shard(&req.shard)?;
+        let from = from_pb(req.from_id.as_ref());
+        let to = req.to_id.as_ref().map_or(u128::MAX, |t| from_pb(Some(t)));
+        if from > to {
+            return Err(
+                Error::InvalidArgument(format!("list accounts: from {from} > to {to}")).into(),
+            );
+        }
+        stream.replica.read_barrier().await?;
+        let limit = page(req.limit);
+        let accounts = stream.replica.with_core(|c| {
+            c.state.ledger().map_or_else(Vec::new, |l| {
+                l.accounts_in_range(from, to, limit)
+                    .iter()
+                    .map(account_to_pb)
+                    .collect()
+            })
+        });
+        Ok(Response::new(ListAccountsResponse { accounts }))
+    }
+
+    async fn get_shard(
+        &self,
+        req: Request<GetShardRequest>,
+    ) -> std::result::Result<Response<GetShardResponse>, Status> {
+        let req = req.into_inner();
+        let (_, stream) = self.shard(&req.shard)?;
+        let r = &stream.replica;
+        if !req.local {
+            r.read_barrier().await?;
+        }
+        let mut resp = r.with_core(|c| {
+            let l = c.state.ledger();
+            GetShardResponse {
+                shard: req.shard.clone(),
+                applied_index: c.applied.map_or(0, |a| a.index),
+                state_hash: l.map_or_else(Vec::new, |l| l.state_hash().to_vec()),
+                accounts: l.map_or(0, |l| l.account_count() as u64),
+                transfers: l.map_or(0, |l| l.transfer_count() as u64),
+                pending: l.map_or(0, |l| l.pending_count() as u64),
+                last_timestamp_ns: l.map_or(0, |l| l.last_timestamp()),
+                ..GetShardResponse::default()
+            }
+        });
+        resp.leader = r.leader().map(|(_, n)| n.addr).unwrap_or_default();
+        resp.is_leader = r.is_leader();
+        resp.shards = self.shards();
+        resp.partitioning = self.partitioning.to_string();
+        Ok(Response::new(resp))
+    }
+}

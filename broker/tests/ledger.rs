@@ -1,0 +1,394 @@
+//! Ledger shards in a three-node cluster (one process, a runtime per node): accounts and
+//! transfers on every shard through `txpipe.ledger.v1`, result codes per event, holds,
+//! idempotent resends, bad input, equal state hashes on every replica at the same applied
+//! index, a leader crash, a restart from snapshot, and the fixed ledger layout.
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+use txpipe_broker::Config;
+use txpipe_client::ledger::v1::ledger_client::LedgerClient as RawClient;
+use txpipe_client::ledger::v1::{self as pb};
+use txpipe_client::ledger::{LedgerClient, LedgerClientError, from_pb, shard_name, to_pb};
+
+const T: Duration = Duration::from_secs(30);
+const SHARDS: u32 = 3;
+const PENDING: u32 = 2;
+const POST: u32 = 4;
+const VOID: u32 = 8;
+
+fn restart(configs: &[Config], i: usize) -> TestBroker {
+    let cfg = configs[i].clone();
+    let listeners = (
+        std::net::TcpListener::bind(cfg.client_addr(i)).unwrap(),
+        std::net::TcpListener::bind(&cfg.peers[i]).unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    TestBroker::start_on(cfg, listeners)
+}
+
+fn start_cluster(dir: &Path) -> (Vec<Config>, Vec<Option<TestBroker>>) {
+    let mut cfgs = cluster_configs(dir, 3);
+    for (c, _) in cfgs.iter_mut() {
+        c.ledger_shards = SHARDS;
+    }
+    let configs = cfgs.iter().map(|(c, _)| c.clone()).collect();
+    let nodes = cfgs
+        .into_iter()
+        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
+        .collect();
+    (configs, nodes)
+}
+
+fn account(id: u128) -> pb::Account {
+    pb::Account {
+        id: to_pb(id),
+        ledger: 1,
+        code: 1,
+        ..Default::default()
+    }
+}
+
+fn transfer(id: u128, from: u128, to: u128, amount: u128, flags: u32) -> pb::Transfer {
+    pb::Transfer {
+        id: to_pb(id),
+        debit_account_id: to_pb(from),
+        credit_account_id: to_pb(to),
+        amount: to_pb(amount),
+        ledger: 1,
+        code: 1,
+        flags,
+        ..Default::default()
+    }
+}
+
+fn names(r: &[pb::EventResult]) -> Vec<&str> {
+    r.iter().map(|r| r.name.as_str()).collect()
+}
+
+fn rejected(e: LedgerClientError) -> tonic::Status {
+    match e {
+        LedgerClientError::Leader(txpipe_client::leader::LeaderError::Rejected(s)) => s,
+        other => panic!("expected a rejection, got {other}"),
+    }
+}
+
+/// Every live node's `(applied index, state hash)` of `shard`, from its own state.
+async fn local_states(nodes: &[Option<TestBroker>], shard: u32) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for n in nodes.iter().flatten() {
+        let mut c = RawClient::new(n.channel().await);
+        let r = c
+            .get_shard(pb::GetShardRequest {
+                shard: shard_name(shard),
+                local: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push((r.applied_index, r.state_hash));
+    }
+    out
+}
+
+/// Waits until every live node has applied the same index of every shard, then checks that
+/// their state hashes are equal; returns the hashes.
+async fn assert_replicas_agree(nodes: &[Option<TestBroker>]) -> Vec<Vec<u8>> {
+    let mut hashes = Vec::new();
+    for shard in 0..SHARDS {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let states = local_states(nodes, shard).await;
+            if states.iter().all(|s| s.0 == states[0].0) {
+                for s in &states {
+                    assert_eq!(s.1, states[0].1, "shard {shard} at index {}", s.0);
+                }
+                assert_eq!(states[0].1.len(), 32);
+                hashes.push(states[0].1.clone());
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "shard {shard}: replicas never reached the same index: {states:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    hashes
+}
+
+async fn balance(c: &LedgerClient, id: u128) -> (u128, u128, u128, u128) {
+    let a = c.lookup_accounts(&[id]).await.unwrap();
+    let a = &a[0];
+    (
+        from_pb(a.debits_pending.as_ref()),
+        from_pb(a.debits_posted.as_ref()),
+        from_pb(a.credits_pending.as_ref()),
+        from_pb(a.credits_posted.as_ref()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_shards_agree_on_every_replica_through_a_leader_crash_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, mut nodes) = start_cluster(dir.path());
+    let addrs: Vec<String> = configs[0].client_addrs.clone();
+    let c = LedgerClient::connect(addrs.clone(), T).await.unwrap();
+    assert_eq!(c.shards(), SHARDS);
+    assert_eq!(c.partitioning().to_string(), "range:1000");
+
+    // Accounts 1-3000 on three shards; a resend answers `exists` for each.
+    let accounts: Vec<_> = (1..=3000u128).map(account).collect();
+    let r = c.create_accounts(accounts.clone()).await.unwrap();
+    assert_eq!(r.len(), 3000);
+    assert!(r.iter().all(|r| r.name == "ok"), "{:?}", &r[..3]);
+    assert!(r.iter().enumerate().all(|(i, r)| r.index == i as u32));
+    let r = c.create_accounts(accounts).await.unwrap();
+    assert!(r.iter().all(|r| r.name == "exists"));
+
+    // Transfers on each shard; results per event.
+    let r = c
+        .create_transfers(vec![
+            transfer(1, 1, 2, 10, 0),
+            transfer(2, 1001, 1002, 20, 0),
+            transfer(3, 2001, 2002, 30, 0),
+            transfer(4, 3, 3, 1, 0),
+            transfer(5, 4, 5, 0, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&r),
+        [
+            "ok",
+            "ok",
+            "ok",
+            "accounts_must_be_different",
+            "amount_must_not_be_zero"
+        ]
+    );
+    // An idempotent resend: `exists`, nothing moves twice.
+    let r = c
+        .create_transfers(vec![
+            transfer(1, 1, 2, 10, 0),
+            transfer(2, 1001, 1002, 21, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["exists", "exists_with_different_amount"]);
+    assert_eq!(balance(&c, 1).await, (0, 10, 0, 0));
+    assert_eq!(balance(&c, 2).await, (0, 0, 0, 10));
+
+    // Holds: pending, post part of it, void another, a second post is refused.
+    let r = c
+        .create_transfers(vec![
+            transfer(10, 6, 7, 100, PENDING),
+            transfer(11, 6, 7, 50, PENDING),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok", "ok"]);
+    assert_eq!(balance(&c, 6).await, (150, 0, 0, 0));
+    let mut post = transfer(12, 6, 7, 60, POST);
+    post.pending_id = to_pb(10);
+    let mut void = transfer(13, 6, 7, 0, VOID);
+    void.pending_id = to_pb(11);
+    let mut again = transfer(14, 6, 7, 60, POST);
+    again.pending_id = to_pb(10);
+    let r = c.create_transfers(vec![post, void, again]).await.unwrap();
+    assert_eq!(names(&r), ["ok", "ok", "pending_transfer_already_posted"]);
+    assert_eq!(balance(&c, 6).await, (0, 60, 0, 0));
+    assert_eq!(balance(&c, 7).await, (0, 0, 0, 60));
+
+    // Cross-shard: refused with a clear message, nothing applied.
+    let st = rejected(
+        c.create_transfers(vec![transfer(20, 1, 1001, 5, 0)])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert!(
+        st.message()
+            .contains("cross-shard transfers are not supported yet"),
+        "{st:?}"
+    );
+
+    // Bad input: each its code.
+    let leader0 = {
+        let s = c.get_shard(0).await.unwrap();
+        assert!(s.is_leader);
+        assert_eq!(s.accounts, 1000);
+        s.leader
+    };
+    let mut raw = RawClient::connect(format!("http://{leader0}"))
+        .await
+        .unwrap();
+    let bad = |shard: &str, accounts: Vec<pb::Account>| pb::CreateAccountsRequest {
+        shard: shard.into(),
+        accounts,
+    };
+    for (req, what) in [
+        (bad("ledger-9", vec![account(1)]), "unknown shard"),
+        (bad("decisions", vec![account(1)]), "not a ledger shard"),
+        (bad("ledger-0", vec![]), "empty batch"),
+        (
+            bad("ledger-0", vec![account(1500)]),
+            "account of another shard",
+        ),
+        (
+            bad(
+                "ledger-0",
+                vec![pb::Account {
+                    code: 70_000,
+                    ..account(1)
+                }],
+            ),
+            "code above u16",
+        ),
+    ] {
+        let st = raw.create_accounts(req).await.unwrap_err();
+        assert_eq!(st.code(), Code::InvalidArgument, "{what}: {st:?}");
+    }
+    let st = raw
+        .create_transfers(pb::CreateTransfersRequest {
+            shard: "ledger-0".into(),
+            transfers: vec![transfer(30, 1001, 1002, 1, 0)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    assert!(st.message().contains("ledger-1"), "{st:?}");
+    let st = raw
+        .list_accounts(pb::ListAccountsRequest {
+            shard: "ledger-0".into(),
+            from_id: to_pb(5),
+            to_id: to_pb(4),
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+
+    // Reads: bulk list, paged account history.
+    let listed = c.list_accounts(990, 1010).await.unwrap();
+    assert_eq!(listed.len(), 21);
+    let page = raw
+        .get_account_transfers(pb::GetAccountTransfersRequest {
+            shard: "ledger-0".into(),
+            account_id: to_pb(6),
+            after_timestamp_ns: 0,
+            limit: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .transfers;
+    assert_eq!(page.len(), 2);
+    let found = raw
+        .lookup_transfers(pb::LookupTransfersRequest {
+            shard: "ledger-0".into(),
+            ids: vec![to_pb(12).unwrap(), to_pb(99).unwrap()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .transfers;
+    assert_eq!(found.len(), 1);
+
+    let before = assert_replicas_agree(&nodes).await;
+
+    // Crash the leader of ledger-0; the client follows the new leader.
+    let killed = addrs
+        .iter()
+        .position(|a| *a == leader0)
+        .expect("leader among the nodes");
+    nodes[killed].take().unwrap().crash();
+    let r = c
+        .create_transfers(vec![
+            transfer(40, 8, 9, 1, 0),
+            transfer(41, 1008, 1009, 1, 0),
+            transfer(42, 2008, 2009, 1, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok", "ok", "ok"]);
+    let after = assert_replicas_agree(&nodes).await;
+    assert_ne!(before, after);
+
+    // The crashed node restarts from its snapshot and log and catches up to the same hashes.
+    // Its snapshot of ledger-0 (written every 200 ms) holds the ledger.
+    let snap = configs[killed]
+        .data_dir
+        .join("streams")
+        .join("ledger-0")
+        .join(txpipe_broker::snapshot::FILE_NAME);
+    let (_, state) = txpipe_broker::snapshot::decode(&std::fs::read(&snap).unwrap()).unwrap();
+    assert_eq!(state.ledger().map(|l| l.account_count()), Some(1000));
+    nodes[killed] = Some(restart(&configs, killed));
+    let agreed = assert_replicas_agree(&nodes).await;
+    assert_eq!(agreed, after);
+    assert_eq!(balance(&c, 8).await, (0, 1, 0, 0));
+
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_keeps_its_ledger_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.ledger_shards = 2;
+    let b = TestBroker::start(cfg.clone());
+    let c = LedgerClient::connect(vec![b.grpc.to_string()], T)
+        .await
+        .unwrap();
+    assert_eq!(c.shards(), 2);
+    let r = c
+        .create_accounts(vec![account(1), account(1001)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok", "ok"]);
+    // A hold with a timeout is released by the leader's periodic expiry, with no transfer
+    // arriving after it.
+    let mut hold = transfer(1, 1001, 1002, 5, PENDING);
+    hold.timeout_ms = 1;
+    c.create_accounts(vec![account(1002)]).await.unwrap();
+    let r = c.create_transfers(vec![hold]).await.unwrap();
+    assert_eq!(names(&r), ["ok"]);
+    assert_eq!(balance(&c, 1001).await.0, 5);
+    wait_until(T, "hold expired", || async {
+        balance(&c, 1001).await.0 == 0 && c.get_shard(1).await.unwrap().pending == 0
+    })
+    .await;
+    let hash = c.get_shard(1).await.unwrap().state_hash;
+    b.stop().await;
+
+    // Another shard count or partitioning: refused, naming both.
+    for (shards, part) in [(3, "range:1000"), (2, "hash"), (0, "range:1000")] {
+        let mut other = cfg.clone();
+        other.ledger_shards = shards;
+        other.ledger_partitioning = part.into();
+        let rt_err = txpipe_broker::run(other, listeners().await, async {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            rt_err.contains("--ledger-shards 2 --ledger-partitioning range:1000"),
+            "{rt_err}"
+        );
+    }
+
+    // The same layout restarts with the state (from the final snapshot).
+    let b = TestBroker::start(cfg);
+    let c = LedgerClient::connect(vec![b.grpc.to_string()], T)
+        .await
+        .unwrap();
+    assert_eq!(c.get_shard(1).await.unwrap().state_hash, hash);
+    let r = c.create_accounts(vec![account(1)]).await.unwrap();
+    assert_eq!(names(&r), ["exists"]);
+    b.stop().await;
+}
