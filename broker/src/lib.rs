@@ -39,9 +39,9 @@ pub mod health;
 /// The ledger's deterministic state machine (accounts, transfers, holds, linked events;
 /// TigerBeetle's semantics), pure and ready for a Raft group's apply (issue 15).
 pub mod ledger;
+pub mod ledger_service;
 /// Broker-wide admission limits: in-flight produce bytes, concurrent reads, connections.
 pub mod limits;
-pub mod ledger_service;
 pub mod log;
 pub mod metrics;
 pub mod raft;
