@@ -270,14 +270,7 @@ impl Ledger for LedgerService {
             .propose(stream, LedgerCommand::CreateAccounts(batch))
             .await?
         {
-            LedgerReply::Accounts(r) => r
-                .into_iter()
-                .map(|(index, r)| EventResult {
-                    index,
-                    code: r as u32,
-                    name: r.as_str().to_string(),
-                })
-                .collect(),
+            LedgerReply::Accounts(r) => event_results(r, |r| (r as u32, r.as_str())),
             other => return Err(Error::Unavailable(format!("unexpected reply {other:?}")).into()),
         };
         Ok(Response::new(CreateAccountsResponse { results }))
@@ -320,14 +313,7 @@ impl Ledger for LedgerService {
             .propose(stream, LedgerCommand::CreateTransfers(batch))
             .await?
         {
-            LedgerReply::Transfers(r) => r
-                .into_iter()
-                .map(|(index, r)| EventResult {
-                    index,
-                    code: r as u32,
-                    name: r.as_str().to_string(),
-                })
-                .collect(),
+            LedgerReply::Transfers(r) => event_results(r, |r| (r as u32, r.as_str())),
             other => return Err(Error::Unavailable(format!("unexpected reply {other:?}")).into()),
         };
         Ok(Response::new(CreateTransfersResponse { results }))
@@ -444,4 +430,23 @@ impl Ledger for LedgerService {
         resp.partitioning = self.partitioning.to_string();
         Ok(Response::new(resp))
     }
+}
+
+/// The wire form of a batch's results: `(event index, result)` pairs, each described by
+/// `describe` as its numeric code and name.
+fn event_results<R: Copy>(
+    results: Vec<(u32, R)>,
+    describe: fn(R) -> (u32, &'static str),
+) -> Vec<EventResult> {
+    results
+        .into_iter()
+        .map(|(index, r)| {
+            let (code, name) = describe(r);
+            EventResult {
+                index,
+                code,
+                name: name.to_string(),
+            }
+        })
+        .collect()
 }
