@@ -89,7 +89,9 @@ bench-broker: release
 
 ## Leader kill -> first acknowledged produce on the new leader, over 20 kills.
 bench-failover: release
-	$(TXPIPE) bench failover --kills 20
+	$(TXPIPE) bench failover --fault kill --faults 20
+	$(TXPIPE) bench failover --fault leader-pause --faults 20
+	$(TXPIPE) bench failover --fault follower-pause --faults 20
 
 ## Soak: 10,000,000 transactions through local mode, broker RSS sampled (peak and slope).
 soak: release

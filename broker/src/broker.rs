@@ -710,9 +710,23 @@ async fn lead_delivery(
     }
 }
 
+/// The status role of a node in `state`; a leader without its quorum lease (`has_quorum`
+/// false) is `leader-without-lease`.
+pub fn role_name(state: openraft::ServerState, has_quorum: bool) -> &'static str {
+    match state {
+        openraft::ServerState::Leader if has_quorum => "leader",
+        openraft::ServerState::Leader => "leader-without-lease",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "shutdown",
+    }
+}
+
 /// The Raft view of `r`'s group right now.
 pub fn raft_status(r: &Replica) -> RaftStatus {
     let m = r.raft.metrics().borrow_watched().clone();
+    let has_quorum = r.has_quorum_lease();
     let mem = m.membership_config.membership();
     let applied = m.last_applied.map_or(0, |l| l.index);
     RaftStatus {
@@ -723,7 +737,8 @@ pub fn raft_status(r: &Replica) -> RaftStatus {
             .and_then(|l| mem.get_node(&l))
             .map(|n| n.addr.clone()),
         is_leader: m.state == openraft::ServerState::Leader,
-        has_quorum: r.has_quorum_lease(),
+        role: role_name(m.state, has_quorum).to_string(),
+        has_quorum,
         quorum_ack_age_ms: r.quorum_ack_age().map(|d| d.as_millis() as u64),
         commit_index: r
             .shared
@@ -733,5 +748,24 @@ pub fn raft_status(r: &Replica) -> RaftStatus {
         last_log_index: m.last_log_index.unwrap_or(0),
         voters: mem.voter_ids().collect(),
         learners: mem.learner_ids().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::ServerState;
+
+    use super::role_name;
+
+    #[test]
+    fn a_leader_without_its_quorum_lease_says_so_in_its_role() {
+        assert_eq!(role_name(ServerState::Leader, true), "leader");
+        assert_eq!(
+            role_name(ServerState::Leader, false),
+            "leader-without-lease"
+        );
+        assert_eq!(role_name(ServerState::Follower, false), "follower");
+        assert_eq!(role_name(ServerState::Candidate, false), "candidate");
+        assert_eq!(role_name(ServerState::Learner, false), "learner");
     }
 }

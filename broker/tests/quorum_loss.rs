@@ -65,6 +65,15 @@ async fn a_leader_without_a_quorum_answers_unavailable_and_serves_again_when_one
         "quorum_loss: Fetch UNAVAILABLE {} ms after both followers died",
         took.as_millis()
     );
+    // Its status says why: still leader in openraft's view (no higher term was heard), but
+    // without the lease.
+    let (_, body) = common::try_http_get(c.nodes[li].admin, "/status.json")
+        .await
+        .expect("status of the cut-off leader");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["raft"][STREAM]["is_leader"], true, "{body}");
+    assert_eq!(v["raft"][STREAM]["has_quorum"], false, "{body}");
+    assert_eq!(v["raft"][STREAM]["role"], "leader-without-lease", "{body}");
     let s = client
         .get_stream(GetStreamRequest {
             stream: STREAM.into(),

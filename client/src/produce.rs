@@ -33,6 +33,11 @@
 //! once. Each [`Receipt`] resolves exactly once: with the first acknowledgement of its batch,
 //! or with the error that stopped the producer.
 //!
+//! A leader that keeps the call open but answers nothing (paused, or cut off from its
+//! followers so that it can commit nothing) is left the same way once no acknowledgement has
+//! come for `ack_timeout` (default 2 s) while batches are unacknowledged: the call ends with
+//! `DEADLINE_EXCEEDED` and the producer fails over to the next broker.
+//!
 //! A failover lasts from the failure to the first acknowledgement on the new leader and is
 //! bounded by `reconnect_deadline` (default 60 s); past it the producer stops with
 //! [`ProduceError::Unreachable`]. A status that is not about leadership or availability
@@ -106,7 +111,19 @@ pub struct ProducerConfig {
     /// the new leader) before the producer gives up with [`ProduceError::Unreachable`].
     /// Default 60 s.
     pub reconnect_deadline: Duration,
+    /// How long the producer waits for the next acknowledgement while batches are
+    /// unacknowledged before it treats the Produce call as broken and fails over (resending
+    /// the unacknowledged batches, which the leader deduplicates). This is what gets a producer
+    /// off a leader that is paused (SIGSTOP, a VM freeze: its connection stays open and answers
+    /// nothing) or cut off from its followers (it can commit nothing). Default
+    /// [`DEFAULT_ACK_TIMEOUT`]; zero disables it.
+    pub ack_timeout: Duration,
 }
+
+/// Default [`ProducerConfig::ack_timeout`]: 2 s, several times the time a healthy leader
+/// takes (a quorum fsync, tens of milliseconds) and about two elections (300-450 ms each with
+/// the broker's default timers), so a false timeout is rare and costs one resend.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ProducerConfig {
     /// A config with defaults for `stream` on `addrs`, registering anonymously.
@@ -117,6 +134,7 @@ impl ProducerConfig {
             identity: ProducerIdentity::Anonymous,
             max_in_flight: 16,
             reconnect_deadline: Duration::from_secs(60),
+            ack_timeout: DEFAULT_ACK_TIMEOUT,
         }
     }
 
@@ -430,6 +448,11 @@ async fn run(
             tokio::pin!(call);
             let mut inbound: Option<tonic::Streaming<ProduceResponse>> = None;
             let mut confirmed = false;
+            // The last sign of progress on this call: its start, an acknowledgement, or a
+            // batch sent while nothing was unacknowledged. With batches unacknowledged and no
+            // progress for `ack_timeout`, the call is given up.
+            let mut progress = tokio::time::Instant::now();
+            let ack_timeout = config.ack_timeout;
             loop {
                 if !input_open && unacked.is_empty() {
                     return Ok(stats);
@@ -447,9 +470,22 @@ async fn run(
                             inbound = Some(resp.into_inner());
                         }
                     },
+                    _ = tokio::time::sleep_until(progress + ack_timeout),
+                        if !ack_timeout.is_zero() && !unacked.is_empty() =>
+                    {
+                        break tonic::Status::deadline_exceeded(format!(
+                            "no acknowledgement from {} within {} ms with {} batch(es) unacknowledged",
+                            target.addr,
+                            ack_timeout.as_millis(),
+                            unacked.len()
+                        ));
+                    }
                     msg = rx.recv(), if room => match msg {
                         None => input_open = false,
                         Some((records, position, done)) => {
+                            if unacked.is_empty() {
+                                progress = tokio::time::Instant::now();
+                            }
                             let p = Pending { sequence: next_seq, position, records: Arc::new(records), done: Some(done) };
                             next_seq += 1;
                             let req = mk(&p);
@@ -479,6 +515,7 @@ async fn run(
                                 unacked.push_front(front);
                                 return Err(fail(&mut unacked, ProduceError::OutOfOrder { expected, got: resp.sequence }));
                             }
+                            progress = tokio::time::Instant::now();
                             stats.batches_acked += 1;
                             stats.records_acked += front.records.len() as u64;
                             if resp.duplicate {

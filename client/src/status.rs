@@ -74,8 +74,13 @@ pub struct RaftStatus {
     pub leader_id: Option<u64>,
     /// Leader's client address `host:port`, when known.
     pub leader_addr: Option<String>,
-    /// Whether this node leads the group.
+    /// Whether this node leads the group (in openraft's view: it won an election and has not
+    /// heard of a higher term; see `has_quorum` for whether it may serve).
     pub is_leader: bool,
+    /// This node's role in the group: `leader`, `leader-without-lease` (it has not heard of a
+    /// higher term, but no quorum acknowledged it within the lease, so it serves nothing: a
+    /// cut-off or deposed leader), `candidate`, `follower`, `learner` or `shutdown`.
+    pub role: String,
     /// Leader only: whether its quorum lease is valid (a quorum acknowledged it within the
     /// broker's `election_timeout_max`). A leader cut off from its followers reports `false`
     /// while still `is_leader`; `false` on a follower.

@@ -406,3 +406,29 @@ async fn an_idempotent_producer_keeps_at_most_max_in_flight_batches_unacknowledg
     assert_eq!(b.fake.sequences(5), (1..=n).collect::<Vec<_>>());
     p.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_leader_that_stops_acknowledging_is_left_after_the_ack_timeout() {
+    // a keeps the call open but acknowledges only batches 1..=3, like a paused leader or one
+    // cut off from its followers; it does not die.
+    let a = FakeBroker::new("a");
+    a.st().ack_limit = Some(3);
+    let a = Node::start(a).await;
+    let b = Node::start(FakeBroker::new("b")).await;
+    let cfg = ProducerConfig {
+        ack_timeout: Duration::from_millis(300),
+        ..config(vec![a.uri(), b.uri()], 99, 4)
+    };
+    let p = Producer::connect(cfg).await.unwrap();
+    let acks = tokio::time::timeout(Duration::from_secs(20), async {
+        resolved(send_all(&p, 12).await).await
+    })
+    .await
+    .expect("the producer stayed on a leader that acknowledged nothing");
+    assert_eq!(acks.len(), 12);
+    // b got every batch a did not acknowledge, in order, with the same sequences.
+    assert_eq!(b.fake.sequences(99), (4..=12).collect::<Vec<_>>());
+    let stats = p.close().await.unwrap();
+    assert_eq!(stats.batches_acked, 12);
+    assert!(stats.reconnects >= 1);
+}

@@ -125,6 +125,9 @@ struct Args {
     /// How long to keep retrying an unreachable broker before failing, milliseconds.
     #[arg(long, env = "PRODUCER_RECONNECT_DEADLINE_MS", default_value_t = 60_000)]
     reconnect_deadline_ms: u64,
+    /// Fail over to another broker when no acknowledgement has come for this long while batches are unacknowledged (a paused or cut-off leader keeps the call open and answers nothing), milliseconds; 0 disables.
+    #[arg(long, env = "PRODUCER_ACK_TIMEOUT_MS", default_value_t = 2_000)]
+    ack_timeout_ms: u64,
     /// Name the producer registers under on each stream (1-256 bytes). A restart with the same name resumes after the last acknowledged record and fences the previous instance. Default: derived from the settings that decide the records (generator: seed and the other generator flags; file: its absolute path, format and column settings; not --count).
     #[arg(long, env = "PRODUCER_NAME")]
     producer_name: Option<String>,
@@ -224,6 +227,7 @@ fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
     config.progress = args.progress;
     config.summary_json = args.summary_json;
     config.reconnect_deadline = Duration::from_millis(args.reconnect_deadline_ms);
+    config.ack_timeout = Duration::from_millis(args.ack_timeout_ms);
     config.producer_name = args.producer_name;
     config.validate()?;
     Ok(config)

@@ -107,6 +107,8 @@ pub struct Config {
     pub summary_json: Option<PathBuf>,
     /// How long the producers keep trying to reach a broker after a failure.
     pub reconnect_deadline: Duration,
+    /// See [`txpipe_client::produce::ProducerConfig::ack_timeout`].
+    pub ack_timeout: Duration,
     /// Stream names (defaults: `transactions`, `labels`).
     pub transactions_stream: String,
     /// See `transactions_stream`.
@@ -134,6 +136,7 @@ impl Config {
             progress: ProgressMode::Never,
             summary_json: None,
             reconnect_deadline: Duration::from_secs(60),
+            ack_timeout: txpipe_client::produce::DEFAULT_ACK_TIMEOUT,
             transactions_stream: streams::TRANSACTIONS.to_string(),
             labels_stream: streams::LABELS.to_string(),
             producer_name: None,
@@ -488,6 +491,7 @@ fn producer_config(config: &Config, stream: &str) -> ProducerConfig {
     ProducerConfig {
         max_in_flight: config.max_in_flight,
         reconnect_deadline: config.reconnect_deadline,
+        ack_timeout: config.ack_timeout,
         ..ProducerConfig::named(
             config.brokers.clone(),
             stream,

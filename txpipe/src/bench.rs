@@ -9,12 +9,9 @@
 //! of unacknowledged publishes and consume from one task that acks every message; the clock
 //! runs from the first publish until the last message is acked by the consumer.
 //!
-//! **Failover** (`txpipe bench failover`): three replicas, one producer sending continuously
-//! to `transactions` (one batch in flight); `--kills` times: kill -9 the stream's leader,
-//! measure the time from the kill to the acknowledgement of the first batch sent after it
-//! (that batch can only have been committed by a new leader), restart the killed replica on
-//! its data directory and wait until it has rejoined (its `/readyz` is 200 and every stream
-//! has a leader). Prints each kill and p50 / p99 / max.
+//! **Failover** (`txpipe bench failover`, [`failover`]): kills, pauses and partitions of a
+//! leader or a follower under a continuous producer; time to a new leader and to the first
+//! acknowledged produce, and the leader changes each fault caused.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,8 +28,13 @@ use txpipe_client::broker::v1::{
 use txpipe_client::produce::{Producer, ProducerConfig};
 use txpipe_client::streams;
 
-use crate::cluster::{BrokerCluster, every_stream_led};
+use crate::cluster::BrokerCluster;
+
+mod failover;
 use crate::supervisor::free_port;
+pub use failover::{
+    FailoverBenchArgs, FailoverFault, FailoverReport, FailoverSample, failover_bench,
+};
 
 /// Settings of `txpipe bench broker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -441,65 +443,6 @@ pub async fn broker_bench(args: BrokerBenchArgs, exe: PathBuf) -> Result<Vec<Ben
     Ok(results)
 }
 
-/// Settings of `txpipe bench failover`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct FailoverBenchArgs {
-    /// Leader kills to measure.
-    #[arg(long, default_value_t = 20)]
-    pub kills: u32,
-    /// Broker replicas: 3 or 5.
-    #[arg(long, default_value_t = 3)]
-    pub replicas: u32,
-    /// Records (200 bytes each) per produce batch; one batch is in flight at a time.
-    #[arg(long, default_value_t = 10)]
-    pub batch: usize,
-    /// Extra arguments passed to every broker replica (e.g. "--election-timeout-ms=500").
-    #[arg(long = "broker-arg", allow_hyphen_values = true)]
-    pub broker_args: Vec<String>,
-    /// Keep the brokers' data directory and logs (printed at the end).
-    #[arg(long)]
-    pub keep_data: bool,
-    /// Write results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
-/// One leader kill of the failover benchmark.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailoverSample {
-    /// Replica killed (`broker-<i>`).
-    pub killed: String,
-    /// Kill to the acknowledgement of the first batch sent after the kill, milliseconds.
-    pub failover_ms: f64,
-    /// Kill to the first moment a replica said it leads `transactions` in a higher term
-    /// (polled every 20 ms), milliseconds; `None` if the acknowledgement came first.
-    pub elected_ms: Option<f64>,
-    /// Replica that acknowledged it (the new leader of `transactions`, as the replicas
-    /// report after the measurement).
-    pub new_leader: String,
-    /// Kill to the restarted replica having rejoined, milliseconds.
-    pub rejoin_ms: f64,
-}
-
-/// Summary of the failover benchmark.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailoverReport {
-    /// Replicas.
-    pub replicas: u32,
-    /// Every kill, in order.
-    pub samples: Vec<FailoverSample>,
-    /// Median of kill → new leader reported, milliseconds.
-    pub election_p50_ms: f64,
-    /// 99th percentile of kill → new leader reported, milliseconds.
-    pub election_p99_ms: f64,
-    /// Median failover time, milliseconds.
-    pub p50_ms: f64,
-    /// 99th percentile (nearest rank), milliseconds.
-    pub p99_ms: f64,
-    /// Slowest failover, milliseconds.
-    pub max_ms: f64,
-}
-
 /// Nearest-rank percentile of `sorted` (ascending), `q` in 0..=1; 0 when empty.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -507,224 +450,6 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1]
-}
-
-/// Waits for the next acknowledged batch `(sent, acked)` from the producer task, up to
-/// `timeout`. Errors when the producer stopped (with its error) or nothing came in time.
-async fn next_ack(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, Instant)>,
-    task: &mut tokio::task::JoinHandle<Result<()>>,
-    timeout: Duration,
-) -> Result<(Instant, Instant)> {
-    tokio::select! {
-        ev = rx.recv() => match ev {
-            Some(ev) => Ok(ev),
-            None => match task.await {
-                Ok(Err(e)) => Err(e.context("producer stopped")),
-                _ => bail!("producer stopped"),
-            },
-        },
-        _ = tokio::time::sleep(timeout) => bail!("no produce acknowledged within {timeout:?}"),
-    }
-}
-
-/// Runs the failover benchmark and prints each kill and the percentiles.
-pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<FailoverReport> {
-    if !matches!(args.replicas, 3 | 5) {
-        bail!("--replicas must be 3 or 5, got {}", args.replicas);
-    }
-    if args.kills == 0 || args.batch == 0 {
-        bail!("--kills and --batch must be at least 1");
-    }
-    let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let exe = crate::supervisor::service_binary(&bin_dir, "broker")?;
-    let dir = tempfile::Builder::new()
-        .prefix("txpipe-failover-")
-        .tempdir()?;
-    let mut cluster = start_txpipe(&exe, dir.path(), args.replicas, &args.broker_args).await?;
-
-    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<(Instant, Instant)>();
-    let mut cfg = ProducerConfig::new(
-        cluster
-            .client_addrs()
-            .into_iter()
-            .map(|a| format!("http://{a}"))
-            .collect(),
-        streams::TRANSACTIONS,
-    );
-    cfg.max_in_flight = 1;
-    cfg.reconnect_deadline = Duration::from_secs(60);
-    let batch = args.batch;
-    let mut task: tokio::task::JoinHandle<Result<()>> = tokio::spawn(async move {
-        let producer = Producer::connect(cfg).await?;
-        let payload = bytes::Bytes::from(vec![0x5Au8; 200]);
-        for n in 0u64.. {
-            let records: Vec<Record> = (0..batch)
-                .map(|i| Record {
-                    key: format!("f{n}-{i}").into_bytes().into(),
-                    value: payload.clone(),
-                    timestamp_us: 0,
-                })
-                .collect();
-            let sent = Instant::now();
-            let receipt = producer.send(records).await?;
-            receipt.await.context("producer task ended")??;
-            if ack_tx.send((sent, Instant::now())).is_err() {
-                break;
-            }
-        }
-        producer.close().await?;
-        Ok(())
-    });
-
-    println!(
-        "failover benchmark: {} replicas, {} leader kills of `transactions`, batches of {} x 200 B, one in flight",
-        args.replicas, args.kills, args.batch
-    );
-    let mut samples = Vec::new();
-    for k in 0..args.kills {
-        // Steady state first: a few acknowledged batches since the last rejoin.
-        while acks.try_recv().is_ok() {}
-        for _ in 0..5 {
-            next_ack(&mut acks, &mut task, Duration::from_secs(30)).await?;
-        }
-        let began = Instant::now();
-        let (victim, old_term) = loop {
-            if let Some(l) = cluster.leader_of(streams::TRANSACTIONS).await {
-                break l;
-            }
-            if began.elapsed() > Duration::from_secs(30) {
-                bail!("no leader of transactions for 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        cluster.nodes[victim].proc.kill9().await;
-        let killed = Instant::now();
-        // Wait for the first batch sent after the kill to be acknowledged; meanwhile poll the
-        // replicas every 20 ms for the moment one of them says it won the election.
-        let mut elected: Option<Duration> = None;
-        let failover = loop {
-            if killed.elapsed() > Duration::from_secs(30) {
-                bail!("kill {}: no produce acknowledged within 30 s", k + 1);
-            }
-            tokio::select! {
-                ev = acks.recv() => {
-                    let Some((sent, acked)) = ev else {
-                        return Err(match (&mut task).await {
-                            Ok(Err(e)) => e.context("producer stopped"),
-                            _ => anyhow::anyhow!("producer stopped"),
-                        });
-                    };
-                    if sent >= killed {
-                        break acked - killed;
-                    }
-                }
-                _ = tokio::time::sleep(Duration::from_millis(20)), if elected.is_none() => {
-                    if let Some((_, term)) = cluster.leader_of(streams::TRANSACTIONS).await
-                        && term > old_term
-                    {
-                        elected = Some(killed.elapsed());
-                    }
-                }
-            }
-        };
-        let new_leader = match cluster.leader_of(streams::TRANSACTIONS).await {
-            Some((l, _)) => cluster.nodes[l].proc.role.clone(),
-            None => "?".into(),
-        };
-        cluster.nodes[victim].proc.start()?;
-        cluster
-            .wait_node(victim, Duration::from_secs(60))
-            .await
-            .with_context(|| format!("kill {}: replica did not rejoin", k + 1))?;
-        let all_led = Instant::now();
-        loop {
-            let views = cluster.views().await;
-            if every_stream_led(&views) && caught_up(&cluster, victim).await {
-                break;
-            }
-            if all_led.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "kill {}: not every stream has a leader with the restarted replica caught up after 30 s",
-                    k + 1
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let s = FailoverSample {
-            killed: cluster.nodes[victim].proc.role.clone(),
-            failover_ms: failover.as_secs_f64() * 1e3,
-            elected_ms: elected.map(|d| d.as_secs_f64() * 1e3),
-            new_leader,
-            rejoin_ms: killed.elapsed().as_secs_f64() * 1e3,
-        };
-        println!(
-            "  kill {:>2}: {} -> {}: new leader after {:>7}; first acknowledged produce after {:>7.1} ms; rejoined after {:>7.1} ms",
-            k + 1,
-            s.killed,
-            s.new_leader,
-            s.elected_ms
-                .map_or_else(|| "?".to_string(), |m| format!("{m:.0} ms")),
-            s.failover_ms,
-            s.rejoin_ms
-        );
-        samples.push(s);
-    }
-    drop(acks);
-    task.abort();
-    cluster.stop_all(Duration::from_secs(5)).await;
-    let mut times: Vec<f64> = samples.iter().map(|s| s.failover_ms).collect();
-    times.sort_by(f64::total_cmp);
-    let mut elections: Vec<f64> = samples.iter().filter_map(|s| s.elected_ms).collect();
-    elections.sort_by(f64::total_cmp);
-    let report = FailoverReport {
-        replicas: args.replicas,
-        election_p50_ms: percentile(&elections, 0.5),
-        election_p99_ms: percentile(&elections, 0.99),
-        p50_ms: percentile(&times, 0.5),
-        p99_ms: percentile(&times, 0.99),
-        max_ms: times.last().copied().unwrap_or(0.0),
-        samples,
-    };
-    println!(
-        "leader kill -> new leader reported:        p50 {:.0} ms  p99 {:.0} ms",
-        report.election_p50_ms, report.election_p99_ms
-    );
-    println!(
-        "leader kill -> first acknowledged produce: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} kills)",
-        report.p50_ms,
-        report.p99_ms,
-        report.max_ms,
-        report.samples.len()
-    );
-    if args.keep_data {
-        let kept = dir.keep();
-        println!("data and logs kept in {}", kept.display());
-    }
-    if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
-    }
-    Ok(report)
-}
-
-/// Whether replica `victim` has applied, for every stream, at least the commit index its
-/// leader reports: the next kill then starts from a healthy cluster, as a kill in production
-/// would (a kill right after a restart measures catch-up, not failover).
-async fn caught_up(cluster: &crate::cluster::BrokerCluster, victim: usize) -> bool {
-    let all = futures::future::join_all((0..cluster.nodes.len()).map(|i| cluster.status(i))).await;
-    let Some(me) = all[victim].as_ref() else {
-        return false;
-    };
-    me.raft.iter().all(|(stream, g)| {
-        let commit = g.leader_id.and_then(|leader| {
-            all.iter()
-                .flatten()
-                .find(|st| st.node_id == Some(leader))
-                .and_then(|st| st.raft.get(stream))
-                .map(|r| r.commit_index)
-        });
-        commit.is_some_and(|c| g.applied_index >= c)
-    })
 }
 
 #[cfg(test)]

@@ -53,10 +53,18 @@ impl NodeView {
 pub(crate) struct BrokerNode {
     /// The process (role `broker-<i>`).
     pub proc: Proc,
-    /// Client gRPC address `127.0.0.1:port`.
+    /// Client gRPC address `host:port` (`127.0.0.1` on loopback).
     pub client_addr: String,
-    /// Admin HTTP address `127.0.0.1:port`.
+    /// Admin HTTP address `host:port`.
     pub admin_addr: String,
+}
+
+/// Where one replica listens (and in which network namespace it runs, if any).
+struct NodeAddrs {
+    client: String,
+    peer: String,
+    admin: String,
+    netns: Option<String>,
 }
 
 /// N local broker replicas on loopback, started as `txpipe-broker --node-id i --peers
@@ -72,36 +80,79 @@ impl BrokerCluster {
     /// Lays out `n` replicas (ports picked now, nothing started). `extra` is appended to
     /// every broker's arguments.
     pub fn new(exe: &Path, n: usize, dir: &Path, extra: &[String]) -> Result<Self> {
-        let mut ports = Vec::with_capacity(n);
+        let mut layout = Vec::with_capacity(n);
         for _ in 0..n {
-            ports.push((free_port()?, free_port()?, free_port()?));
+            let (c, p, a) = (free_port()?, free_port()?, free_port()?);
+            layout.push(NodeAddrs {
+                client: format!("127.0.0.1:{c}"),
+                peer: format!("127.0.0.1:{p}"),
+                admin: format!("127.0.0.1:{a}"),
+                netns: None,
+            });
         }
-        let clients: Vec<String> = ports
-            .iter()
-            .map(|(c, _, _)| format!("127.0.0.1:{c}"))
+        Self::with_layout(exe, &layout, dir, extra)
+    }
+
+    /// Lays out one replica in each network namespace of `net` (`ip netns exec <ns>
+    /// txpipe-broker ...`), listening on the namespace's address with the fixed ports
+    /// `client_port`, `peer_port` and `admin_port`; nothing started. The caller (in the root
+    /// namespace) reaches them over the nemesis bridge, and [`crate::nemesis::net::Net::cut`]
+    /// can cut the links between them. Needs root.
+    pub fn in_namespaces(
+        exe: &Path,
+        net: &crate::nemesis::net::Net,
+        n: usize,
+        (client_port, peer_port, admin_port): (u16, u16, u16),
+        dir: &Path,
+        extra: &[String],
+    ) -> Result<Self> {
+        let layout: Vec<NodeAddrs> = (0..n)
+            .map(|i| NodeAddrs {
+                client: format!("{}:{client_port}", net.addr(i)),
+                peer: format!("{}:{peer_port}", net.addr(i)),
+                admin: format!("{}:{admin_port}", net.addr(i)),
+                netns: Some(net.netns(i)),
+            })
             .collect();
-        let peers: Vec<String> = ports
-            .iter()
-            .map(|(_, p, _)| format!("127.0.0.1:{p}"))
-            .collect();
-        let nodes = ports
+        Self::with_layout(exe, &layout, dir, extra)
+    }
+
+    fn with_layout(exe: &Path, layout: &[NodeAddrs], dir: &Path, extra: &[String]) -> Result<Self> {
+        let clients: Vec<String> = layout.iter().map(|l| l.client.clone()).collect();
+        let peers: Vec<String> = layout.iter().map(|l| l.peer.clone()).collect();
+        let nodes = layout
             .iter()
             .enumerate()
-            .map(|(i, (c, p, a))| {
+            .map(|(i, l)| {
                 let mut args = vec![
-                    format!("--listen=127.0.0.1:{c}"),
-                    format!("--peer-listen=127.0.0.1:{p}"),
-                    format!("--admin-listen=127.0.0.1:{a}"),
+                    format!("--listen={}", l.client),
+                    format!("--peer-listen={}", l.peer),
+                    format!("--admin-listen={}", l.admin),
                     format!("--data-dir={}", dir.join(format!("broker-{i}")).display()),
                     format!("--node-id={i}"),
                     format!("--peers={}", peers.join(",")),
                     format!("--client-addrs={}", clients.join(",")),
                 ];
                 args.extend(extra.iter().cloned());
+                // `ip netns exec` execs the broker in place, so the pid is the broker's own and
+                // signals (kill, SIGSTOP) reach it.
+                let (program, args) = match &l.netns {
+                    Some(ns) => {
+                        let mut a = vec![
+                            "netns".to_string(),
+                            "exec".to_string(),
+                            ns.clone(),
+                            exe.display().to_string(),
+                        ];
+                        a.extend(args);
+                        (std::path::PathBuf::from("ip"), a)
+                    }
+                    None => (exe.to_path_buf(), args),
+                };
                 BrokerNode {
-                    proc: Proc::new(&format!("broker-{i}"), exe.to_path_buf(), args, dir),
-                    client_addr: clients[i].clone(),
-                    admin_addr: format!("127.0.0.1:{a}"),
+                    proc: Proc::new(&format!("broker-{i}"), program, args, dir),
+                    client_addr: l.client.clone(),
+                    admin_addr: l.admin.clone(),
                 }
             })
             .collect();

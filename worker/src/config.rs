@@ -88,6 +88,9 @@ pub struct Config {
     /// How long to keep trying to reach a broker before giving up, milliseconds.
     #[arg(long, env = "WORKER_RECONNECT_DEADLINE_MS", default_value_t = 60_000)]
     pub reconnect_deadline_ms: u64,
+    /// Fail the decision producer over to another broker when no acknowledgement has come for this long while decisions are unacknowledged (a paused or cut-off leader), milliseconds; 0 disables.
+    #[arg(long, env = "WORKER_PRODUCE_ACK_TIMEOUT_MS", default_value_t = 2_000)]
+    pub produce_ack_timeout_ms: u64,
     /// Decision produce batches in flight, at most: 1-16 (the broker remembers 16 recent
     /// batches per producer to answer a resend after a failover as a duplicate).
     #[arg(long, env = "WORKER_PRODUCE_IN_FLIGHT", default_value_t = 16)]
@@ -118,6 +121,7 @@ impl Config {
             score_chunk: 64,
             nack_delay_ms: 0,
             reconnect_deadline_ms: 60_000,
+            produce_ack_timeout_ms: 2_000,
             produce_in_flight: 16,
         }
     }

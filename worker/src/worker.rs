@@ -323,6 +323,7 @@ where
     let producer = Producer::connect(ProducerConfig {
         max_in_flight: config.produce_in_flight,
         reconnect_deadline: Duration::from_millis(config.reconnect_deadline_ms),
+        ack_timeout: Duration::from_millis(config.produce_ack_timeout_ms),
         ..ProducerConfig::new(addrs, streams::DECISIONS)
     })
     .await?;

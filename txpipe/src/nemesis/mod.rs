@@ -143,9 +143,15 @@ pub struct StreamLeadership {
     pub last_term: u64,
     /// Times the leader (the node claiming it with the highest term) changed.
     pub leader_changes: u64,
-    /// Status samples in which two nodes claimed to lead it (a deposed leader that had not
-    /// stepped down yet).
+    /// Status samples in which two nodes claimed to lead it, each holding its quorum lease
+    /// (`has_quorum`). The samples of different nodes are taken up to a few hundred
+    /// milliseconds apart, so a handover can show here; a count that grows with the run would
+    /// mean two leaders serving at once.
     pub two_leader_samples: u64,
+    /// Status samples in which a node claimed to lead it without its quorum lease: a deposed
+    /// or cut-off leader that has not heard of a higher term yet. It serves nothing (reads and
+    /// writes need the lease), so this is expected under partitions, not a violation.
+    pub leaseless_leader_samples: u64,
     #[serde(skip)]
     leader: Option<usize>,
 }
@@ -164,6 +170,13 @@ pub struct FaultRecord {
     /// Term increases summed over the streams from its start to the next fault's start (or
     /// the end of the faults): the elections it caused.
     pub elections: u64,
+    /// The broker it hit, for faults of one broker (partition, pause, kill).
+    pub victim: Option<usize>,
+    /// Streams the victim led when the fault began.
+    pub victim_led: Vec<String>,
+    /// Of `elections`, those in streams the victim did not lead: with pre-vote and the leader
+    /// lease, a follower's pause or partition should cause none.
+    pub followed_stream_elections: u64,
 }
 
 /// The report of a run.
@@ -187,6 +200,9 @@ pub struct NemesisReport {
     pub faults: Vec<FaultRecord>,
     /// Elections (term increases) caused, by kind of fault.
     pub elections_by_kind: BTreeMap<String, u64>,
+    /// Elections caused in streams the victim did not lead, by kind of fault (faults of one
+    /// broker only).
+    pub followed_stream_elections_by_kind: BTreeMap<String, u64>,
     /// What was done and when.
     pub log: Vec<LogLine>,
     /// Leadership per stream.
@@ -415,13 +431,15 @@ impl Run {
             streams::LABELS,
             streams::TRANSACTIONS_DLQ,
         ] {
-            let claims = self
+            let claims: Vec<bool> = self
                 .views
                 .iter()
                 .flatten()
                 .filter_map(|v| v.status.as_ref()?.raft.get(stream))
                 .filter(|r| r.is_leader)
-                .count();
+                .map(|r| r.has_quorum)
+                .collect();
+            let leased = claims.iter().filter(|&&q| q).count();
             let term = self
                 .views
                 .iter()
@@ -435,8 +453,11 @@ impl Run {
                 l.first_term = term;
             }
             l.last_term = l.last_term.max(term);
-            if claims > 1 {
+            if leased > 1 {
                 l.two_leader_samples += 1;
+            }
+            if claims.len() > leased {
+                l.leaseless_leader_samples += 1;
             }
             if let Some(now) = leader {
                 if l.leader.is_some_and(|before| before != now) {
@@ -450,6 +471,24 @@ impl Run {
     /// Highest term seen so far, summed over the streams.
     fn terms(&self) -> u64 {
         self.leadership.values().map(|l| l.last_term).sum()
+    }
+
+    /// Highest term seen so far, summed over the streams not in `except`.
+    fn terms_except(&self, except: &[String]) -> u64 {
+        self.leadership
+            .iter()
+            .filter(|(s, _)| !except.contains(s))
+            .map(|(_, l)| l.last_term)
+            .sum()
+    }
+
+    /// Streams broker `i` leads now, as last polled.
+    fn led_by(&self, i: usize) -> Vec<String> {
+        self.leadership
+            .keys()
+            .filter(|s| leader_in(&self.views, s).is_some_and(|(l, _)| l == i))
+            .cloned()
+            .collect()
     }
 
     /// Starts the brokers and waits until every stream has a leader every broker knows.
@@ -544,9 +583,20 @@ impl Run {
         match role {
             Role::Leader { stream } => leader(stream).unwrap_or(0),
             Role::Follower { pick } => {
+                // Among the followers of `transactions`, one that leads the fewest streams, so
+                // that a follower fault hits as few leaders as it can.
                 let l = leader(streams::TRANSACTIONS);
                 let followers: Vec<usize> = (0..n).filter(|&i| Some(i) != l).collect();
-                followers[(*pick % followers.len() as u64) as usize]
+                let fewest = followers
+                    .iter()
+                    .map(|&i| self.led_by(i).len())
+                    .min()
+                    .unwrap_or(0);
+                let best: Vec<usize> = followers
+                    .into_iter()
+                    .filter(|&i| self.led_by(i).len() == fewest)
+                    .collect();
+                best[(*pick % best.len() as u64) as usize]
             }
             Role::Any { pick } => (*pick % n as u64) as usize,
         }
@@ -556,6 +606,16 @@ impl Run {
         let pid = nix::unistd::Pid::from_raw(self.brokers[i].pid() as i32);
         if let Err(e) = nix::sys::signal::kill(pid, sig) {
             eprintln!("nemesis: {sig} to broker-{i}: {e}");
+        }
+    }
+
+    /// The broker a fault of one broker hits (partition, pause, kill); `None` for others.
+    fn victim_of(&self, kind: &FaultKind) -> Option<usize> {
+        match kind {
+            FaultKind::Isolate { node, .. }
+            | FaultKind::Pause { node }
+            | FaultKind::KillBroker { node } => Some(self.resolve(node)),
+            _ => None,
         }
     }
 
@@ -688,8 +748,14 @@ impl Run {
         let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
         let faults = self.inject(&schedule.faults, &mut by_kind).await?;
         let mut elections_by_kind: BTreeMap<String, u64> = BTreeMap::new();
+        let mut followed_stream_elections_by_kind: BTreeMap<String, u64> = BTreeMap::new();
         for f in &faults {
             *elections_by_kind.entry(f.kind.clone()).or_default() += f.elections;
+            if f.victim.is_some() {
+                *followed_stream_elections_by_kind
+                    .entry(f.kind.clone())
+                    .or_default() += f.followed_stream_elections;
+            }
         }
         self.say("faults over; checker workload stopping".into());
         let history = workload.finish().await;
@@ -729,6 +795,7 @@ impl Run {
             faults_by_kind: by_kind,
             faults,
             elections_by_kind,
+            followed_stream_elections_by_kind,
             log: std::mem::take(&mut self.log),
             leadership: self.leadership.clone(),
             elections,
@@ -749,6 +816,8 @@ impl Run {
     ) -> Result<Vec<FaultRecord>> {
         let mut records: Vec<FaultRecord> = Vec::new();
         let mut terms_before = 0u64;
+        // Terms summed over the streams the current fault's victim did not lead, at its start.
+        let mut followed_before = 0u64;
         let mut next = 0;
         let mut active: Option<(Duration, Vec<Undo>)> = None;
         let mut polled = Instant::now();
@@ -776,8 +845,14 @@ impl Run {
                 let terms = self.terms();
                 if let Some(last) = records.last_mut() {
                     last.elections = terms.saturating_sub(terms_before);
+                    last.followed_stream_elections = self
+                        .terms_except(&last.victim_led)
+                        .saturating_sub(followed_before);
                 }
                 terms_before = terms;
+                let victim = self.victim_of(&f.kind);
+                let victim_led = victim.map(|v| self.led_by(v)).unwrap_or_default();
+                followed_before = self.terms_except(&victim_led);
                 let (undo, what) = self.begin(&f.kind).await?;
                 *by_kind.entry(kind_name(&f.kind)).or_default() += 1;
                 records.push(FaultRecord {
@@ -786,6 +861,9 @@ impl Run {
                     kind: kind_name(&f.kind),
                     what: what.clone(),
                     elections: 0,
+                    victim,
+                    victim_led,
+                    followed_stream_elections: 0,
                 });
                 self.say(format!(
                     "fault {next}/{}: {what} for {:.3} s",
@@ -797,8 +875,12 @@ impl Run {
             if active.is_none() && next >= faults.len() && now >= end {
                 // The last fault's elections: up to one more poll after the heal.
                 self.poll().await;
+                let terms = self.terms();
                 if let Some(last) = records.last_mut() {
-                    last.elections = self.terms().saturating_sub(terms_before);
+                    last.elections = terms.saturating_sub(terms_before);
+                    last.followed_stream_elections = self
+                        .terms_except(&last.victim_led)
+                        .saturating_sub(followed_before);
                 }
                 return Ok(records);
             }
@@ -895,18 +977,26 @@ pub fn render(r: &NemesisReport) -> String {
     for (stream, l) in &r.leadership {
         let _ = writeln!(
             s,
-            "  {stream:<17} term {} -> {}, {} leader changes, {} samples with two leaders",
-            l.first_term, l.last_term, l.leader_changes, l.two_leader_samples
+            "  {stream:<17} term {} -> {}, {} leader changes, {} samples with two leased leaders, {} with a leader without lease",
+            l.first_term,
+            l.last_term,
+            l.leader_changes,
+            l.two_leader_samples,
+            l.leaseless_leader_samples
         );
     }
     let by_kind: Vec<String> = r
         .faults_by_kind
         .iter()
-        .map(|(k, n)| {
-            format!(
+        .map(|(k, n)| match r.followed_stream_elections_by_kind.get(k) {
+            Some(f) => format!(
+                "{k} x{n}: {} elections ({f} in streams the victim followed)",
+                r.elections_by_kind.get(k).unwrap_or(&0)
+            ),
+            None => format!(
                 "{k} x{n}: {} elections",
                 r.elections_by_kind.get(k).unwrap_or(&0)
-            )
+            ),
         })
         .collect();
     let _ = writeln!(s, "  faults: {}", by_kind.join("; "));
