@@ -12,7 +12,8 @@
 //!
 //! - [`queue::Action::Deliver`]: reads the records and sends them in one `Deliveries` message
 //!   (a record that cannot be read goes back as [`queue::Input::Missing`] and is dead-lettered;
-//!   a consumer whose call is gone as [`queue::Input::Leave`]);
+//!   when the consumer's call is gone, what was not sent goes back as
+//!   [`queue::Input::Undelivered`] and the consumer leaves with [`queue::Input::Leave`]);
 //! - [`queue::Action::Propose`]: one `Ack` and one `Attempts` command (acks are not answered;
 //!   an ack received but not yet durable is lost on a crash, so that message is delivered again
 //!   after the restart: the at-least-once window is `ack_flush` plus one fsync; decisions are
@@ -29,7 +30,7 @@
 
 pub mod queue;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -278,17 +279,6 @@ impl Engine {
             if self.stopped {
                 break;
             }
-            // A consumer whose call is gone gets nothing more: it leaves (its deliveries fail
-            // an attempt) before the queue hands out offsets.
-            let gone: Vec<u64> = self
-                .consumers
-                .iter()
-                .filter(|(_, (_, tx))| tx.is_closed())
-                .map(|(id, _)| *id)
-                .collect();
-            for id in gone {
-                self.leave(id, true).await;
-            }
             self.step(Input::Tick, false).await;
             self.publish(Instant::now());
         }
@@ -302,22 +292,39 @@ impl Engine {
     /// Steps the queue with `input` and performs the actions, and those of the inputs that
     /// performing them reports back. `wait`: wait until proposals and dead letters are done.
     async fn step(&mut self, input: Input, wait: bool) {
-        let mut inputs = vec![input];
-        while let Some(input) = inputs.pop() {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
             let actions = self.queue.step(self.now_ms(), input);
+            // Consumers found gone while sending: they leave after every delivery not sent to
+            // them is reported, so only what they really held counts a failed attempt.
+            let mut gone = Vec::new();
             for a in actions {
-                self.perform(a, wait, &mut inputs).await;
+                self.perform(a, wait, &mut inputs, &mut gone).await;
             }
+            inputs.extend(gone.into_iter().map(|consumer| Input::Leave {
+                consumer,
+                count_attempt: true,
+            }));
         }
     }
 
-    async fn perform(&mut self, action: Action, wait: bool, inputs: &mut Vec<Input>) {
+    async fn perform(
+        &mut self,
+        action: Action,
+        wait: bool,
+        inputs: &mut VecDeque<Input>,
+        gone: &mut Vec<u64>,
+    ) {
         match action {
             Action::Deliver {
                 consumer,
                 deliveries,
             } => {
                 let offsets: Vec<u64> = deliveries.iter().map(|(o, _)| *o).collect();
+                if !self.consumers.contains_key(&consumer) {
+                    inputs.push_back(Input::Undelivered { consumer, offsets });
+                    return;
+                }
                 let records = self.replica.read_records(&offsets);
                 let mut missing = Vec::new();
                 let mut out = Vec::with_capacity(deliveries.len());
@@ -333,24 +340,29 @@ impl Engine {
                 }
                 if !missing.is_empty() {
                     tracing::error!(stream = %self.replica.spec.name, offsets = ?missing, "records to deliver are missing; dead-lettering them");
-                    inputs.push(Input::Missing { offsets: missing });
+                    inputs.push_back(Input::Missing { offsets: missing });
                 }
-                self.replica.metrics.delivered.inc_by(out.len() as u64);
+                let sent: Vec<u64> = out.iter().map(|d| d.offset).collect();
                 let msg = ConsumeResponse {
                     kind: Some(consume_response::Kind::Deliveries(Deliveries {
                         deliveries: out,
                     })),
                 };
-                let sent = self
+                let ok = self
                     .consumers
                     .get(&consumer)
                     .is_some_and(|(_, tx)| tx.send(Ok(msg)).is_ok());
-                if !sent {
-                    inputs.push(Input::Leave {
+                if ok {
+                    self.replica.metrics.delivered.inc_by(sent.len() as u64);
+                } else {
+                    inputs.push_back(Input::Undelivered {
                         consumer,
-                        count_attempt: true,
+                        offsets: sent,
                     });
-                    self.consumers.remove(&consumer);
+                    gone.push(consumer);
+                    if let Some((name, _)) = self.consumers.remove(&consumer) {
+                        tracing::info!(stream = %self.replica.spec.name, consumer = %name, id = consumer, "consumer gone; deliveries not sent go to others");
+                    }
                 }
             }
             Action::Propose { acks, attempts } => {

@@ -11,7 +11,7 @@
 //! stream's end offset and timer wake-ups into inputs, and performs the actions (reads records
 //! and sends them to consumers, proposes `Ack`/`Attempts` commands, appends dead letters) and
 //! reports their outcome back as inputs ([`Input::Missing`], [`Input::DeadLetterResult`],
-//! [`Input::Leave`] for a consumer whose call is gone).
+//! [`Input::Undelivered`] and [`Input::Leave`] for a consumer whose call is gone).
 //!
 //! Rules (unchanged from the earlier engine, plus the two issue-13 fixes):
 //!
@@ -145,6 +145,16 @@ pub enum Input {
         /// Offsets.
         offsets: Vec<u64>,
     },
+    /// These offsets of an [`Action::Deliver`] were not sent (the consumer's call is gone):
+    /// each still in flight to `consumer` is released without counting an attempt, and goes
+    /// to the next consumer with the same attempt number. Report them before the consumer's
+    /// [`Input::Leave`].
+    Undelivered {
+        /// Consumer id.
+        consumer: u64,
+        /// Offsets.
+        offsets: Vec<u64>,
+    },
     /// Outcome of an [`Action::DeadLetter`]: `ok` when the letters were appended and the
     /// offsets resolved; otherwise the same orders are tried again after a backoff.
     DeadLetterResult {
@@ -165,8 +175,9 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send these deliveries, `(offset, attempt)`, to `consumer` in one message (it has the
-    /// credit for them). Report unreadable ones with [`Input::Missing`] and a consumer that can
-    /// no longer be sent to with [`Input::Leave`] (`count_attempt: true`).
+    /// credit for them). Report unreadable ones with [`Input::Missing`]; when the consumer can
+    /// no longer be sent to, report this and its later deliveries with [`Input::Undelivered`],
+    /// then the consumer with [`Input::Leave`] (`count_attempt: true`).
     Deliver {
         /// Consumer id.
         consumer: u64,
@@ -339,6 +350,21 @@ impl Queue {
                     }
                 }
             }
+            Input::Undelivered { consumer, offsets } => {
+                for o in offsets {
+                    if self.flights.get(&o).is_none_or(|f| f.consumer != consumer) {
+                        continue;
+                    }
+                    let Some(f) = self.flights.remove(&o) else {
+                        continue;
+                    };
+                    if let Some(c) = self.consumer_mut(consumer) {
+                        c.in_flight = c.in_flight.saturating_sub(1);
+                        c.delivered = c.delivered.saturating_sub(1);
+                    }
+                    self.release(o, f.attempt);
+                }
+            }
             Input::DeadLetterResult { orders, ok } => {
                 if ok {
                     self.dl_backoff_ms = DEAD_LETTER_RETRY_MIN_MS;
@@ -468,14 +494,18 @@ impl Queue {
         for (o, attempt) in held {
             self.flights.remove(&o);
             if !count_attempt {
-                // Released, not failed: the next delivery repeats this attempt number.
-                self.retry.insert(o, attempt - 1);
-                self.ready.insert(o);
+                self.release(o, attempt);
                 continue;
             }
             let reason = "consumer disconnected";
             self.fail(now_ms, o, attempt, reason, 0, FailKind::Disconnect);
         }
+    }
+
+    /// Released, not failed: the next delivery repeats this attempt number.
+    fn release(&mut self, offset: u64, attempt: u32) {
+        self.retry.insert(offset, attempt - 1);
+        self.ready.insert(offset);
     }
 
     fn dead_letter(&mut self, now_ms: u64, offset: u64, attempts: u32, reason: String) {

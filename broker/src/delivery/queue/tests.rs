@@ -304,6 +304,49 @@ fn rows() -> Vec<Row> {
                 &[],
             )],
         ),
+        row(
+            "an ack from another consumer resolves the offset and frees the holder's credit",
+            five,
+            {
+                let mut g = holding();
+                g.push((5, join(2, 0)));
+                g.push((10, ack(&[0])));
+                g
+            },
+            (10, Input::Tick),
+            vec![deliver(1, &[(2, 1)])],
+        ),
+        row(
+            "a flush with nothing pending does nothing",
+            five,
+            holding(),
+            (10, Input::Flush),
+            vec![],
+        ),
+        row(
+            "a window change of an unknown consumer changes nothing",
+            five,
+            {
+                let mut g = holding();
+                g.push((
+                    10,
+                    Input::SetWindow {
+                        consumer: 9,
+                        window: 5,
+                    },
+                ));
+                g
+            },
+            (10, Input::Tick),
+            vec![],
+        ),
+        row(
+            "an end offset lower than the known one is ignored",
+            five,
+            vec![(0, Input::End(2)), (0, join(1, 10))],
+            (0, Input::Tick),
+            vec![deliver(1, &[(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)])],
+        ),
         // --- nacks ---
         row(
             "a nack counts a redelivery",
@@ -439,6 +482,60 @@ fn rows() -> Vec<Row> {
             (60_000, Input::Tick),
             vec![],
         ),
+        row(
+            "a nack without a reason is dead-lettered as nacked by consumer",
+            one,
+            vec![
+                (0, join(1, 1)),
+                (0, Input::Tick),
+                (
+                    10,
+                    Input::Nack {
+                        consumer: 1,
+                        offsets: vec![0],
+                        delay_ms: 0,
+                        reason: String::new(),
+                        permanent: true,
+                    },
+                ),
+            ],
+            (10, Input::Flush),
+            vec![dead(&[order(
+                0,
+                1,
+                "nacked by consumer (permanent failure, attempt 1)",
+            )])],
+        ),
+        row(
+            "a nack of an offset no longer in flight (past its deadline) is ignored",
+            one,
+            {
+                let mut g = holding();
+                g.push((
+                    1_000,
+                    Input::SetWindow {
+                        consumer: 1,
+                        window: 0,
+                    },
+                ));
+                g.push((1_000, Input::Tick));
+                g
+            },
+            (1_010, nack(1, &[0], 0, true)),
+            vec![],
+        ),
+        row(
+            "an ack of an offset being dead-lettered is ignored",
+            one,
+            {
+                let mut g = holding();
+                g.push((10, nack(1, &[0], 0, true)));
+                g.push((10, ack(&[0])));
+                g
+            },
+            (10, Input::Flush),
+            vec![dead(&[order(0, 1, ready_permanent)])],
+        ),
         // --- ack deadlines ---
         row(
             "a delivery is not redelivered before its ack deadline",
@@ -529,6 +626,69 @@ fn rows() -> Vec<Row> {
             holding(),
             (10, leave(9, true)),
             vec![],
+        ),
+        row(
+            "a disconnect on the last attempt dead-letters",
+            || Queue::new(CFG, 0, 1, |_| false, [(0, 2)]),
+            vec![(0, join(1, 1)), (0, Input::Tick), (10, leave(1, true))],
+            (10, Input::Flush),
+            vec![
+                propose(&[], &[(0, 3)]),
+                dead(&[order(0, 3, "consumer disconnected (attempt 3 of 3)")]),
+            ],
+        ),
+        row(
+            "deliveries not sent to a gone consumer count no attempt",
+            five,
+            holding(),
+            (
+                10,
+                Input::Undelivered {
+                    consumer: 1,
+                    offsets: vec![0, 1],
+                },
+            ),
+            vec![],
+        ),
+        row(
+            "deliveries not sent go to the next consumer with the same attempt number",
+            five,
+            {
+                let mut g = holding();
+                g.push((
+                    10,
+                    Input::Undelivered {
+                        consumer: 1,
+                        offsets: vec![1],
+                    },
+                ));
+                g.push((10, leave(1, true)));
+                g.push((10, join(2, 10)));
+                g
+            },
+            (10, Input::Tick),
+            vec![deliver(2, &[(0, 2), (1, 1), (2, 1), (3, 1), (4, 1)])],
+        ),
+        row(
+            "an undelivered report from another consumer is ignored",
+            five,
+            {
+                let mut g = holding();
+                g.push((
+                    10,
+                    Input::Undelivered {
+                        consumer: 2,
+                        offsets: vec![0],
+                    },
+                ));
+                g
+            },
+            (1_000, Input::Tick),
+            vec![
+                Action::Redelivery(FailKind::Deadline),
+                Action::Redelivery(FailKind::Deadline),
+                deliver(1, &[(0, 2), (1, 2)]),
+            ],
         ),
         // --- missing records (issue 13) ---
         row(
@@ -797,6 +957,7 @@ enum Op {
     Advance(u64),
     DeadLetterFails,
     MissingNext,
+    SendFails,
     Flush,
 }
 
@@ -812,6 +973,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u64..1_500).prop_map(Op::Advance),
         1 => Just(Op::DeadLetterFails),
         1 => Just(Op::MissingNext),
+        1 => Just(Op::SendFails),
         1 => Just(Op::Flush),
     ]
 }
@@ -832,6 +994,7 @@ struct Sim {
     acked_by_consumer: HashSet<u64>,
     fail_dead_letters: u32,
     missing_next: bool,
+    fail_next_send: bool,
     /// The stream's end offset.
     end: u64,
 }
@@ -854,34 +1017,43 @@ impl Sim {
             acked_by_consumer: HashSet::new(),
             fail_dead_letters: 0,
             missing_next: false,
+            fail_next_send: false,
             end: 0,
         }
     }
 
+    /// Steps like the runtime does: inputs reported by performing the actions are stepped in
+    /// order, and consumers found gone leave after them.
     fn step(&mut self, input: Input) {
-        let mut queue = vec![input];
-        while !queue.is_empty() {
-            let input = queue.remove(0);
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
             let actions = self.q.step(self.now, input);
+            let mut gone = Vec::new();
             for a in actions {
-                queue.extend(self.perform(a));
+                queue.extend(self.perform(a, &mut gone));
             }
+            queue.extend(gone.into_iter().map(|id| leave(id, true)));
         }
         self.check();
     }
 
-    fn perform(&mut self, a: Action) -> Vec<Input> {
+    fn perform(&mut self, a: Action, gone: &mut Vec<u64>) -> Vec<Input> {
         match a {
             Action::Deliver {
                 consumer,
                 deliveries,
             } => {
                 assert!(deliveries.len() <= MAX_DELIVERIES_PER_MESSAGE);
-                let c = self
-                    .consumers
-                    .iter_mut()
-                    .find(|c| c.0 == consumer)
-                    .expect("delivered to a connected consumer");
+                let offsets = deliveries.iter().map(|d| d.0).collect();
+                if std::mem::take(&mut self.fail_next_send) {
+                    // The consumer's call is gone: it never sees this or anything later.
+                    self.consumers.retain(|c| c.0 != consumer);
+                    gone.push(consumer);
+                }
+                let Some(c) = self.consumers.iter_mut().find(|c| c.0 == consumer) else {
+                    assert!(gone.contains(&consumer), "delivered to an unknown consumer");
+                    return vec![Input::Undelivered { consumer, offsets }];
+                };
                 let core_in_flight = self
                     .q
                     .consumers()
@@ -1019,6 +1191,7 @@ impl Sim {
             Op::Advance(ms) => self.now += ms,
             Op::DeadLetterFails => self.fail_dead_letters += 2,
             Op::MissingNext => self.missing_next = true,
+            Op::SendFails => self.fail_next_send = true,
             Op::Flush => self.step(Input::Flush),
         }
         self.step(Input::Tick);
@@ -1029,6 +1202,7 @@ impl Sim {
     fn drain(&mut self) {
         self.fail_dead_letters = 0;
         self.missing_next = false;
+        self.fail_next_send = false;
         if self.consumers.is_empty() {
             self.apply(Op::Join(4));
         }
