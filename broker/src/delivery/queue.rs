@@ -415,11 +415,6 @@ impl Queue {
         self.flights.len()
     }
 
-    /// The stream's end offset as last reported.
-    pub fn end(&self) -> u64 {
-        self.end
-    }
-
     fn consumer_mut(&mut self, id: u64) -> Option<&mut ConsumerState> {
         self.consumers.iter_mut().find(|c| c.id == id)
     }
