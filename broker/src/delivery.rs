@@ -1,32 +1,36 @@
 //! Work-queue delivery: the consumer group of one stream (leader-local soft state).
 //!
-//! One task per work-queue stream owns every consumer, in-flight delivery and timer of the
-//! stream's group, so nothing here takes a lock per message. It receives [`Event`]s from the
-//! Consume calls and the stream's end offset from the replica, and:
+//! The group's bookkeeping is the pure state machine [`queue::Queue`]: windows, in-flight
+//! deliveries, ack deadlines, nack delays, attempt numbers, ack batching and dead-letter
+//! decisions, with the rules listed there. It takes the time and events as arguments and
+//! returns [`queue::Action`]s, so every transition has a unit test without a clock or a broker.
 //!
-//! - hands out offsets to consumers while they have credit (`window - in_flight`), oldest
-//!   redelivery first, then new offsets, in `Deliveries` messages of at most
-//!   [`MAX_DELIVERIES_PER_MESSAGE`], round-robin over consumers;
-//! - redelivers (to any consumer) what was nacked (after its delay), what passed its ack
-//!   deadline, and what a disconnected consumer held; each delivery carries its attempt number;
-//! - after `max_deliveries` failed attempts, appends a `DeadLetter` record to the stream's
-//!   dead-letter stream (deduplicated by key there, so a retry after a crash does not write it
-//!   twice) and then resolves the offset with a `DeadLettered` command;
-//! - batches acks: acks from every consumer are collected for at most `ack_flush` (or 1024
-//!   offsets) and written as one `Ack` command. Acks are not answered. An ack received but not
-//!   yet durable is lost on a crash, so that message is delivered again after the restart: the
-//!   at-least-once window is `ack_flush` plus one fsync. Decisions are deduplicated by key, so
-//!   the effect stays exactly-once.
-//! - persists the attempt number of each *redelivery* (rare) with an `Attempts` command, so
-//!   `max_deliveries` holds across restarts. A first delivery is not persisted: after a restart
-//!   it may be delivered again as attempt 1.
+//! This module is its runtime: one task per work-queue stream owns the queue, every consumer's
+//! send half and the timer, so nothing here takes a lock per message. It turns [`Event`]s from
+//! the Consume calls, the stream's end offset from the replica and timer wake-ups into
+//! [`queue::Input`]s, and performs the actions:
+//!
+//! - [`queue::Action::Deliver`]: reads the records and sends them in one `Deliveries` message
+//!   (a record that cannot be read goes back as [`queue::Input::Missing`] and is dead-lettered;
+//!   when the consumer's call is gone, what was not sent goes back as
+//!   [`queue::Input::Undelivered`] and the consumer leaves with [`queue::Input::Leave`]);
+//! - [`queue::Action::Propose`]: one `Ack` and one `Attempts` command (acks are not answered;
+//!   an ack received but not yet durable is lost on a crash, so that message is delivered again
+//!   after the restart: the at-least-once window is `ack_flush` plus one fsync; decisions are
+//!   deduplicated by key, so the effect stays exactly-once). A first delivery's attempt is not
+//!   persisted: after a restart it may be delivered again as attempt 1;
+//! - [`queue::Action::DeadLetter`]: appends a `DeadLetter` record per offset to the stream's
+//!   dead-letter stream (deduplicated by key there, so a retry does not write it twice), then
+//!   resolves the offsets with a `DeadLettered` command, and reports the outcome back so a
+//!   failure is retried with backoff ([`queue::DEAD_LETTER_RETRY_MAX_MS`]).
 //!
 //! An ack for an offset that is in flight to *another* consumer, or waiting for redelivery, is
 //! accepted (the work was done); an ack for an offset never delivered, or already acked, is
 //! ignored (not an error: it is what a late ack after a broker restart looks like).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+pub mod queue;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,18 +43,11 @@ use txpipe_client::pipeline::v1::DeadLetter;
 
 use crate::command::Command;
 use crate::replica::Replica;
+pub use queue::{ACK_FLUSH_OFFSETS, MAX_DELIVERIES_PER_MESSAGE, MAX_WINDOW};
+use queue::{Action, DeadLetterOrder, FailKind, Input, Queue, QueueConfig};
 
-/// Largest number of deliveries in one `Deliveries` message.
-pub const MAX_DELIVERIES_PER_MESSAGE: usize = 256;
-/// Acks collected before a flush regardless of time.
-pub const ACK_FLUSH_OFFSETS: usize = 1024;
 /// Most offsets in one `Ack` or `Attempts` log entry (512 KiB of offsets).
 pub const MAX_OFFSETS_PER_ENTRY: usize = 65_536;
-/// Largest window granted, messages; a larger request is reduced to it and the `Subscribed`
-/// reply says so. It also bounds a consumer's send buffer: deliveries wait in it only while
-/// the consumer has fewer than `window` unacked (65,536 records of a few hundred bytes is
-/// tens of MiB per consumer; the earlier 2^20 allowed gigabytes, issue 13).
-pub const MAX_WINDOW: u32 = 1 << 16;
 
 /// Settings of a consumer group.
 #[derive(Debug, Clone)]
@@ -158,44 +155,37 @@ impl DeliveryHandle {
     pub fn spawn(replica: Arc<Replica>, dlq: Option<Arc<Replica>>, config: DeliveryConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(DeliveryStats::default());
-        let (floor, end, persisted) = replica.with_core(|c| {
-            (
-                c.state.ack_floor(),
-                c.state.next_offset(),
-                c.state
-                    .attempts()
-                    .iter()
-                    .map(|(o, a)| (*o, *a))
-                    .collect::<HashMap<_, _>>(),
+        let queue_config = QueueConfig {
+            ack_deadline_ms: config.ack_deadline.as_millis() as u64,
+            max_deliveries: config.max_deliveries,
+            ack_flush_ms: config.ack_flush.as_millis() as u64,
+        };
+        // Offsets at or above the end when the queue starts are checked by nobody: this leader
+        // appended them. Below it, resolved ones (and ones no longer stored) are skipped.
+        let queue = replica.with_core(|c| {
+            let s = &c.state;
+            Queue::new(
+                queue_config,
+                s.ack_floor(),
+                s.next_offset(),
+                |o| s.is_resolved(o) || o < s.start_offset(),
+                s.attempts().iter().map(|(o, a)| (*o, *a)),
             )
         });
+        let (dl_tx, dl_rx) = mpsc::unbounded_channel();
         let engine = Engine {
             end_rx: replica.watch_end(),
             replica,
             dlq,
-            cfg: config.clone(),
             stats: Arc::clone(&stats),
-            consumers: Vec::new(),
-            rr: 0,
-            flights: HashMap::new(),
-            deadlines: VecDeque::new(),
-            ready: BTreeSet::new(),
-            delayed: BinaryHeap::new(),
-            retry: HashMap::new(),
-            persisted,
-            next_new: floor,
-            end,
-            recovery_end: end,
-            generation: 0,
-            acks: Vec::new(),
-            attempts_out: Vec::new(),
-            dead: Vec::new(),
-            flush_at: None,
+            queue,
+            epoch: Instant::now(),
+            consumers: HashMap::new(),
+            dl_tx,
             published: Instant::now(),
-            early: std::collections::HashSet::new(),
             stopped: false,
         };
-        tokio::spawn(engine.run(rx));
+        tokio::spawn(engine.run(rx, dl_rx));
         Self {
             tx,
             ids: Arc::new(AtomicU64::new(1)),
@@ -228,70 +218,37 @@ impl DeliveryHandle {
     }
 }
 
-struct Consumer {
-    id: u64,
-    name: String,
-    window: u32,
-    in_flight: u32,
-    delivered: u64,
-    tx: ConsumerTx,
-}
+/// A dead-letter outcome: the orders and whether they were appended and resolved.
+type DeadLetterOutcome = (Vec<DeadLetterOrder>, bool);
 
-struct Flight {
-    consumer: u64,
-    attempt: u32,
-    generation: u64,
-}
-
-#[derive(Clone, Copy)]
-enum FailKind {
-    Deadline,
-    Nack,
-    Disconnect,
-}
-
+/// The runtime of a [`Queue`]: performs its actions (see the module docs).
 struct Engine {
     replica: Arc<Replica>,
     dlq: Option<Arc<Replica>>,
-    cfg: DeliveryConfig,
     stats: Arc<DeliveryStats>,
     end_rx: watch::Receiver<u64>,
-    consumers: Vec<Consumer>,
-    rr: usize,
-    flights: HashMap<u64, Flight>,
-    deadlines: VecDeque<(Instant, u64, u64)>,
-    ready: BTreeSet<u64>,
-    delayed: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// Attempts made so far of offsets waiting in `ready` or `delayed`.
-    retry: HashMap<u64, u32>,
-    /// Attempts persisted before this leader started, for offsets not yet delivered by it.
-    persisted: HashMap<u64, u32>,
-    next_new: u64,
-    end: u64,
-    recovery_end: u64,
-    generation: u64,
-    acks: Vec<u64>,
-    attempts_out: Vec<(u64, u32)>,
-    dead: Vec<(u64, u32, String)>,
-    flush_at: Option<Instant>,
+    queue: Queue,
+    /// The queue's clock: its `now_ms` is the time since this.
+    epoch: Instant,
+    /// Name and send half of each connected consumer.
+    consumers: HashMap<u64, (String, ConsumerTx)>,
+    /// Where spawned dead-letter appends report their outcome.
+    dl_tx: mpsc::UnboundedSender<DeadLetterOutcome>,
     published: Instant,
-    /// Offsets acked before this engine delivered them (the consumer got them from a
-    /// previous leader): never delivered, only recorded as acked.
-    early: std::collections::HashSet<u64>,
     stopped: bool,
 }
 
 impl Engine {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        mut dl_rx: mpsc::UnboundedReceiver<DeadLetterOutcome>,
+    ) {
         loop {
-            let wake = [
-                self.deadlines.front().map(|d| d.0),
-                self.delayed.peek().map(|r| r.0.0),
-                self.flush_at,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let wake = self
+                .queue
+                .next_wake()
+                .map(|ms| self.epoch + Duration::from_millis(ms));
             tokio::select! {
                 ev = rx.recv() => match ev {
                     None => break,
@@ -311,23 +268,146 @@ impl Engine {
                     if changed.is_err() {
                         break;
                     }
-                    self.end = *self.end_rx.borrow_and_update();
+                    let end = *self.end_rx.borrow_and_update();
+                    self.step(Input::End(end), false).await;
+                }
+                Some((orders, ok)) = dl_rx.recv() => {
+                    self.step(Input::DeadLetterResult { orders, ok }, false).await;
                 }
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
             }
             if self.stopped {
                 break;
             }
-            let now = Instant::now();
-            self.expire(now);
-            self.release_delayed(now);
-            self.dispatch(now);
-            if self.acks.len() >= ACK_FLUSH_OFFSETS || self.flush_at.is_some_and(|t| t <= now) {
-                self.flush(false).await;
-            }
-            self.publish(now);
+            self.step(Input::Tick, false).await;
+            self.publish(Instant::now());
         }
-        self.flush(true).await;
+        self.step(Input::Flush, true).await;
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Steps the queue with `input` and performs the actions, and those of the inputs that
+    /// performing them reports back. `wait`: wait until proposals and dead letters are done.
+    async fn step(&mut self, input: Input, wait: bool) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let actions = self.queue.step(self.now_ms(), input);
+            // Consumers found gone while sending: they leave after every delivery not sent to
+            // them is reported, so only what they really held counts a failed attempt.
+            let mut gone = Vec::new();
+            for a in actions {
+                self.perform(a, wait, &mut inputs, &mut gone).await;
+            }
+            inputs.extend(gone.into_iter().map(|consumer| Input::Leave {
+                consumer,
+                count_attempt: true,
+            }));
+        }
+    }
+
+    async fn perform(
+        &mut self,
+        action: Action,
+        wait: bool,
+        inputs: &mut VecDeque<Input>,
+        gone: &mut Vec<u64>,
+    ) {
+        match action {
+            Action::Deliver {
+                consumer,
+                deliveries,
+            } => {
+                let offsets: Vec<u64> = deliveries.iter().map(|(o, _)| *o).collect();
+                if !self.consumers.contains_key(&consumer) {
+                    inputs.push_back(Input::Undelivered { consumer, offsets });
+                    return;
+                }
+                let records = self.replica.read_records(&offsets);
+                let mut missing = Vec::new();
+                let mut out = Vec::with_capacity(deliveries.len());
+                for ((offset, attempt), r) in deliveries.into_iter().zip(records) {
+                    match r {
+                        Some(record) => out.push(Delivery {
+                            offset,
+                            attempt,
+                            record: Some(record),
+                        }),
+                        None => missing.push(offset),
+                    }
+                }
+                if !missing.is_empty() {
+                    tracing::error!(stream = %self.replica.spec.name, offsets = ?missing, "records to deliver are missing; dead-lettering them");
+                    inputs.push_back(Input::Missing { offsets: missing });
+                }
+                let sent: Vec<u64> = out.iter().map(|d| d.offset).collect();
+                let msg = ConsumeResponse {
+                    kind: Some(consume_response::Kind::Deliveries(Deliveries {
+                        deliveries: out,
+                    })),
+                };
+                let ok = self
+                    .consumers
+                    .get(&consumer)
+                    .is_some_and(|(_, tx)| tx.send(Ok(msg)).is_ok());
+                if ok {
+                    self.replica.metrics.delivered.inc_by(sent.len() as u64);
+                } else {
+                    inputs.push_back(Input::Undelivered {
+                        consumer,
+                        offsets: sent,
+                    });
+                    gone.push(consumer);
+                    if let Some((name, _)) = self.consumers.remove(&consumer) {
+                        tracing::info!(stream = %self.replica.spec.name, consumer = %name, id = consumer, "consumer gone; deliveries not sent go to others");
+                    }
+                }
+            }
+            Action::Propose { acks, attempts } => {
+                let mut cmds = Vec::new();
+                // Entries stay well below the log's entry limit (8 bytes per acked offset).
+                for chunk in acks.chunks(MAX_OFFSETS_PER_ENTRY) {
+                    cmds.push(Command::Ack {
+                        offsets: chunk.to_vec(),
+                    });
+                }
+                for chunk in attempts.chunks(MAX_OFFSETS_PER_ENTRY) {
+                    cmds.push(Command::Attempts {
+                        entries: chunk.to_vec(),
+                    });
+                }
+                if wait {
+                    if let Err(e) = self.replica.propose(cmds).await {
+                        tracing::error!(stream = %self.replica.spec.name, error = %e, "ack flush failed");
+                    }
+                } else {
+                    self.replica.propose_nowait(cmds);
+                }
+            }
+            Action::DeadLetter { orders } => {
+                let source = Arc::clone(&self.replica);
+                let dlq = self.dlq.clone();
+                let done = self.dl_tx.clone();
+                let task = tokio::spawn(async move {
+                    let ok = dead_letter(source, dlq, &orders).await;
+                    let _ = done.send((orders, ok));
+                });
+                if wait {
+                    let _ = task.await;
+                }
+            }
+            Action::Redelivery(kind) => {
+                let m = &self.replica.metrics;
+                match kind {
+                    FailKind::Deadline => m.redelivered_deadline.inc(),
+                    FailKind::Nack => m.redelivered_nack.inc(),
+                    FailKind::Disconnect => m.redelivered_disconnect.inc(),
+                }
+                self.stats.redelivered_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -339,33 +419,15 @@ impl Engine {
                 tx,
             } => {
                 tracing::info!(stream = %self.replica.spec.name, consumer = %name, id, window, "consumer joined");
-                self.consumers.push(Consumer {
-                    id,
-                    name,
+                self.consumers.insert(id, (name, tx));
+                let input = Input::Join {
+                    consumer: id,
                     window,
-                    in_flight: 0,
-                    delivered: 0,
-                    tx,
-                });
+                };
+                self.step(input, false).await;
             }
-            Event::Leave { id, shutdown } => self.leave(id, !shutdown),
-            Event::Ack { id: _, offsets } => {
-                for o in offsets {
-                    if let Some(f) = self.flights.remove(&o) {
-                        self.credit(f.consumer);
-                        self.acks.push(o);
-                    } else if self.retry.remove(&o).is_some() {
-                        self.ready.remove(&o);
-                        self.acks.push(o);
-                    } else if o >= self.next_new && o < self.end && self.early.insert(o) {
-                        // Delivered by a previous leader and processed: accept the ack.
-                        self.acks.push(o);
-                    }
-                }
-                if !self.acks.is_empty() && self.flush_at.is_none() {
-                    self.flush_at = Some(Instant::now() + self.cfg.ack_flush);
-                }
-            }
+            Event::Leave { id, shutdown } => self.leave(id, !shutdown).await,
+            Event::Ack { id: _, offsets } => self.step(Input::Ack { offsets }, false).await,
             Event::Nack {
                 id,
                 offsets,
@@ -373,329 +435,70 @@ impl Engine {
                 reason,
                 permanent,
             } => {
-                let reason = if reason.is_empty() {
-                    "nacked by consumer".to_string()
-                } else {
-                    reason
+                let input = Input::Nack {
+                    consumer: id,
+                    offsets,
+                    delay_ms: u64::from(delay_ms),
+                    reason,
+                    permanent,
                 };
-                for o in offsets {
-                    if self.flights.get(&o).is_some_and(|f| f.consumer == id) {
-                        let f = self.flights.remove(&o).expect("checked");
-                        self.credit(id);
-                        if permanent {
-                            // Cannot succeed on a retry: dead-lettered on this attempt.
-                            self.dead.push((
-                                o,
-                                f.attempt,
-                                format!("{reason} (permanent failure, attempt {})", f.attempt),
-                            ));
-                            self.flush_at.get_or_insert_with(Instant::now);
-                            continue;
-                        }
-                        self.fail(
-                            o,
-                            f.attempt,
-                            &reason,
-                            Duration::from_millis(u64::from(delay_ms)),
-                            FailKind::Nack,
-                        );
-                    }
-                }
+                self.step(input, false).await;
             }
             Event::SetWindow { id, window } => {
-                if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
-                    c.window = window.min(MAX_WINDOW);
-                }
+                let input = Input::SetWindow {
+                    consumer: id,
+                    window,
+                };
+                self.step(input, false).await;
             }
             Event::Flush(done) => {
-                self.flush(true).await;
+                self.step(Input::Flush, true).await;
                 let _ = done.send(());
             }
             Event::Stop => self.stopped = true,
         }
     }
 
-    fn credit(&mut self, consumer: u64) {
-        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == consumer) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-        }
-    }
-
-    fn leave(&mut self, id: u64, count_attempt: bool) {
-        let Some(pos) = self.consumers.iter().position(|c| c.id == id) else {
-            return;
-        };
-        let c = self.consumers.remove(pos);
-        let mut held: Vec<(u64, u32)> = self
-            .flights
+    async fn leave(&mut self, id: u64, count_attempt: bool) {
+        let held = self
+            .queue
+            .consumers()
             .iter()
-            .filter(|(_, f)| f.consumer == id)
-            .map(|(o, f)| (*o, f.attempt))
-            .collect();
-        held.sort_unstable();
-        tracing::info!(stream = %self.replica.spec.name, consumer = %c.name, id, redelivering = held.len(), "consumer left");
-        for (o, attempt) in held {
-            self.flights.remove(&o);
-            if !count_attempt {
-                // Released, not failed: the next delivery repeats this attempt number.
-                self.retry.insert(o, attempt - 1);
-                self.ready.insert(o);
-                continue;
-            }
-            self.fail(
-                o,
-                attempt,
-                "consumer disconnected",
-                Duration::ZERO,
-                FailKind::Disconnect,
-            );
+            .find(|c| c.id == id)
+            .map(|c| c.in_flight);
+        if let (Some((name, _)), Some(held)) = (self.consumers.remove(&id), held) {
+            tracing::info!(stream = %self.replica.spec.name, consumer = %name, id, redelivering = held, "consumer left");
         }
-    }
-
-    fn fail(&mut self, offset: u64, attempt: u32, reason: &str, delay: Duration, kind: FailKind) {
-        if attempt >= self.cfg.max_deliveries {
-            self.dead.push((
-                offset,
-                attempt,
-                format!(
-                    "{reason} (attempt {attempt} of {})",
-                    self.cfg.max_deliveries
-                ),
-            ));
-            self.flush_at.get_or_insert_with(Instant::now);
-            return;
-        }
-        let m = &self.replica.metrics;
-        match kind {
-            FailKind::Deadline => m.redelivered_deadline.inc(),
-            FailKind::Nack => m.redelivered_nack.inc(),
-            FailKind::Disconnect => m.redelivered_disconnect.inc(),
-        }
-        self.stats.redelivered_total.fetch_add(1, Ordering::Relaxed);
-        self.retry.insert(offset, attempt);
-        if delay.is_zero() {
-            self.ready.insert(offset);
-        } else {
-            self.delayed.push(Reverse((Instant::now() + delay, offset)));
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        // Entries whose delivery was acked (or failed otherwise) are stale; drop them from the
-        // front too, so the queue stays about as long as the in-flight set.
-        while let Some(&(t, o, g)) = self.deadlines.front() {
-            let live = self.flights.get(&o).is_some_and(|f| f.generation == g);
-            if live && t > now {
-                break;
-            }
-            self.deadlines.pop_front();
-            if live {
-                let f = self.flights.remove(&o).expect("checked");
-                self.credit(f.consumer);
-                self.fail(
-                    o,
-                    f.attempt,
-                    "ack deadline exceeded",
-                    Duration::ZERO,
-                    FailKind::Deadline,
-                );
-            }
-        }
-    }
-
-    fn release_delayed(&mut self, now: Instant) {
-        while let Some(Reverse((t, o))) = self.delayed.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.delayed.pop();
-            if self.retry.contains_key(&o) && !self.flights.contains_key(&o) {
-                self.ready.insert(o);
-            }
-        }
-    }
-
-    /// Takes up to `n` offsets to deliver, with their attempt numbers.
-    fn take(&mut self, n: usize) -> Vec<(u64, u32)> {
-        let mut out = Vec::with_capacity(n.min(MAX_DELIVERIES_PER_MESSAGE));
-        while out.len() < n {
-            let Some(o) = self.ready.pop_first() else {
-                break;
-            };
-            let attempt = self.retry.remove(&o).unwrap_or(0) + 1;
-            self.attempts_out.push((o, attempt));
-            out.push((o, attempt));
-        }
-        if out.len() < n && self.next_new < self.end {
-            let replica = Arc::clone(&self.replica);
-            replica.with_core(|core| {
-                while out.len() < n && self.next_new < self.end {
-                    let o = self.next_new;
-                    self.next_new += 1;
-                    if self.early.remove(&o) {
-                        continue;
-                    }
-                    if o < self.recovery_end
-                        && (core.state.is_resolved(o) || o < core.state.start_offset())
-                    {
-                        continue;
-                    }
-                    let attempt = self.persisted.remove(&o).map_or(1, |a| a + 1);
-                    if attempt > self.cfg.max_deliveries {
-                        self.dead.push((
-                            o,
-                            attempt - 1,
-                            format!(
-                                "max deliveries ({}) reached before a restart",
-                                self.cfg.max_deliveries
-                            ),
-                        ));
-                        continue;
-                    }
-                    if attempt > 1 {
-                        self.attempts_out.push((o, attempt));
-                    }
-                    out.push((o, attempt));
-                }
-            });
-        }
-        out
-    }
-
-    fn dispatch(&mut self, now: Instant) {
-        let n = self.consumers.len();
-        if n == 0 {
-            return;
-        }
-        let mut gone: Vec<u64> = Vec::new();
-        loop {
-            let mut progress = false;
-            for k in 0..n {
-                let ci = (self.rr + k) % n;
-                let credit = self.consumers[ci]
-                    .window
-                    .saturating_sub(self.consumers[ci].in_flight)
-                    as usize;
-                if credit == 0 || gone.contains(&self.consumers[ci].id) {
-                    continue;
-                }
-                let batch = self.take(credit.min(MAX_DELIVERIES_PER_MESSAGE));
-                if batch.is_empty() {
-                    break;
-                }
-                progress = true;
-                let offsets: Vec<u64> = batch.iter().map(|(o, _)| *o).collect();
-                let records = self.replica.read_records(&offsets);
-                let consumer_id = self.consumers[ci].id;
-                let mut deliveries = Vec::with_capacity(batch.len());
-                for ((o, attempt), r) in batch.into_iter().zip(records) {
-                    let Some(record) = r else {
-                        tracing::error!(stream = %self.replica.spec.name, offset = o, "record to deliver is missing; skipping it");
-                        continue;
-                    };
-                    self.generation += 1;
-                    self.flights.insert(
-                        o,
-                        Flight {
-                            consumer: consumer_id,
-                            attempt,
-                            generation: self.generation,
-                        },
-                    );
-                    self.deadlines
-                        .push_back((now + self.cfg.ack_deadline, o, self.generation));
-                    deliveries.push(Delivery {
-                        offset: o,
-                        attempt,
-                        record: Some(record),
-                    });
-                }
-                let c = &mut self.consumers[ci];
-                c.in_flight += deliveries.len() as u32;
-                c.delivered += deliveries.len() as u64;
-                self.replica
-                    .metrics
-                    .delivered
-                    .inc_by(deliveries.len() as u64);
-                let msg = ConsumeResponse {
-                    kind: Some(consume_response::Kind::Deliveries(Deliveries {
-                        deliveries,
-                    })),
-                };
-                if c.tx.send(Ok(msg)).is_err() {
-                    gone.push(c.id);
-                }
-            }
-            self.rr = (self.rr + 1) % n;
-            if !progress {
-                break;
-            }
-        }
-        for id in gone {
-            self.leave(id, true);
-        }
-        if !self.attempts_out.is_empty() {
-            self.flush_at
-                .get_or_insert_with(|| now + self.cfg.ack_flush);
-        }
-    }
-
-    async fn flush(&mut self, wait: bool) {
-        self.flush_at = None;
-        let mut cmds = Vec::new();
-        // Entries stay well below the log's entry limit (8 bytes per acked offset).
-        for chunk in std::mem::take(&mut self.acks).chunks(MAX_OFFSETS_PER_ENTRY) {
-            cmds.push(Command::Ack {
-                offsets: chunk.to_vec(),
-            });
-        }
-        for chunk in std::mem::take(&mut self.attempts_out).chunks(MAX_OFFSETS_PER_ENTRY) {
-            cmds.push(Command::Attempts {
-                entries: chunk.to_vec(),
-            });
-        }
-        let dead = std::mem::take(&mut self.dead);
-        let dl = if dead.is_empty() {
-            None
-        } else {
-            Some(tokio::spawn(dead_letter(
-                Arc::clone(&self.replica),
-                self.dlq.clone(),
-                dead,
-            )))
+        let input = Input::Leave {
+            consumer: id,
+            count_attempt,
         };
-        if !cmds.is_empty() {
-            if wait {
-                if let Err(e) = self.replica.propose(cmds).await {
-                    tracing::error!(stream = %self.replica.spec.name, error = %e, "ack flush failed");
-                }
-            } else {
-                self.replica.propose_nowait(cmds);
-            }
-        }
-        if let (true, Some(h)) = (wait, dl) {
-            let _ = h.await;
-        }
+        self.step(input, false).await;
     }
 
     fn publish(&mut self, now: Instant) {
+        let consumers = self.queue.consumers();
+        let in_flight = self.queue.in_flight();
         self.stats
             .consumers
-            .store(self.consumers.len() as u64, Ordering::Relaxed);
+            .store(consumers.len() as u64, Ordering::Relaxed);
         self.stats
             .in_flight
-            .store(self.flights.len() as u64, Ordering::Relaxed);
+            .store(in_flight as u64, Ordering::Relaxed);
         let m = &self.replica.metrics;
-        m.in_flight.set(self.flights.len() as i64);
-        m.consumers.set(self.consumers.len() as i64);
+        m.in_flight.set(in_flight as i64);
+        m.consumers.set(consumers.len() as i64);
         if now.duration_since(self.published) >= Duration::from_millis(250) {
             self.published = now;
-            let list = self
-                .consumers
+            let list = consumers
                 .iter()
                 .map(|c| ConsumerInfo {
                     id: c.id,
-                    name: c.name.clone(),
+                    name: self
+                        .consumers
+                        .get(&c.id)
+                        .map(|(n, _)| n.clone())
+                        .unwrap_or_default(),
                     window: c.window,
                     in_flight: c.in_flight,
                     delivered: c.delivered,
@@ -778,31 +581,33 @@ async fn remote_append(addr: &str, stream: &str, records: Vec<Record>) -> Result
     }
 }
 
-/// Moves `dead` offsets of `source` to its dead-letter stream, then resolves them.
+/// Moves the `orders`' offsets of `source` to its dead-letter stream, then resolves them.
+/// Returns whether both steps succeeded (the queue retries the orders otherwise; the
+/// dead-letter stream deduplicates the letters by key).
 async fn dead_letter(
     source: Arc<Replica>,
     dlq: Option<Arc<Replica>>,
-    dead: Vec<(u64, u32, String)>,
-) {
-    let offsets: Vec<u64> = dead.iter().map(|d| d.0).collect();
+    orders: &[DeadLetterOrder],
+) -> bool {
+    let offsets: Vec<u64> = orders.iter().map(|d| d.offset).collect();
     let records = source.read_records(&offsets);
     if let Some(dlq) = dlq {
         let now = txpipe_client::now_us();
-        let letters: Vec<Record> = dead
+        let letters: Vec<Record> = orders
             .iter()
             .zip(&records)
-            .map(|((offset, attempts, reason), r)| {
+            .map(|(order, r)| {
                 let r = r.clone().unwrap_or_default();
                 let key = if r.key.is_empty() {
-                    bytes::Bytes::from(format!("{}/{offset}", source.spec.name))
+                    bytes::Bytes::from(format!("{}/{}", source.spec.name, order.offset))
                 } else {
                     r.key.clone()
                 };
                 let letter = DeadLetter {
                     stream: source.spec.name.clone(),
-                    offset: *offset,
-                    attempts: *attempts,
-                    reason: reason.clone(),
+                    offset: order.offset,
+                    attempts: order.attempts,
+                    reason: order.reason.clone(),
                     original_key: r.key.to_vec(),
                     original_value: r.value.to_vec(),
                     original_timestamp_us: r.timestamp_us,
@@ -815,13 +620,16 @@ async fn dead_letter(
             })
             .collect();
         if let Err(e) = append_anywhere(&dlq, letters).await {
-            tracing::error!(stream = %source.spec.name, dead_letter_stream = %dlq.spec.name, error = %e, "dead-letter append failed; offsets stay unresolved until restart");
-            return;
+            tracing::error!(stream = %source.spec.name, dead_letter_stream = %dlq.spec.name, error = %e, "dead-letter append failed; retrying with backoff");
+            return false;
         }
     }
     let mut by_reason: HashMap<&str, Vec<u64>> = HashMap::new();
-    for (o, _, reason) in &dead {
-        by_reason.entry(reason.as_str()).or_default().push(*o);
+    for o in orders {
+        by_reason
+            .entry(o.reason.as_str())
+            .or_default()
+            .push(o.offset);
     }
     let cmds: Vec<Command> = by_reason
         .into_iter()
@@ -830,8 +638,10 @@ async fn dead_letter(
             reason: reason.to_string(),
         })
         .collect();
-    tracing::warn!(stream = %source.spec.name, count = dead.len(), "messages dead-lettered");
     if let Err(e) = source.propose(cmds).await {
-        tracing::error!(stream = %source.spec.name, error = %e, "dead-lettered command failed");
+        tracing::error!(stream = %source.spec.name, error = %e, "dead-lettered command failed; retrying with backoff");
+        return false;
     }
+    tracing::warn!(stream = %source.spec.name, count = orders.len(), "messages dead-lettered");
+    true
 }

@@ -1,4 +1,8 @@
 //! Consume: acks, windows, redelivery on disconnect / deadline / nack, dead letters, restarts.
+//!
+//! These run through a real broker. The rules themselves, including deterministic versions of
+//! the "nothing more arrives within 300 ms" checks below, are unit-tested on the pure core in
+//! `broker/src/delivery/queue/tests.rs`.
 mod common;
 
 use std::collections::HashSet;
