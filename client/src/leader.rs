@@ -23,6 +23,9 @@
 //!   transport error less than `distrust` (1 s) ago in the same failover is ignored (it is a
 //!   follower's stale view of a dead leader), so a dead leader cannot trap the client between
 //!   itself and one follower while another node has won the election.
+//!   The list is walked the same way: an address that failed with a transport error (refused,
+//!   dead, or silent past the caller's timeout, as a paused node is) less than `distrust` ago
+//!   is skipped unless every address did.
 //! - **How long to wait.** Bounded exponential backoff, `initial_backoff` (50 ms) doubling to
 //!   `max_backoff` (100 ms: a failover costs the election plus at most one backoff, and a client
 //!   polls at most 10 addresses a second while it waits). A hint is followed at once, except
@@ -79,7 +82,7 @@ pub struct LeaderConfig {
     pub max_backoff: Duration,
     /// How long a node that failed with a transport error is distrusted as a leader hint (other
     /// followers keep naming a dead leader until a new one is elected, about 1 s with the
-    /// broker's default timeouts). Default 1 s.
+    /// broker's default timeouts) and skipped when the list is walked. Default 1 s.
     pub distrust: Duration,
     /// Connection timeout per address, cut at the deadline but never below [`MIN_ATTEMPT`].
     /// Default 2 s.
@@ -577,12 +580,25 @@ impl Failover {
                 }
             }
             None => {
+                // The next address of the list, skipping those that failed with a transport
+                // error within `distrust` (a dead or paused node: a paused one still accepts
+                // connections and would hold the next call until its own timeout), unless
+                // every address did.
                 let addrs = self.router.addrs();
-                let i = match self.router.index_of(addr) {
+                let n = addrs.len();
+                let start = match self.router.index_of(addr) {
                     Some(i) => i + 1,
                     None => self.rr,
                 };
-                self.next = Some(addrs[i % addrs.len()].clone());
+                let trusted = |a: &String| {
+                    self.suspects
+                        .get(a)
+                        .is_none_or(|t| now.saturating_duration_since(*t) >= distrust)
+                };
+                let i = (start..start + n)
+                    .find(|&j| trusted(&addrs[j % n]))
+                    .unwrap_or(start);
+                self.next = Some(addrs[i % n].clone());
                 self.rr = i + 1;
                 self.delay = self.take_backoff();
                 self.hinted = false;
@@ -694,6 +710,23 @@ mod tests {
             (a(3), 100),
         ];
         assert_eq!(seen, expect);
+    }
+
+    #[test]
+    fn a_node_that_failed_with_a_transport_error_is_skipped_in_the_list_while_distrusted() {
+        let r = router(3);
+        let mut f = r.failover("s", Duration::from_secs(60));
+        let now = Instant::now();
+        // a(1) timed out (a paused leader); a(2) and a(3) are followers without a hint yet.
+        f.plan(&a(1), None, true, "x".into(), now);
+        assert_eq!(f.next.clone().unwrap(), a(2));
+        f.plan(&a(2), None, false, "x".into(), now);
+        assert_eq!(f.next.clone().unwrap(), a(3));
+        f.plan(&a(3), None, false, "x".into(), now);
+        assert_eq!(f.next.clone().unwrap(), a(2), "a(1) is skipped");
+        // Once the distrust has passed it is tried again.
+        f.plan(&a(3), None, false, "x".into(), now + Duration::from_secs(2));
+        assert_eq!(f.next.clone().unwrap(), a(1));
     }
 
     #[test]
