@@ -65,6 +65,9 @@ pub struct DeliveryConfig {
     pub max_deliveries: u32,
     /// Longest time acks wait before being written.
     pub ack_flush: Duration,
+    /// Mutual TLS settings for dead letters forwarded to another node's client port (this
+    /// broker's own certificate); `None`: plaintext.
+    pub tls: Option<txpipe_client::tls::TlsOptions>,
 }
 
 /// Outbound half of a Consume call.
@@ -662,6 +665,7 @@ impl Engine {
                 Arc::clone(&self.replica),
                 self.dlq.clone(),
                 dead,
+                self.cfg.tls.clone(),
             )))
         };
         if !cmds.is_empty() {
@@ -722,7 +726,11 @@ async fn sleep_until_opt(t: Option<Instant>) {
 /// up to 30 s while no leader is known.
 ///
 /// Errors: the last error when every attempt failed.
-async fn append_anywhere(stream: &Replica, records: Vec<Record>) -> crate::Result<()> {
+async fn append_anywhere(
+    stream: &Replica,
+    records: Vec<Record>,
+    tls: Option<&txpipe_client::tls::TlsOptions>,
+) -> crate::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -737,7 +745,7 @@ async fn append_anywhere(stream: &Replica, records: Vec<Record>) -> crate::Resul
             Ok(_) => return Ok(()),
             Err(crate::Error::NotLeader {
                 leader: Some(addr), ..
-            }) => match remote_append(&addr, &stream.spec.name, records.clone()).await {
+            }) => match remote_append(&addr, &stream.spec.name, records.clone(), tls).await {
                 Ok(()) => return Ok(()),
                 Err(e) => crate::Error::Unavailable(format!("append at leader {addr}: {e}")),
             },
@@ -751,13 +759,19 @@ async fn append_anywhere(stream: &Replica, records: Vec<Record>) -> crate::Resul
     }
 }
 
-async fn remote_append(addr: &str, stream: &str, records: Vec<Record>) -> Result<(), String> {
+async fn remote_append(
+    addr: &str,
+    stream: &str,
+    records: Vec<Record>,
+    tls: Option<&txpipe_client::tls::TlsOptions>,
+) -> Result<(), String> {
     use txpipe_client::broker::v1::ProduceRequest;
     use txpipe_client::broker::v1::broker_client::BrokerClient;
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10));
+    let ep =
+        txpipe_client::connect::endpoint_with(&txpipe_client::connect::normalize_addr(addr), tls)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10));
     let mut client = BrokerClient::new(ep.connect().await.map_err(|e| e.to_string())?);
     let req = ProduceRequest {
         stream: stream.to_string(),
@@ -783,6 +797,7 @@ async fn dead_letter(
     source: Arc<Replica>,
     dlq: Option<Arc<Replica>>,
     dead: Vec<(u64, u32, String)>,
+    tls: Option<txpipe_client::tls::TlsOptions>,
 ) {
     let offsets: Vec<u64> = dead.iter().map(|d| d.0).collect();
     let records = source.read_records(&offsets);
@@ -814,7 +829,7 @@ async fn dead_letter(
                 }
             })
             .collect();
-        if let Err(e) = append_anywhere(&dlq, letters).await {
+        if let Err(e) = append_anywhere(&dlq, letters, tls.as_ref()).await {
             tracing::error!(stream = %source.spec.name, dead_letter_stream = %dlq.spec.name, error = %e, "dead-letter append failed; offsets stay unresolved until restart");
             return;
         }

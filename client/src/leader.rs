@@ -53,7 +53,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::broker::v1::broker_client::BrokerClient;
-use crate::connect::{ConnectError, endpoint, normalize_addr};
+use crate::connect::{ConnectError, endpoint, endpoint_with, normalize_addr};
+use crate::tls::TlsOptions;
 
 /// gRPC metadata key of the leader hint on `UNAVAILABLE` answers: the leader's client address
 /// `host:port`.
@@ -87,6 +88,8 @@ pub struct LeaderConfig {
     /// Timeout of one attempt of a unary call made with [`LeaderRouter::call`], cut at the
     /// deadline but never below [`MIN_ATTEMPT`]. Default 10 s.
     pub call_timeout: Duration,
+    /// Mutual TLS towards the brokers; `None` (the default): plaintext.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for LeaderConfig {
@@ -97,6 +100,7 @@ impl Default for LeaderConfig {
             distrust: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -380,7 +384,7 @@ impl LeaderRouter {
         if let Some(ch) = self.state().channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ep = endpoint(addr).map_err(|e| e.to_string())?;
+        let ep = endpoint_with(addr, self.inner.config.tls.as_ref()).map_err(|e| e.to_string())?;
         let ch = match tokio::time::timeout(timeout, ep.connect()).await {
             Ok(Ok(ch)) => ch,
             Ok(Err(e)) => {

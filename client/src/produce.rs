@@ -106,6 +106,8 @@ pub struct ProducerConfig {
     /// the new leader) before the producer gives up with [`ProduceError::Unreachable`].
     /// Default 60 s.
     pub reconnect_deadline: Duration,
+    /// Mutual TLS towards the brokers; `None` (the default): plaintext.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 impl ProducerConfig {
@@ -117,6 +119,7 @@ impl ProducerConfig {
             identity: ProducerIdentity::Anonymous,
             max_in_flight: 16,
             reconnect_deadline: Duration::from_secs(60),
+            tls: None,
         }
     }
 
@@ -249,8 +252,14 @@ impl Producer {
     /// accepts a connection (or no leader registers the producer) within
     /// `reconnect_deadline`; [`ProduceError::Rejected`] when the registration is refused.
     pub async fn connect(config: ProducerConfig) -> Result<Self, ProduceError> {
-        let router = LeaderRouter::new(config.addrs.clone())
-            .map_err(|e| ProduceError::Unreachable(e.to_string()))?;
+        let router = LeaderRouter::with_config(
+            config.addrs.clone(),
+            crate::leader::LeaderConfig {
+                tls: config.tls.clone(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| ProduceError::Unreachable(e.to_string()))?;
         Self::connect_with(router, config).await
     }
 

@@ -82,6 +82,7 @@ struct PeerEntry {
 /// reconnects by itself after the connection breaks.
 pub struct Channels {
     connect_timeout: Duration,
+    tls: Option<txpipe_client::tls::TlsOptions>,
     peers: Mutex<HashMap<String, PeerEntry>>,
 }
 
@@ -97,8 +98,16 @@ impl Channels {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             connect_timeout,
+            tls: None,
             peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same cache dialling peers over mutual TLS with `tls` (this broker's certificate
+    /// and CA) when given. The files are read when a peer's channel is created.
+    pub fn with_tls(mut self, tls: Option<txpipe_client::tls::TlsOptions>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The channel to `peer_addr` (`host:port`, or a full `http://host:port` URI), created on
@@ -110,14 +119,23 @@ impl Channels {
         if let Some(p) = peers.get(peer_addr) {
             return Ok(p.channel.clone());
         }
-        let uri = if peer_addr.contains("://") {
-            peer_addr.to_string()
-        } else {
-            format!("http://{peer_addr}")
+        let uri = match (&self.tls, peer_addr.split_once("://")) {
+            (Some(_), Some(("http", rest))) => format!("https://{rest}"),
+            (_, Some(_)) => peer_addr.to_string(),
+            (Some(_), None) => format!("https://{peer_addr}"),
+            (None, None) => format!("http://{peer_addr}"),
         };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+        let mut endpoint = Endpoint::from_shared(uri).map_err(|e| {
             Status::invalid_argument(format!("invalid peer address '{peer_addr}': {e}"))
         })?;
+        if let Some(tls) = &self.tls {
+            let config = tls
+                .client_config()
+                .map_err(|e| Status::unavailable(format!("peer {peer_addr}: {e}")))?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| Status::unavailable(format!("peer {peer_addr}: TLS: {e}")))?;
+        }
         let channel = endpoint
             .tcp_nodelay(true)
             .connect_timeout(self.connect_timeout)
