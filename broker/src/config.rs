@@ -285,6 +285,12 @@ impl Config {
         }
     }
 
+    /// True when TLS is configured (all three `--tls-*` files given): the ports then speak
+    /// mutual TLS only and calls are checked against [`crate::auth`].
+    pub fn tls_enabled(&self) -> bool {
+        matches!(self.tls_files(), Ok(Some(_)))
+    }
+
     /// Checks ranges and cross-field rules.
     ///
     /// Errors: [`Error::Config`] naming the flag and the bad value.

@@ -21,12 +21,14 @@
 //! - [`broker`]: the set of streams and background work; [`service`]: the gRPC API;
 //!   [`admin`]: the admin HTTP port; [`metrics`]; [`config`]; [`error`].
 //! - [`tls`]: opt-in mutual TLS on the client and peer ports, with certificate reload, and
-//!   the caller's [`tls::Principal`] from its certificate.
+//!   the caller's [`tls::Principal`] from its certificate; [`auth`]: what each principal's
+//!   role may do, enforced when TLS is on.
 //!
 //! [`run`] wires it all: recovery, gRPC (with `grpc.health.v1` and reflection), admin HTTP,
 //! periodic snapshots and retention, and a clean shutdown.
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod command;
 pub mod config;
@@ -156,7 +158,10 @@ pub async fn run(
     let peer_router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_adaptive_window(Some(true))
-        .add_service(raft::peer::server(Arc::clone(&cluster)));
+        .add_service(raft::peer::server_with_acl(
+            Arc::clone(&cluster),
+            auth::Acl::new(server_tls.is_some()),
+        ));
     let peer_incoming = tonic::transport::server::TcpIncoming::from(peer_listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(30)));
