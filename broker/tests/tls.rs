@@ -122,3 +122,33 @@ async fn no_client_cert(b: &TestBroker, good: &TlsOptions) -> String {
         Err(s) => s.to_string(),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_ca_bundle_applies_to_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(&dir.path().join("pki"), "cluster");
+    let next = Ca::new(&dir.path().join("pki"), "next");
+    let mut c = test_config(&dir.path().join("data"));
+    let server = ca.leaf("broker/0");
+    // The broker's trust bundle is a copy that the test rewrites.
+    let bundle = dir.path().join("trust.pem");
+    std::fs::copy(&ca.cert, &bundle).unwrap();
+    c.tls_cert_file = Some(server.cert.clone());
+    c.tls_key_file = Some(server.key.clone());
+    c.tls_ca_file = Some(bundle.clone());
+    let b = TestBroker::start(c);
+    let old = ca.leaf("reader").options();
+    drop(client(b.grpc, &old).await);
+    // Clients of the next CA (they still verify the broker with the first CA).
+    let new = TlsOptions {
+        ca: ca.cert.clone(),
+        ..next.leaf("reader").options()
+    };
+    refused(&b, Some(&new)).await;
+
+    // Rotate the trust bundle to the next CA only: the first CA is revoked.
+    std::fs::write(&bundle, std::fs::read(&next.cert).unwrap()).unwrap();
+    drop(client(b.grpc, &new).await);
+    refused(&b, Some(&old)).await;
+    b.stop().await;
+}
