@@ -170,7 +170,11 @@ pub async fn run(
     };
     let peer_task = match &server_tls {
         Some(t) => tokio::spawn(peer_router.serve_with_incoming_shutdown(
-            tls::incoming(peer_incoming, Arc::clone(t)),
+            tls::incoming(
+                peer_incoming,
+                Arc::clone(t),
+                metrics.tls_handshake_failures.with_label_values(&["peer"]),
+            ),
             peer_shutdown,
         )),
         None => {
@@ -332,10 +336,18 @@ pub async fn run(
         crate::broker::stopped(&mut grpc_stop).await;
     };
     let grpc_task = match &server_tls {
-        Some(t) => tokio::spawn(grpc_router.serve_with_incoming_shutdown(
-            tls::incoming(grpc_incoming, Arc::clone(t)),
-            grpc_shutdown,
-        )),
+        Some(t) => tokio::spawn(
+            grpc_router.serve_with_incoming_shutdown(
+                tls::incoming(
+                    grpc_incoming,
+                    Arc::clone(t),
+                    metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["client"]),
+                ),
+                grpc_shutdown,
+            ),
+        ),
         None => {
             tokio::spawn(grpc_router.serve_with_incoming_shutdown(grpc_incoming, grpc_shutdown))
         }

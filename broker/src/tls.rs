@@ -10,7 +10,8 @@
 //!   settings and logs a warning.
 //! - [`incoming`]: turns a stream of accepted TCP connections into TLS connections. Each
 //!   handshake runs in its own task with a deadline ([`HANDSHAKE_TIMEOUT`]), so a slow or
-//!   silent client cannot hold up the others; failed handshakes are logged and dropped.
+//!   silent client cannot hold up the others; failed handshakes are counted
+//!   (`txpipe_broker_tls_handshake_failures_total{port}`) and dropped.
 //!   tonic's `TlsConnectInfo` carries the verified peer certificates to each request.
 //! - [`Principal`]: who is calling, from the URI SAN of the client certificate,
 //!   `spiffe://txpipe/<role>[/<instance>]`; [`Principal::of`] reads it from a request.
@@ -168,11 +169,13 @@ fn read_certs(
 
 /// The TLS connections of `incoming` (accepted TCP connections): each handshake runs in its
 /// own task, limited to [`HANDSHAKE_TIMEOUT`], with the settings of [`ServerTls::config`] at
-/// that moment. Accept errors are passed on. The accept loop ends when the returned stream is
-/// dropped (the server stopped) or `incoming` ends.
+/// that moment. Accept errors are passed on. Failed handshakes are counted in `failures` and
+/// logged at debug level (a misconfigured client retries often). The accept loop ends when the
+/// returned stream is dropped (the server stopped) or `incoming` ends.
 pub fn incoming<S, T, E>(
     incoming: S,
     tls: Arc<ServerTls>,
+    failures: prometheus::IntCounter,
 ) -> ReceiverStream<std::result::Result<TlsStream<T>, E>>
 where
     S: Stream<Item = std::result::Result<T, E>> + Send + 'static,
@@ -197,18 +200,23 @@ where
                 Some(Ok(io)) => {
                     let acceptor = TlsAcceptor::from(tls.config());
                     let tx = tx.clone();
+                    let failures = failures.clone();
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                             Ok(Ok(conn)) => {
                                 let _ = tx.send(Ok(conn)).await;
                             }
                             Ok(Err(e)) => {
-                                tracing::info!(error = %e, "TLS handshake refused")
+                                failures.inc();
+                                tracing::debug!(error = %e, "TLS handshake refused")
                             }
-                            Err(_) => tracing::info!(
-                                timeout_ms = HANDSHAKE_TIMEOUT.as_millis() as u64,
-                                "TLS handshake timed out"
-                            ),
+                            Err(_) => {
+                                failures.inc();
+                                tracing::debug!(
+                                    timeout_ms = HANDSHAKE_TIMEOUT.as_millis() as u64,
+                                    "TLS handshake timed out"
+                                )
+                            }
                         }
                     });
                 }

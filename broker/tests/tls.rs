@@ -67,6 +67,8 @@ async fn a_client_without_a_certificate_is_refused() {
     let (b, good) = serving(dir.path(), &ca).await;
     refused(&b, None).await;
     no_client_cert(&b, &good).await;
+    let failures = handshake_failures(b.admin).await;
+    assert!(failures >= 2.0, "{failures} handshake failures counted");
     b.stop().await;
 }
 
@@ -95,6 +97,27 @@ async fn an_expired_certificate_is_refused() {
     // the close, a broken pipe.
     refused(&b, Some(&ca.leaf_valid("producer", false).options())).await;
     b.stop().await;
+}
+
+/// `txpipe_broker_tls_handshake_failures_total{port="client"}` from the admin port.
+async fn handshake_failures(admin: std::net::SocketAddr) -> f64 {
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("txpipe_broker_tls_handshake_failures_total{port=\"client\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Connects with TLS trusting the broker's CA but presenting no client certificate; returns
