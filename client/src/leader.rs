@@ -54,7 +54,7 @@ use tonic::{Code, Status};
 
 use crate::broker::v1::broker_client::BrokerClient;
 use crate::connect::{ConnectError, endpoint, endpoint_with, normalize_addr};
-use crate::tls::TlsOptions;
+use crate::tls::{TLS_RECHECK_INTERVAL, TlsOptions, TlsWatch};
 
 /// gRPC metadata key of the leader hint on `UNAVAILABLE` answers: the leader's client address
 /// `host:port`.
@@ -230,6 +230,8 @@ pub struct LeaderRouter {
 struct Inner {
     addrs: Vec<String>,
     config: LeaderConfig,
+    /// Changes of the TLS files, after which the cached channels are dropped.
+    tls_watch: Option<TlsWatch>,
     state: Mutex<RouterState>,
 }
 
@@ -266,9 +268,14 @@ impl LeaderRouter {
         if list.is_empty() {
             return Err(ConnectError::NoAddress);
         }
+        let tls_watch = config
+            .tls
+            .as_ref()
+            .map(|t| TlsWatch::new(t, TLS_RECHECK_INTERVAL));
         Ok(Self {
             inner: Arc::new(Inner {
                 addrs: list,
+                tls_watch,
                 config,
                 state: Mutex::new(RouterState::default()),
             }),
@@ -381,6 +388,12 @@ impl LeaderRouter {
     /// A channel to `addr`: the cached one, else a new connection (cached on success) within
     /// `timeout`.
     async fn channel(&self, addr: &str, timeout: Duration) -> Result<Channel, String> {
+        if let Some(w) = &self.inner.tls_watch
+            && w.changed()
+        {
+            tracing::info!("TLS files changed: new connections to the brokers use them");
+            self.state().channels.clear();
+        }
         if let Some(ch) = self.state().channels.get(addr) {
             return Ok(ch.clone());
         }

@@ -8,10 +8,13 @@
 //!
 //! Every channel the crate builds goes through [`crate::connect::endpoint_with`], which turns
 //! `http://` into `https://` and applies the TLS settings when they are given. The files are
-//! read each time a channel is created, so a rotated certificate is used by new connections
-//! without a restart.
+//! read each time a channel is created, and a [`crate::leader::LeaderRouter`] drops its cached
+//! channels when a [`TlsWatch`] sees the files change, so a rotated certificate is used by the
+//! next connections without a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -71,6 +74,61 @@ impl TlsOptions {
     }
 }
 
+/// How often a [`TlsWatch`] made by the crate looks at the files: at most every 5 s.
+pub const TLS_RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Modification time and length of each file.
+type Stamp = [Option<(SystemTime, u64)>; 3];
+
+/// Notices when the files of a [`TlsOptions`] change (modification time or size), looking at
+/// them at most once per interval, so that callers can drop cached channels and reconnect with
+/// a rotated certificate. Cheap to call on every use of a channel.
+#[derive(Debug)]
+pub struct TlsWatch {
+    files: [PathBuf; 3],
+    interval: Duration,
+    state: Mutex<(Instant, Stamp)>,
+}
+
+impl TlsWatch {
+    /// A watch of `tls`'s files as they are now, looking again at most every `interval`.
+    pub fn new(tls: &TlsOptions, interval: Duration) -> Self {
+        let files = [tls.ca.clone(), tls.cert.clone(), tls.key.clone()];
+        let stamp = stamp(&files);
+        Self {
+            files,
+            interval,
+            state: Mutex::new((Instant::now(), stamp)),
+        }
+    }
+
+    /// True once after the files changed (when the interval since the last look has passed).
+    /// A caller that finds the lock taken does not wait: another caller is looking.
+    pub fn changed(&self) -> bool {
+        let Ok(mut st) = self.state.try_lock() else {
+            return false;
+        };
+        if st.0.elapsed() < self.interval {
+            return false;
+        }
+        st.0 = Instant::now();
+        let now = stamp(&self.files);
+        if now == st.1 {
+            return false;
+        }
+        st.1 = now;
+        true
+    }
+}
+
+fn stamp(files: &[PathBuf; 3]) -> Stamp {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    [one(&files[0]), one(&files[1]), one(&files[2])]
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, ConnectError> {
     std::fs::read(path).map_err(|e| ConnectError::Tls(format!("reading {}: {e}", path.display())))
 }
@@ -109,6 +167,29 @@ impl TlsArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_watch_reports_a_change_of_the_files_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, n).unwrap();
+            p
+        };
+        let tls = TlsOptions {
+            ca: p("ca"),
+            cert: p("cert"),
+            key: p("key"),
+        };
+        let w = TlsWatch::new(&tls, Duration::ZERO);
+        assert!(!w.changed());
+        std::fs::write(&tls.cert, "a rotated certificate").unwrap();
+        assert!(w.changed());
+        assert!(!w.changed());
+        let slow = TlsWatch::new(&tls, Duration::from_secs(3600));
+        std::fs::write(&tls.key, "a rotated key").unwrap();
+        assert!(!slow.changed(), "looked again before the interval");
+    }
 
     #[test]
     fn tls_options_need_all_three_files_or_none() {
