@@ -139,3 +139,29 @@ async fn a_principal_that_is_not_a_broker_cannot_call_the_peer_service() {
     b.status(StatusRequest::default()).await.unwrap();
     s.broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_of_the_ca_without_a_principal_is_unauthenticated() {
+    let s = secured().await;
+    let opts = s.ca.leaf_without_principal("nobody").options();
+    let ep =
+        txpipe_client::connect::endpoint_with(&format!("http://{}", s.broker.grpc), Some(&opts))
+            .unwrap();
+    let mut c =
+        txpipe_client::broker::v1::broker_client::BrokerClient::new(ep.connect().await.unwrap());
+    let e = c
+        .get_stream(GetStreamRequest {
+            stream: "transactions".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = produce(
+        &mut c,
+        vec![batch("transactions", 0, 0, vec![rec("k", "v")])],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    s.broker.stop().await;
+}

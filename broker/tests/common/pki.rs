@@ -83,12 +83,23 @@ impl Ca {
 
     /// A leaf for `principal` that expired long ago (`valid == false`) or is valid now.
     pub fn leaf_valid(&self, principal: &str, valid: bool) -> Leaf {
+        self.make_leaf(principal, valid, true)
+    }
+
+    /// A valid leaf named `name` without a URI SAN, so without a principal.
+    pub fn leaf_without_principal(&self, name: &str) -> Leaf {
+        self.make_leaf(name, true, false)
+    }
+
+    fn make_leaf(&self, principal: &str, valid: bool, with_uri: bool) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut p =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        p.subject_alt_names.push(SanType::URI(
-            format!("spiffe://txpipe/{principal}").try_into().unwrap(),
-        ));
+        if with_uri {
+            p.subject_alt_names.push(SanType::URI(
+                format!("spiffe://txpipe/{principal}").try_into().unwrap(),
+            ));
+        }
         p.distinguished_name.push(DnType::CommonName, principal);
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
