@@ -56,7 +56,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::broker::v1::broker_client::BrokerClient;
-use crate::connect::{ConnectError, endpoint, normalize_addr};
+use crate::connect::{ConnectError, endpoint, endpoint_with, normalize_addr};
+use crate::tls::{TLS_RECHECK_INTERVAL, TlsOptions, TlsWatch};
 
 /// gRPC metadata key of the leader hint on `UNAVAILABLE` answers: the leader's client address
 /// `host:port`.
@@ -90,6 +91,8 @@ pub struct LeaderConfig {
     /// Timeout of one attempt of a unary call made with [`LeaderRouter::call`], cut at the
     /// deadline but never below [`MIN_ATTEMPT`]. Default 10 s.
     pub call_timeout: Duration,
+    /// Mutual TLS towards the brokers; `None` (the default): plaintext.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for LeaderConfig {
@@ -100,6 +103,7 @@ impl Default for LeaderConfig {
             distrust: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -229,6 +233,8 @@ pub struct LeaderRouter {
 struct Inner {
     addrs: Vec<String>,
     config: LeaderConfig,
+    /// Changes of the TLS files, after which the cached channels are dropped.
+    tls_watch: Option<TlsWatch>,
     state: Mutex<RouterState>,
 }
 
@@ -265,9 +271,14 @@ impl LeaderRouter {
         if list.is_empty() {
             return Err(ConnectError::NoAddress);
         }
+        let tls_watch = config
+            .tls
+            .as_ref()
+            .map(|t| TlsWatch::new(t, TLS_RECHECK_INTERVAL));
         Ok(Self {
             inner: Arc::new(Inner {
                 addrs: list,
+                tls_watch,
                 config,
                 state: Mutex::new(RouterState::default()),
             }),
@@ -380,10 +391,16 @@ impl LeaderRouter {
     /// A channel to `addr`: the cached one, else a new connection (cached on success) within
     /// `timeout`.
     async fn channel(&self, addr: &str, timeout: Duration) -> Result<Channel, String> {
+        if let Some(w) = &self.inner.tls_watch
+            && w.changed()
+        {
+            tracing::info!("TLS files changed: new connections to the brokers use them");
+            self.state().channels.clear();
+        }
         if let Some(ch) = self.state().channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ep = endpoint(addr).map_err(|e| e.to_string())?;
+        let ep = endpoint_with(addr, self.inner.config.tls.as_ref()).map_err(|e| e.to_string())?;
         let ch = match tokio::time::timeout(timeout, ep.connect()).await {
             Ok(Ok(ch)) => ch,
             Ok(Err(e)) => {
