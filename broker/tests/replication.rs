@@ -439,14 +439,30 @@ async fn replicas_started_one_by_one_bootstrap_with_their_ordinals_and_a_lost_vo
         let s = status(a).await.unwrap();
         assert_eq!(s["node_id"].as_u64(), Some(i as u64), "ordinal ids");
     }
-    let mut c = nodes[l].as_ref().unwrap().client().await;
+    // Replicas started one by one may still move leadership right after the first election
+    // (a loaded machine): an UNAVAILABLE answer re-resolves the leader and resends the batch
+    // (same producer id and sequence, so a stored one is answered as a duplicate).
+    let mut l = l;
+    let deadline = std::time::Instant::now() + T;
     for s in 1..=5u64 {
-        produce(
-            &mut c,
-            vec![batch("labels", 6, s, vec![rec(&format!("v{s}"), "v")])],
-        )
-        .await
-        .unwrap();
+        loop {
+            let mut c = nodes[l].as_ref().unwrap().client().await;
+            match produce(
+                &mut c,
+                vec![batch("labels", 6, s, vec![rec(&format!("v{s}"), "v")])],
+            )
+            .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if e.code() == tonic::Code::Unavailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    l = leader_of(&nodes, "labels").await;
+                }
+                Err(e) => panic!("produce to the leader of labels: {e:?}"),
+            }
+        }
     }
     // A follower loses its volume: it comes back under a new id that replaces the old one.
     let f = (l + 1) % 3;
