@@ -130,6 +130,82 @@ impl Partitioning {
     }
 }
 
+/// First id of the reserved block of clearing accounts: `[CLEARING_ACCOUNT_BASE,
+/// CLEARING_ACCOUNT_BASE + 2^64)` (the high 64 bits `0xffff_ffff_ffff_fffe`). Clients may
+/// not create accounts in it (the broker refuses them with INVALID_ARGUMENT).
+pub const CLEARING_ACCOUNT_BASE: u128 = 0xffff_ffff_ffff_fffe_u128 << 64;
+
+/// The `code` of every clearing account.
+pub const CLEARING_ACCOUNT_CODE: u16 = u16::MAX;
+
+/// The clearing account of `ledger` (currency), the same id on every shard: each shard holds
+/// its own account under it, created by the state machine the first time a transfer names
+/// it (no limits). A cross-shard transfer goes `x → clearing` on the debit shard and
+/// `clearing → y` on the credit shard, so every shard balances on its own, and after a
+/// commit the clearing accounts of all shards net to zero.
+pub fn clearing_account(ledger: u32) -> u128 {
+    CLEARING_ACCOUNT_BASE | u128::from(ledger)
+}
+
+/// Whether `id` is in the reserved block of clearing accounts.
+pub fn is_clearing_account(id: u128) -> bool {
+    id >> 64 == CLEARING_ACCOUNT_BASE >> 64
+}
+
+/// The ledger of clearing account `id` (`None` when `id` is not a clearing account of a
+/// ledger ≠ 0).
+pub fn clearing_ledger(id: u128) -> Option<u32> {
+    if !is_clearing_account(id) {
+        return None;
+    }
+    u32::try_from(id - CLEARING_ACCOUNT_BASE)
+        .ok()
+        .filter(|l| *l != 0)
+}
+
+/// The four transfer ids of a cross-shard transfer's legs, derived from its id alone, so
+/// that the coordinator, a retry and the recovery task all use the same ones (and a retry
+/// answers `exists` instead of moving money twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegIds {
+    /// The hold `x → clearing` on the debit account's shard.
+    pub debit_hold: u128,
+    /// The post or void of `debit_hold` (one id for both: posting after a void, or the
+    /// reverse, answers `exists_with_different_flags`).
+    pub debit_resolve: u128,
+    /// The hold `clearing → y` on the credit account's shard.
+    pub credit_hold: u128,
+    /// The post or void of `credit_hold`.
+    pub credit_resolve: u128,
+}
+
+/// The leg ids of cross-shard transfer `id`: the first 16 bytes (little endian) of
+/// SHA-256(`"txpipe-2pc/" + tag + id as 16 little-endian bytes`) for each tag
+/// (`debit-hold`, `debit-resolve`, `credit-hold`, `credit-resolve`), with the reserved ids
+/// 0 and `u128::MAX` moved to 1 and `u128::MAX - 1`. Never to change: the ids are stored.
+pub fn leg_ids(id: u128) -> LegIds {
+    let derive = |tag: &str| {
+        let mut buf = Vec::with_capacity(32);
+        buf.extend_from_slice(b"txpipe-2pc/");
+        buf.extend_from_slice(tag.as_bytes());
+        buf.extend_from_slice(&id.to_le_bytes());
+        let d = ring::digest::digest(&ring::digest::SHA256, &buf);
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&d.as_ref()[..16]);
+        match u128::from_le_bytes(b) {
+            0 => 1,
+            u128::MAX => u128::MAX - 1,
+            v => v,
+        }
+    };
+    LegIds {
+        debit_hold: derive("debit-hold"),
+        debit_resolve: derive("debit-resolve"),
+        credit_hold: derive("credit-hold"),
+        credit_resolve: derive("credit-resolve"),
+    }
+}
+
 /// A `u128` on the wire.
 pub fn to_pb(v: u128) -> Option<v1::U128> {
     Some(v1::U128 {
