@@ -12,7 +12,9 @@ use tonic::Code;
 use txpipe_broker::Config;
 use txpipe_client::ledger::v1::ledger_client::LedgerClient as RawClient;
 use txpipe_client::ledger::v1::{self as pb};
-use txpipe_client::ledger::{LedgerClient, LedgerClientError, from_pb, shard_name, to_pb};
+use txpipe_client::ledger::{
+    LedgerClient, LedgerClientError, clearing_account, from_pb, shard_name, to_pb,
+};
 
 const T: Duration = Duration::from_secs(30);
 const SHARDS: u32 = 3;
@@ -67,13 +69,6 @@ fn transfer(id: u128, from: u128, to: u128, amount: u128, flags: u32) -> pb::Tra
 
 fn names(r: &[pb::EventResult]) -> Vec<&str> {
     r.iter().map(|r| r.name.as_str()).collect()
-}
-
-fn rejected(e: LedgerClientError) -> tonic::Status {
-    match e {
-        LedgerClientError::Leader(txpipe_client::leader::LeaderError::Rejected(s)) => s,
-        other => panic!("expected a rejection, got {other}"),
-    }
 }
 
 /// Every live node's `(applied index, state hash)` of `shard`, from its own state.
@@ -203,19 +198,6 @@ async fn ledger_shards_agree_on_every_replica_through_a_leader_crash_and_a_resta
     assert_eq!(balance(&c, 6).await, (0, 60, 0, 0));
     assert_eq!(balance(&c, 7).await, (0, 0, 0, 60));
 
-    // Cross-shard: refused with a clear message, nothing applied.
-    let st = rejected(
-        c.create_transfers(vec![transfer(20, 1, 1001, 5, 0)])
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
-    assert!(
-        st.message()
-            .contains("cross-shard transfers are not supported yet"),
-        "{st:?}"
-    );
-
     // Bad input: each its code.
     let leader0 = {
         let s = c.get_shard(0).await.unwrap();
@@ -226,6 +208,17 @@ async fn ledger_shards_agree_on_every_replica_through_a_leader_crash_and_a_resta
     let mut raw = RawClient::connect(format!("http://{leader0}"))
         .await
         .unwrap();
+    // A cross-shard transfer in one raw CreateTransfers request is refused (the client runs
+    // those as a two-phase commit), nothing applied.
+    let st = raw
+        .create_transfers(pb::CreateTransfersRequest {
+            shard: "ledger-0".into(),
+            transfers: vec![transfer(20, 1, 1001, 5, 0)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert!(st.message().contains("two-phase commit"), "{st:?}");
     let bad = |shard: &str, accounts: Vec<pb::Account>| pb::CreateAccountsRequest {
         shard: shard.into(),
         accounts,
@@ -237,6 +230,10 @@ async fn ledger_shards_agree_on_every_replica_through_a_leader_crash_and_a_resta
         (
             bad("ledger-0", vec![account(1500)]),
             "account of another shard",
+        ),
+        (
+            bad("ledger-0", vec![account(clearing_account(1))]),
+            "a clearing account",
         ),
         (
             bad(
@@ -391,4 +388,158 @@ async fn a_data_directory_keeps_its_ledger_layout() {
     let r = c.create_accounts(vec![account(1)]).await.unwrap();
     assert_eq!(names(&r), ["exists"]);
     b.stop().await;
+}
+
+/// Account `id`'s balances on shard `shard` (clearing accounts have the same id on every
+/// shard), zeros when absent.
+async fn balance_on(c: &LedgerClient, shard: u32, id: u128) -> (u128, u128, u128, u128) {
+    let r = c
+        .call(shard, |mut raw, s| async move {
+            raw.lookup_accounts(pb::LookupAccountsRequest {
+                shard: s,
+                ids: vec![to_pb(id).unwrap()],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    r.accounts.first().map_or((0, 0, 0, 0), |a| {
+        (
+            from_pb(a.debits_pending.as_ref()),
+            from_pb(a.debits_posted.as_ref()),
+            from_pb(a.credits_pending.as_ref()),
+            from_pb(a.credits_posted.as_ref()),
+        )
+    })
+}
+
+/// Sums over every account of every shard (clearing accounts included):
+/// `(debits_pending, debits_posted, credits_pending, credits_posted)`, and the pending holds.
+async fn totals(c: &LedgerClient) -> ((u128, u128, u128, u128), u64) {
+    let mut sum = (0, 0, 0, 0);
+    let mut pending = 0;
+    for a in c.list_accounts(0, u128::MAX).await.unwrap() {
+        sum.0 += from_pb(a.debits_pending.as_ref());
+        sum.1 += from_pb(a.debits_posted.as_ref());
+        sum.2 += from_pb(a.credits_pending.as_ref());
+        sum.3 += from_pb(a.credits_posted.as_ref());
+    }
+    for s in 0..c.shards() {
+        pending += c.get_shard(s).await.unwrap().pending;
+    }
+    (sum, pending)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_transfers_commit_or_abort_on_both_shards_and_resends_move_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, nodes) = start_cluster(dir.path());
+    let c = LedgerClient::connect(configs[0].client_addrs.clone(), T)
+        .await
+        .unwrap();
+    let limited = |id| pb::Account {
+        flags: 2, // debits_must_not_exceed_credits
+        ..account(id)
+    };
+    let r = c
+        .create_accounts(vec![
+            limited(1),
+            account(2),
+            account(1001),
+            account(2001),
+            account(500),
+        ])
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+    // Fund account 1 with 100 from account 500 (same shard).
+    let r = c
+        .create_transfers(vec![transfer(1, 500, 1, 100, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok"]);
+    let clearing = clearing_account(1);
+
+    // Commit: 1 (ledger-0) → 1001 (ledger-1), through the clearing accounts.
+    let r = c
+        .create_transfers(vec![transfer(100, 1, 1001, 30, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok"]);
+    assert_eq!(balance(&c, 1).await, (0, 30, 0, 100));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 30));
+    assert_eq!(balance_on(&c, 0, clearing).await, (0, 0, 0, 30));
+    assert_eq!(balance_on(&c, 1, clearing).await, (0, 30, 0, 0));
+
+    // Abort: over account 1's limit (exceeds_credits); the credit leg on ledger-2 is voided
+    // and nothing stays pending.
+    let r = c
+        .create_transfers(vec![transfer(101, 1, 2001, 1000, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["exceeds_credits"]);
+    assert_eq!(balance(&c, 2001).await, (0, 0, 0, 0));
+    assert_eq!(balance_on(&c, 2, clearing).await, (0, 0, 0, 0));
+    // A missing credit account aborts too, and the debit leg's hold is released.
+    let r = c
+        .create_transfers(vec![transfer(102, 1, 1500, 5, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["credit_account_not_found"]);
+    assert_eq!(balance(&c, 1).await, (0, 30, 0, 100));
+
+    // Resends: `exists` for the committed one, its failure for the aborted one, a differing
+    // field named; nothing moves.
+    let r = c
+        .create_transfers(vec![
+            transfer(100, 1, 1001, 30, 0),
+            transfer(101, 1, 2001, 1000, 0),
+            transfer(100, 1, 1001, 31, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&r),
+        ["exists", "exceeds_credits", "exists_with_different_amount"]
+    );
+    assert_eq!(balance(&c, 1).await, (0, 30, 0, 100));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 30));
+
+    // A batch mixing shard-local and cross-shard transfers keeps its order.
+    let r = c
+        .create_transfers(vec![
+            transfer(103, 1, 2, 5, 0),
+            transfer(104, 1, 2001, 5, 0),
+            transfer(105, 1001, 2, 5, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok", "ok", "ok"]);
+    assert_eq!(balance(&c, 2).await, (0, 0, 0, 10));
+    assert_eq!(balance(&c, 2001).await, (0, 0, 0, 5));
+    // Cross-shard transfers must be plain.
+    assert!(matches!(
+        c.create_transfers(vec![transfer(106, 1, 1001, 5, PENDING)])
+            .await,
+        Err(LedgerClientError::Unsupported(_))
+    ));
+
+    // Totals: debits equal credits over all accounts, clearing included; the clearing
+    // accounts net to zero; no hold pending; every coordinator's table is complete.
+    let (sum, pending) = totals(&c).await;
+    assert_eq!(pending, 0);
+    assert_eq!((sum.0, sum.2), (0, 0));
+    assert_eq!(sum.1, sum.3);
+    let mut net: i128 = 0;
+    for s in 0..SHARDS {
+        let (_, dp, _, cp) = balance_on(&c, s, clearing).await;
+        net += cp as i128 - dp as i128;
+        assert_eq!(c.get_shard(s).await.unwrap().cross_open, 0);
+    }
+    assert_eq!(net, 0);
+    assert_eq!(c.get_shard(0).await.unwrap().cross_transfers, 4);
+    assert_replicas_agree(&nodes).await;
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
 }
