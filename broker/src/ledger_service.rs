@@ -154,6 +154,68 @@ pub async fn expire_due_holds(broker: &Broker) {
     }
 }
 
+/// How long the recovery task waits for a shard leader when it connects its ledger client.
+const RECOVERY_CONNECT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Recovery of cross-shard transfers: on every ledger shard this node leads, the
+/// transactions of its table that are still incomplete past their prepare deadline (by this
+/// node's clock) are aborted when undecided (write-once: a commit recorded first stands) and
+/// finished as decided, through a ledger client over the cluster's client addresses
+/// (`client`, connected on first use): the legs on other shards are posted or voided like
+/// the coordinator would. Called every second by the broker's background task; a pass that
+/// is still running makes the next call return at once (the lock is taken with `try_lock`).
+/// Failures are logged and retried at the next call.
+pub async fn recover_cross_transfers(
+    broker: &Broker,
+    client: &tokio::sync::Mutex<Option<txpipe_client::ledger::LedgerClient>>,
+) {
+    let Ok(mut client) = client.try_lock() else {
+        return;
+    };
+    let now = unix_ns();
+    for (name, stream) in &broker.streams {
+        let r = &stream.replica;
+        if !r.spec.ledger || !r.is_leader() {
+            continue;
+        }
+        let Some(shard) = shard_index(name) else {
+            continue;
+        };
+        let due = r.with_core(|c| {
+            c.state.ledger().is_some_and(|l| {
+                l.open_cross(0, usize::MAX)
+                    .iter()
+                    .any(|rec| rec.transfer.prepare_deadline_ns <= now)
+            })
+        });
+        if !due {
+            continue;
+        }
+        if client.is_none() {
+            let n = broker.config.peers.len().max(1);
+            let addrs = (0..n).map(|i| broker.config.client_addr(i)).collect();
+            match txpipe_client::ledger::LedgerClient::connect(addrs, RECOVERY_CONNECT_DEADLINE)
+                .await
+            {
+                Ok(c) => *client = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovery: ledger client not connected");
+                    return;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else {
+            return;
+        };
+        match c.recover_shard(shard, now).await {
+            Ok(n) => tracing::info!(shard = %name, finished = n, "recovered cross-shard transfers"),
+            Err(e) => {
+                tracing::warn!(shard = %name, error = %e, "recovering cross-shard transfers failed")
+            }
+        }
+    }
+}
+
 /// Nanoseconds since the Unix epoch (0 before it).
 fn unix_ns() -> u64 {
     std::time::SystemTime::now()

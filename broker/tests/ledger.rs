@@ -543,3 +543,88 @@ async fn cross_shard_transfers_commit_or_abort_on_both_shards_and_resends_move_n
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_aborts_a_coordinator_that_stopped_after_prepare_and_finishes_a_decided_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, nodes) = start_cluster(dir.path());
+    let c = LedgerClient::connect(configs[0].client_addrs.clone(), T)
+        .await
+        .unwrap()
+        .with_prepare_timeout(Duration::from_millis(300));
+    let r = c
+        .create_accounts(vec![account(1), account(1001), account(2001)])
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+
+    // A coordinator that stops after holding both legs (no decision).
+    let stalled = transfer(200, 1, 1001, 7, 0);
+    let begun = c.begin_cross(c.cross_plan(&stalled)).await.unwrap();
+    assert_eq!(begun.name, "ok");
+    let rec = begun.record.unwrap();
+    assert_eq!(c.prepare_legs(&rec).await.unwrap(), None);
+    assert_eq!(balance(&c, 1).await, (7, 0, 0, 0));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 7, 0));
+
+    // One that stops after deciding commit (no post).
+    let decided = transfer(201, 1, 2001, 3, 0);
+    let rec2 = c
+        .begin_cross(c.cross_plan(&decided))
+        .await
+        .unwrap()
+        .record
+        .unwrap();
+    assert_eq!(c.prepare_legs(&rec2).await.unwrap(), None);
+    let d = c.decide_cross(&rec2, None).await.unwrap();
+    assert_eq!(d.name, "ok");
+
+    // And one that stops right after begin (no leg held).
+    let rec3 = c
+        .begin_cross(c.cross_plan(&transfer(202, 1, 1001, 2, 0)))
+        .await
+        .unwrap()
+        .record
+        .unwrap();
+
+    // A leader's recovery task aborts the first past its prepare deadline (both holds
+    // voided) and posts the second.
+    wait_until(T, "recovery finished both", || async {
+        c.get_shard(0).await.unwrap().cross_open == 0
+    })
+    .await;
+    assert_eq!(balance(&c, 1).await, (0, 3, 0, 0));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 0));
+    assert_eq!(balance(&c, 2001).await, (0, 0, 0, 3));
+    let (sum, pending) = totals(&c).await;
+    assert_eq!(pending, 0);
+    assert_eq!(sum, (0, 6, 0, 6));
+    assert_eq!(c.get_shard(0).await.unwrap().cross_transfers, 3);
+
+    // The stalled coordinator comes back: its commit reads the abort and it voids; a resend
+    // answers the recorded reason and the committed one `exists`.
+    let late = c.decide_cross(&rec, None).await.unwrap();
+    assert_eq!(late.name, "already_decided");
+    assert_eq!(
+        late.record.as_ref().unwrap().abort_name,
+        "pending_transfer_expired"
+    );
+    c.finish_cross(late.record.as_ref().unwrap()).await.unwrap();
+    let r = c.create_transfers(vec![stalled, decided]).await.unwrap();
+    assert_eq!(names(&r), ["pending_transfer_expired", "exists"]);
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 0));
+
+    // A slow coordinator holding its legs after recovery voided them reserves nothing: held
+    // legs answer `exists`, and a leg never held was fenced by its void (held and voided
+    // at once), so holding it now fails.
+    assert_eq!(c.prepare_legs(&rec).await.unwrap(), None);
+    assert_eq!(
+        c.prepare_legs(&rec3).await.unwrap().map(|(_, n)| n),
+        Some("exists_with_different_flags".into())
+    );
+    assert_eq!(totals(&c).await.1, 0);
+    assert_replicas_agree(&nodes).await;
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
