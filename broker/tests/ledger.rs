@@ -553,7 +553,15 @@ async fn recovery_aborts_a_coordinator_that_stopped_after_prepare_and_finishes_a
         .unwrap()
         .with_prepare_timeout(Duration::from_millis(300));
     let r = c
-        .create_accounts(vec![account(1), account(1001), account(2001)])
+        .create_accounts(vec![
+            account(1),
+            account(1001),
+            account(2001),
+            pb::Account {
+                flags: 2, // debits_must_not_exceed_credits, nothing credited yet
+                ..account(3)
+            },
+        ])
         .await
         .unwrap();
     assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
@@ -579,9 +587,10 @@ async fn recovery_aborts_a_coordinator_that_stopped_after_prepare_and_finishes_a
     let d = c.decide_cross(&rec2, None).await.unwrap();
     assert_eq!(d.name, "ok");
 
-    // And one that stops right after begin (no leg held).
+    // And one that stops right after begin (no leg held; its debit leg could not be held
+    // now: account 3 has nothing).
     let rec3 = c
-        .begin_cross(c.cross_plan(&transfer(202, 1, 1001, 2, 0)))
+        .begin_cross(c.cross_plan(&transfer(202, 3, 1001, 2, 0)))
         .await
         .unwrap()
         .record
@@ -594,6 +603,7 @@ async fn recovery_aborts_a_coordinator_that_stopped_after_prepare_and_finishes_a
     })
     .await;
     assert_eq!(balance(&c, 1).await, (0, 3, 0, 0));
+    assert_eq!(balance(&c, 3).await, (0, 0, 0, 0));
     assert_eq!(balance(&c, 1001).await, (0, 0, 0, 0));
     assert_eq!(balance(&c, 2001).await, (0, 0, 0, 3));
     let (sum, pending) = totals(&c).await;
@@ -615,9 +625,15 @@ async fn recovery_aborts_a_coordinator_that_stopped_after_prepare_and_finishes_a
     assert_eq!(balance(&c, 1001).await, (0, 0, 0, 0));
 
     // A slow coordinator holding its legs after recovery voided them reserves nothing: held
-    // legs answer `exists`, and a leg never held was fenced by its void (held and voided
-    // at once), so holding it now fails.
+    // legs answer `exists`, and a leg never held was fenced by its void (its id held
+    // between the clearing and fence accounts and voided at once), so holding it fails even
+    // once account 3 could pay.
     assert_eq!(c.prepare_legs(&rec).await.unwrap(), None);
+    let r = c
+        .create_transfers(vec![transfer(300, 1, 3, 10, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok"]);
     assert_eq!(
         c.prepare_legs(&rec3).await.unwrap().map(|(_, n)| n),
         Some("exists_with_different_flags".into())

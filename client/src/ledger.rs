@@ -156,20 +156,32 @@ pub fn clearing_account(ledger: u32) -> u128 {
     CLEARING_ACCOUNT_BASE | u128::from(ledger)
 }
 
+/// The fence account of `ledger`: a second reserved account per ledger and shard (like the
+/// clearing account, created by the state machine when first named, no limits). Fencing a
+/// leg that was never held (see [`LedgerClient::finish_cross`]) holds and voids its id
+/// between the clearing account and this one, which can not fail on a limit or a missing
+/// account.
+pub fn fence_account(ledger: u32) -> u128 {
+    CLEARING_ACCOUNT_BASE | (1 << 32) | u128::from(ledger)
+}
+
 /// Whether `id` is in the reserved block of clearing accounts.
 pub fn is_clearing_account(id: u128) -> bool {
     id >> 64 == CLEARING_ACCOUNT_BASE >> 64
 }
 
-/// The ledger of clearing account `id` (`None` when `id` is not a clearing account of a
-/// ledger ≠ 0).
+/// The ledger of clearing or fence account `id` (`None` when `id` is neither
+/// [`clearing_account`] nor [`fence_account`] of a ledger ≠ 0): the state machine creates
+/// these accounts on first use.
 pub fn clearing_ledger(id: u128) -> Option<u32> {
     if !is_clearing_account(id) {
         return None;
     }
-    u32::try_from(id - CLEARING_ACCOUNT_BASE)
-        .ok()
-        .filter(|l| *l != 0)
+    let low = (id - CLEARING_ACCOUNT_BASE) as u64;
+    if low >> 32 > 1 {
+        return None;
+    }
+    Some(low as u32).filter(|l| *l != 0)
 }
 
 /// The four transfer ids of a cross-shard transfer's legs, derived from its id alone, so
@@ -660,9 +672,10 @@ impl LedgerClient {
     /// Step 4: posts (commit) or voids (abort) both legs of decided `rec`, then marks it
     /// complete in its coordinator's table. Idempotent: the posts and voids carry the legs'
     /// resolve ids, so a repeat answers `exists`. A void of a leg that was never held
-    /// creates and voids it in one linked chain, so that a late hold of a slow coordinator
-    /// answers `exists_with_different_flags` (a "no" vote) instead of reserving money that
-    /// no decision would release.
+    /// **fences** its id: a linked chain holds it between the ledger's clearing and
+    /// [`fence_account`]s and voids it, so that a late hold of a slow coordinator answers
+    /// `exists_with_different_flags` (a "no" vote) instead of reserving money that no
+    /// decision would release.
     ///
     /// Errors: `rec` is undecided, or a post is refused ([`LedgerClientError::Cross`]); a
     /// failed call.
@@ -722,16 +735,32 @@ impl LedgerClient {
                 | ("pending_transfer_already_posted", true)
                 | ("pending_transfer_already_voided", false) => return Ok(()),
                 ("pending_transfer_not_found", false) => {
-                    // Never held: hold and void it at once, so a late hold can not land.
-                    let chain = vec![leg_hold(t, leg, PENDING | LINKED), resolve];
-                    let r = self.shard_transfers(leg.shard, chain).await?;
+                    // Never held: take its id by a hold between the reserved clearing and
+                    // fence accounts (no limits, created on use) voided at once, so a late
+                    // hold of the real leg answers `exists_with_different_flags`.
+                    let fence = v1::Transfer {
+                        debit_account_id: to_pb(clearing_account(t.ledger)),
+                        credit_account_id: to_pb(fence_account(t.ledger)),
+                        ..leg_hold(t, leg, PENDING | LINKED)
+                    };
+                    let r = self
+                        .shard_transfers(leg.shard, vec![fence, resolve])
+                        .await?;
                     let first = r.first().map_or("", |r| r.name.as_str());
+                    if first == "ok" {
+                        return Ok(());
+                    }
                     if first.starts_with("exists") {
                         continue; // held meanwhile: void it
                     }
-                    // Fenced (`ok`), or the hold can not be made (its account is missing
-                    // or over its limit): nothing is reserved either way.
-                    return Ok(());
+                    return Err(LedgerClientError::Cross {
+                        id,
+                        message: format!(
+                            "fencing leg {} on {} answered {first}",
+                            from_pb(leg.hold_id.as_ref()),
+                            shard_name(leg.shard)
+                        ),
+                    });
                 }
                 (other, _) => {
                     return Err(LedgerClientError::Cross {
@@ -1007,6 +1036,9 @@ mod tests {
     #[test]
     fn clearing_accounts_are_a_reserved_block_keyed_by_ledger() {
         assert_eq!(clearing_ledger(clearing_account(7)), Some(7));
+        assert_eq!(clearing_ledger(fence_account(7)), Some(7));
+        assert_ne!(fence_account(7), clearing_account(7));
+        assert!(is_clearing_account(fence_account(7)));
         assert_eq!(clearing_ledger(clearing_account(0)), None);
         assert!(is_clearing_account(clearing_account(u32::MAX)));
         assert!(is_clearing_account(CLEARING_ACCOUNT_BASE + (1 << 40)));

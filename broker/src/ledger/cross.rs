@@ -603,7 +603,7 @@ mod tests {
     #[test]
     fn a_clearing_account_is_created_by_the_first_leg_that_names_it_and_only_then() {
         use super::super::{Account, AccountFlags, Transfer, TransferFlags};
-        use txpipe_client::ledger::{CLEARING_ACCOUNT_CODE, clearing_account};
+        use txpipe_client::ledger::{CLEARING_ACCOUNT_CODE, clearing_account, fence_account};
         let mut s = LedgerState::new();
         let limited = Account {
             id: 1,
@@ -662,6 +662,16 @@ mod tests {
                 false,
             ),
             ("a leg", leg(104, 500, 1), R::Ok, true),
+            (
+                "a fence: clearing to fence account, both created on use",
+                Transfer {
+                    debit_account_id: clearing,
+                    credit_account_id: fence_account(1),
+                    ..leg(105, 9, 1)
+                },
+                R::Ok,
+                true,
+            ),
         ];
         s.create_transfers(&[fund], T0 + 1);
         for (name, t, want, exists) in cases {
@@ -679,7 +689,8 @@ mod tests {
         }
         let c = s.lookup_accounts(&[clearing])[0];
         assert_eq!(c.code, CLEARING_ACCOUNT_CODE);
-        assert_eq!(c.credits_pending, 500);
+        assert_eq!((c.debits_pending, c.credits_pending), (9, 500));
+        assert_eq!(s.lookup_accounts(&[fence_account(1)])[0].credits_pending, 9);
         s.check_consistency().unwrap();
         assert_eq!(LedgerState::decode(&s.encode()).unwrap(), s);
     }
