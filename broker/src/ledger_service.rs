@@ -25,7 +25,8 @@ use txpipe_client::ledger::v1::{
     LookupAccountsRequest, LookupAccountsResponse, LookupTransfersRequest, LookupTransfersResponse,
 };
 use txpipe_client::ledger::{
-    Partitioning, from_pb, is_clearing_account, shard_index, shard_name, to_pb,
+    Partitioning, clearing_account, fence_account, from_pb, is_clearing_account, leg_ids,
+    shard_index, shard_name, to_pb,
 };
 
 use crate::broker::{Broker, Stream};
@@ -223,6 +224,46 @@ fn unix_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Checks that a transfer naming a reserved (clearing or fence) account is a leg of a
+/// cross-shard transfer as the two-phase commit sends it: a hold (maybe linked) with
+/// `user_data` = the cross-shard transfer's id `T` and the id [`leg_ids`] derives from `T`,
+/// either the debit leg (`x → clearing`), the credit leg (`clearing → y`), or a fence of
+/// either (`clearing → fence`). Posts and voids pass (the state machine matches them to the
+/// hold). `Err` says what is wrong. This keeps clients from moving money through the
+/// clearing accounts by accident; it does not stop a client that forges legs on purpose
+/// (any client can move money between any accounts anyway).
+fn check_reserved(t: &Transfer) -> std::result::Result<(), String> {
+    let dr = is_clearing_account(t.debit_account_id);
+    let cr = is_clearing_account(t.credit_account_id);
+    if !dr && !cr
+        || t.flags.contains(TransferFlags::POST_PENDING_TRANSFER)
+        || t.flags.contains(TransferFlags::VOID_PENDING_TRANSFER)
+    {
+        return Ok(());
+    }
+    let hold = TransferFlags(t.flags.0 & !TransferFlags::LINKED.0) == TransferFlags::PENDING;
+    let ids = leg_ids(t.user_data);
+    let clearing = clearing_account(t.ledger);
+    let fence = t.debit_account_id == clearing && t.credit_account_id == fence_account(t.ledger);
+    let shape = if t.id == ids.debit_hold {
+        fence || (!dr && t.credit_account_id == clearing)
+    } else if t.id == ids.credit_hold {
+        fence || (!cr && t.debit_account_id == clearing)
+    } else {
+        false
+    };
+    if hold && shape && t.timeout_ms == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "accounts {} and {}: clearing and fence accounts (ids from {:#x}) are reserved for the legs of cross-shard transfers",
+            t.debit_account_id,
+            t.credit_account_id,
+            txpipe_client::ledger::CLEARING_ACCOUNT_BASE
+        ))
+    }
+}
+
 fn u16_field(index: usize, name: &str, v: u32) -> Result<u16> {
     u16::try_from(v).map_err(|_| {
         Error::InvalidArgument(format!("event {index}: {name} {v} does not fit in 16 bits"))
@@ -366,6 +407,9 @@ impl Ledger for LedgerService {
         let mut batch = Vec::with_capacity(req.transfers.len());
         for (i, t) in req.transfers.iter().enumerate() {
             let t = transfer_from_pb(i, t)?;
+            check_reserved(&t).map_err(|e| {
+                Error::InvalidArgument(format!("event {i} (transfer {}): {e}", t.id))
+            })?;
             // A post or void may leave the accounts 0 (taken from the hold): nothing to route.
             // Clearing accounts exist on every shard (the legs of cross-shard transfers).
             if t.debit_account_id != 0 && !is_clearing_account(t.debit_account_id) {
@@ -724,4 +768,94 @@ fn event_results<R: Copy>(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_legs_and_fences_of_cross_shard_transfers_may_name_reserved_accounts() {
+        let t_id = 77u128;
+        let ids = leg_ids(t_id);
+        let clearing = clearing_account(1);
+        let fence = fence_account(1);
+        let hold = |id, dr, cr| Transfer {
+            id,
+            debit_account_id: dr,
+            credit_account_id: cr,
+            amount: 5,
+            user_data: t_id,
+            ledger: 1,
+            code: 1,
+            flags: TransferFlags::PENDING,
+            ..Transfer::default()
+        };
+        let cases = [
+            ("plain shard-local transfer", hold(9, 1, 2), true),
+            ("debit leg", hold(ids.debit_hold, 1, clearing), true),
+            ("credit leg", hold(ids.credit_hold, clearing, 1001), true),
+            (
+                "fence of the debit leg",
+                hold(ids.debit_hold, clearing, fence),
+                true,
+            ),
+            (
+                "linked fence of the credit leg",
+                Transfer {
+                    flags: TransferFlags::PENDING | TransferFlags::LINKED,
+                    ..hold(ids.credit_hold, clearing, fence)
+                },
+                true,
+            ),
+            (
+                "post of a leg",
+                Transfer {
+                    pending_id: ids.debit_hold,
+                    flags: TransferFlags::POST_PENDING_TRANSFER,
+                    ..hold(ids.debit_resolve, 0, 0)
+                },
+                true,
+            ),
+            (
+                "an id not derived from user data",
+                hold(5, 1, clearing),
+                false,
+            ),
+            (
+                "the debit leg's id on the credit side",
+                hold(ids.debit_hold, clearing, 1001),
+                false,
+            ),
+            (
+                "another ledger's clearing account",
+                hold(ids.debit_hold, 1, clearing_account(2)),
+                false,
+            ),
+            (
+                "a plain transfer to the clearing account",
+                Transfer {
+                    flags: TransferFlags::default(),
+                    ..hold(ids.debit_hold, 1, clearing)
+                },
+                false,
+            ),
+            (
+                "a leg with a timeout",
+                Transfer {
+                    timeout_ms: 5,
+                    ..hold(ids.debit_hold, 1, clearing)
+                },
+                false,
+            ),
+            (
+                "the fence account as a leg",
+                hold(ids.debit_hold, 1, fence),
+                false,
+            ),
+        ];
+        for (name, t, ok) in cases {
+            assert_eq!(check_reserved(&t).is_ok(), ok, "{name}");
+        }
+    }
 }

@@ -433,7 +433,7 @@ async fn totals(c: &LedgerClient) -> ((u128, u128, u128, u128), u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_shard_transfers_commit_or_abort_on_both_shards_and_resends_move_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (configs, nodes) = start_cluster(dir.path());
+    let (configs, mut nodes) = start_cluster(dir.path());
     let c = LedgerClient::connect(configs[0].client_addrs.clone(), T)
         .await
         .unwrap();
@@ -538,6 +538,29 @@ async fn cross_shard_transfers_commit_or_abort_on_both_shards_and_resends_move_n
     }
     assert_eq!(net, 0);
     assert_eq!(c.get_shard(0).await.unwrap().cross_transfers, 4);
+    assert_replicas_agree(&nodes).await;
+
+    // The leader of the credit shard crashes: the next cross-shard transfers follow its new
+    // leader and still commit on both shards.
+    let leader1 = c.get_shard(1).await.unwrap().leader;
+    let killed = configs[0]
+        .client_addrs
+        .iter()
+        .position(|a| *a == leader1)
+        .expect("leader among the nodes");
+    nodes[killed].take().unwrap().crash();
+    let r = c
+        .create_transfers(vec![
+            transfer(110, 1, 1001, 1, 0),
+            transfer(111, 1001, 2001, 1, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok", "ok"]);
+    assert_eq!(balance(&c, 1001).await, (0, 6, 0, 31));
+    let (sum, pending) = totals(&c).await;
+    assert_eq!((pending, sum.0, sum.2), (0, 0, 0));
+    assert_eq!(sum.1, sum.3);
     assert_replicas_agree(&nodes).await;
     for n in nodes.into_iter().flatten() {
         n.stop().await;
