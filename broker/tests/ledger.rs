@@ -667,3 +667,175 @@ async fn recovery_aborts_a_coordinator_that_stopped_after_prepare_and_finishes_a
         n.stop().await;
     }
 }
+
+/// A small bank in the style of Jepsen's: concurrent clients move money between 30 limited
+/// accounts on three shards (most transfers cross shards, some overdraw) while the leader of
+/// ledger-0 crashes; afterwards every transaction is complete, its two legs were both posted
+/// or both voided, no hold is pending, and the customers' total is what was funded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_of_concurrent_cross_shard_transfers_keeps_its_total_through_a_leader_crash() {
+    const FUNDS: u128 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, mut nodes) = start_cluster(dir.path());
+    let c = LedgerClient::connect(configs[0].client_addrs.clone(), T)
+        .await
+        .unwrap()
+        .with_prepare_timeout(Duration::from_millis(500));
+    let customers: Vec<u128> = (0..3u128)
+        .flat_map(|s| (1..=10u128).map(move |i| s * 1000 + i))
+        .collect();
+    let operators: Vec<u128> = (0..SHARDS)
+        .map(|s| c.partitioning().operator_account(s, SHARDS))
+        .collect();
+    let mut accounts: Vec<pb::Account> = customers
+        .iter()
+        .map(|id| pb::Account {
+            flags: 2,
+            ..account(*id)
+        })
+        .collect();
+    accounts.extend(operators.iter().map(|id| account(*id)));
+    let r = c.create_accounts(accounts).await.unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+    let funding: Vec<pb::Transfer> = customers
+        .iter()
+        .enumerate()
+        .map(|(k, id)| {
+            transfer(
+                1 + k as u128,
+                operators[c.shard_of(*id) as usize],
+                *id,
+                FUNDS,
+                0,
+            )
+        })
+        .collect();
+    let r = c.create_transfers(funding).await.unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+
+    // Four clients, 25 transfers each, from a fixed pseudo-random sequence.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers = (0..4u128).map(|w| {
+        let c = c.clone();
+        let customers = customers.clone();
+        let progress = std::sync::Arc::clone(&progress);
+        tokio::spawn(async move {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut sent = Vec::new();
+            for k in 0..25u128 {
+                let from = customers[(next() % 30) as usize];
+                let mut to = customers[(next() % 30) as usize];
+                if to == from {
+                    to = customers[(customers.iter().position(|a| *a == from).unwrap() + 11) % 30];
+                }
+                let t = transfer(
+                    10_000 + w * 100 + k,
+                    from,
+                    to,
+                    u128::from(next() % 60 + 1),
+                    0,
+                );
+                // An error (the crash) leaves the outcome unknown: the resend below settles it.
+                let name = c
+                    .create_transfers(vec![t])
+                    .await
+                    .ok()
+                    .map(|r| r[0].name.clone());
+                sent.push((t, name));
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            sent
+        })
+    });
+    let crash = async {
+        // Crash once the clients are under way (and not finished).
+        wait_until(T, "clients under way", || async {
+            progress.load(std::sync::atomic::Ordering::Relaxed) >= 10
+        })
+        .await;
+        let leader0 = c.get_shard(0).await.unwrap().leader;
+        let killed = configs[0]
+            .client_addrs
+            .iter()
+            .position(|a| *a == leader0)
+            .expect("leader among the nodes");
+        nodes[killed].take().unwrap().crash();
+        progress.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (sent, at_crash) = tokio::join!(futures::future::join_all(workers), crash);
+    assert!(at_crash < 100, "the crash came after the clients were done");
+    let sent: Vec<(pb::Transfer, Option<String>)> =
+        sent.into_iter().flat_map(|r| r.unwrap()).collect();
+
+    // Resend everything: answers are final now and consistent with the first ones.
+    let resend = c
+        .create_transfers(sent.iter().map(|(t, _)| *t).collect())
+        .await
+        .unwrap();
+    let mut committed = 0;
+    for ((t, first), again) in sent.iter().zip(&resend) {
+        match first.as_deref() {
+            Some("ok") => assert_eq!(again.name, "exists", "{t:?}"),
+            Some(other) => assert_eq!(again.name, other, "{t:?}"),
+            None => {}
+        }
+        committed += usize::from(again.name == "exists" || again.name == "ok");
+    }
+    assert!(committed > 10, "only {committed} transfers committed");
+
+    // Every transaction complete, its legs both posted or both voided.
+    wait_until(T, "no open cross-shard transfer", || async {
+        let mut open = 0;
+        for s in 0..SHARDS {
+            open += c.get_shard(s).await.unwrap().cross_open;
+        }
+        open == 0
+    })
+    .await;
+    for (t, _) in sent.iter().filter(|(t, _)| c.is_cross(t)) {
+        let plan = c.cross_plan(t);
+        let mut kinds = Vec::new();
+        for leg in &plan.legs {
+            let found = c
+                .call(leg.shard, |mut raw, s| {
+                    let ids = vec![leg.resolve_id.unwrap()];
+                    async move {
+                        raw.lookup_transfers(pb::LookupTransfersRequest { shard: s, ids })
+                            .await
+                    }
+                })
+                .await
+                .unwrap()
+                .transfers;
+            assert_eq!(found.len(), 1, "leg of {} resolved", from_pb(t.id.as_ref()));
+            kinds.push(found[0].flags & (POST | VOID));
+        }
+        assert_eq!(
+            kinds[0],
+            kinds[1],
+            "both legs of {} alike",
+            from_pb(t.id.as_ref())
+        );
+    }
+    let (sum, pending) = totals(&c).await;
+    assert_eq!((pending, sum.0, sum.2), (0, 0, 0));
+    assert_eq!(sum.1, sum.3);
+    let mut held = 0u128;
+    for id in &customers {
+        let (dp, dpo, cp, cpo) = balance(&c, *id).await;
+        assert_eq!((dp, cp), (0, 0));
+        assert!(cpo >= dpo, "account {id} overdrawn");
+        held += cpo - dpo;
+    }
+    assert_eq!(held, FUNDS * 30, "the customers' total is unchanged");
+    assert_replicas_agree(&nodes).await;
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
