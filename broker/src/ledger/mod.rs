@@ -7,6 +7,8 @@
 //! - [`types`]: [`Account`], [`Transfer`], their flags, [`Hold`]s and the result codes
 //!   [`CreateAccountResult`] / [`CreateTransferResult`].
 //! - [`state`]: [`LedgerState`], its commands and its reads.
+//! - [`cross`]: the transaction table of cross-shard transfers (two-phase commit): begin,
+//!   write-once decide, complete; and the clearing accounts the state machine creates.
 //! - [`codec`]: the binary encodings of snapshots (and the state hash) and of commands.
 //!
 //! `docs/ledger.md` describes the semantics in full; in short:
