@@ -308,6 +308,11 @@ impl Broker {
                         ack_deadline: config.ack_deadline(),
                         max_deliveries: config.max_deliveries,
                         ack_flush: Duration::from_millis(config.ack_flush_ms),
+                        tls: config
+                            .tls_files()
+                            .ok()
+                            .flatten()
+                            .map(|f| f.client_options()),
                     },
                     handle: Mutex::new(None),
                 });

@@ -164,6 +164,18 @@ pub struct Config {
     /// shard 0, ...; other ids hashed) or `hash`. Fixed like `--ledger-shards`.
     #[arg(long, env = "BROKER_LEDGER_PARTITIONING", default_value = "range:1000")]
     pub ledger_partitioning: String,
+    /// This broker's certificate chain (PEM, leaf first) for the client and peer gRPC ports.
+    /// With --tls-key-file and --tls-ca-file: both ports speak TLS only and require a client
+    /// certificate signed by the CA (mutual TLS), and peers are dialled with this certificate.
+    /// None of the three: plaintext. The files are re-read when they change.
+    #[arg(long, env = "BROKER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// This broker's private key (PEM: PKCS#8, PKCS#1 or SEC1), see --tls-cert-file.
+    #[arg(long, env = "BROKER_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that client and peer certificates must chain to, see --tls-cert-file.
+    #[arg(long, env = "BROKER_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -206,6 +218,9 @@ impl Config {
             max_connections: 1024,
             ledger_shards: 0,
             ledger_partitioning: "range:1000".to_string(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
         }
     }
 
@@ -241,6 +256,41 @@ impl Config {
         }
     }
 
+    /// The TLS files: all three of `--tls-cert-file`, `--tls-key-file`, `--tls-ca-file` give
+    /// `Some`, none gives `None` (plaintext).
+    ///
+    /// Errors: [`Error::Config`] naming the missing flags when only some are given.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>> {
+        match (&self.tls_cert_file, &self.tls_key_file, &self.tls_ca_file) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (cert, key, ca) => {
+                let missing: Vec<&str> = [
+                    (cert.is_none(), "--tls-cert-file"),
+                    (key.is_none(), "--tls-key-file"),
+                    (ca.is_none(), "--tls-ca-file"),
+                ]
+                .into_iter()
+                .filter_map(|(m, f)| m.then_some(f))
+                .collect();
+                Err(Error::Config(format!(
+                    "TLS needs --tls-cert-file, --tls-key-file and --tls-ca-file together; missing {}",
+                    missing.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// True when TLS is configured (all three `--tls-*` files given): the ports then speak
+    /// mutual TLS only and calls are checked against [`crate::auth`].
+    pub fn tls_enabled(&self) -> bool {
+        matches!(self.tls_files(), Ok(Some(_)))
+    }
+
     /// Checks ranges and cross-field rules.
     ///
     /// Errors: [`Error::Config`] naming the flag and the bad value.
@@ -249,6 +299,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return bad("--data-dir must not be empty".into());
         }
+        self.tls_files()?;
         if self.segment_bytes < 4096 {
             return bad(format!(
                 "--segment-bytes {} is below the minimum of 4096",

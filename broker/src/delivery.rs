@@ -62,6 +62,9 @@ pub struct DeliveryConfig {
     pub max_deliveries: u32,
     /// Longest time acks wait before being written.
     pub ack_flush: Duration,
+    /// Mutual TLS settings for dead letters forwarded to another node's client port (this
+    /// broker's own certificate); `None`: plaintext.
+    pub tls: Option<txpipe_client::tls::TlsOptions>,
 }
 
 /// Outbound half of a Consume call.
@@ -182,6 +185,7 @@ impl DeliveryHandle {
             epoch: Instant::now(),
             consumers: HashMap::new(),
             dl_tx,
+            tls: config.tls.clone(),
             published: Instant::now(),
             stopped: false,
         };
@@ -234,6 +238,8 @@ struct Engine {
     consumers: HashMap<u64, (String, ConsumerTx)>,
     /// Where spawned dead-letter appends report their outcome.
     dl_tx: mpsc::UnboundedSender<DeadLetterOutcome>,
+    /// Mutual TLS for dead letters forwarded to the leader of the dead-letter stream.
+    tls: Option<txpipe_client::tls::TlsOptions>,
     published: Instant,
     stopped: bool,
 }
@@ -390,8 +396,9 @@ impl Engine {
                 let source = Arc::clone(&self.replica);
                 let dlq = self.dlq.clone();
                 let done = self.dl_tx.clone();
+                let tls = self.tls.clone();
                 let task = tokio::spawn(async move {
-                    let ok = dead_letter(source, dlq, &orders).await;
+                    let ok = dead_letter(source, dlq, &orders, tls.as_ref()).await;
                     let _ = done.send((orders, ok));
                 });
                 if wait {
@@ -525,7 +532,11 @@ async fn sleep_until_opt(t: Option<Instant>) {
 /// up to 30 s while no leader is known.
 ///
 /// Errors: the last error when every attempt failed.
-async fn append_anywhere(stream: &Replica, records: Vec<Record>) -> crate::Result<()> {
+async fn append_anywhere(
+    stream: &Replica,
+    records: Vec<Record>,
+    tls: Option<&txpipe_client::tls::TlsOptions>,
+) -> crate::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -540,7 +551,7 @@ async fn append_anywhere(stream: &Replica, records: Vec<Record>) -> crate::Resul
             Ok(_) => return Ok(()),
             Err(crate::Error::NotLeader {
                 leader: Some(addr), ..
-            }) => match remote_append(&addr, &stream.spec.name, records.clone()).await {
+            }) => match remote_append(&addr, &stream.spec.name, records.clone(), tls).await {
                 Ok(()) => return Ok(()),
                 Err(e) => crate::Error::Unavailable(format!("append at leader {addr}: {e}")),
             },
@@ -554,13 +565,19 @@ async fn append_anywhere(stream: &Replica, records: Vec<Record>) -> crate::Resul
     }
 }
 
-async fn remote_append(addr: &str, stream: &str, records: Vec<Record>) -> Result<(), String> {
+async fn remote_append(
+    addr: &str,
+    stream: &str,
+    records: Vec<Record>,
+    tls: Option<&txpipe_client::tls::TlsOptions>,
+) -> Result<(), String> {
     use txpipe_client::broker::v1::ProduceRequest;
     use txpipe_client::broker::v1::broker_client::BrokerClient;
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10));
+    let ep =
+        txpipe_client::connect::endpoint_with(&txpipe_client::connect::normalize_addr(addr), tls)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10));
     let mut client = BrokerClient::new(ep.connect().await.map_err(|e| e.to_string())?);
     let req = ProduceRequest {
         stream: stream.to_string(),
@@ -588,6 +605,7 @@ async fn dead_letter(
     source: Arc<Replica>,
     dlq: Option<Arc<Replica>>,
     orders: &[DeadLetterOrder],
+    tls: Option<&txpipe_client::tls::TlsOptions>,
 ) -> bool {
     let offsets: Vec<u64> = orders.iter().map(|d| d.offset).collect();
     let records = source.read_records(&offsets);
@@ -619,7 +637,7 @@ async fn dead_letter(
                 }
             })
             .collect();
-        if let Err(e) = append_anywhere(&dlq, letters).await {
+        if let Err(e) = append_anywhere(&dlq, letters, tls).await {
             tracing::error!(stream = %source.spec.name, dead_letter_stream = %dlq.spec.name, error = %e, "dead-letter append failed; retrying with backoff");
             return false;
         }

@@ -29,6 +29,7 @@ use txpipe_client::ledger::{
     shard_index, shard_name, to_pb,
 };
 
+use crate::auth::{Acl, Operation};
 use crate::broker::{Broker, Stream};
 use crate::command::Command;
 use crate::error::{Error, Result};
@@ -52,17 +53,20 @@ pub const MAX_PAGE: usize = 10_000;
 pub struct LedgerService {
     broker: Arc<Broker>,
     partitioning: Partitioning,
+    acl: Acl,
 }
 
 impl LedgerService {
-    /// Wraps a broker.
+    /// Wraps a broker; calls are checked against [`crate::auth`] when its TLS is on.
     ///
     /// Errors: [`Error::Config`] for an invalid `--ledger-partitioning`.
     pub fn new(broker: Arc<Broker>) -> Result<Self> {
         let partitioning = broker.config.partitioning()?;
+        let acl = Acl::new(broker.config.tls_enabled());
         Ok(Self {
             broker,
             partitioning,
+            acl,
         })
     }
 
@@ -370,6 +374,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<CreateAccountsRequest>,
     ) -> std::result::Result<Response<CreateAccountsResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("CreateAccounts"), "")?;
         let req = req.into_inner();
         let (shard, stream) = self.shard(&req.shard)?;
         check_batch("create accounts", req.accounts.len())?;
@@ -401,6 +407,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<CreateTransfersRequest>,
     ) -> std::result::Result<Response<CreateTransfersResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("CreateTransfers"), "")?;
         let req = req.into_inner();
         let (shard, stream) = self.shard(&req.shard)?;
         check_batch("create transfers", req.transfers.len())?;
@@ -447,6 +455,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<LookupAccountsRequest>,
     ) -> std::result::Result<Response<LookupAccountsResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("LookupAccounts"), "")?;
         let req = req.into_inner();
         let (_, stream) = self.shard(&req.shard)?;
         let ids = ids(&req.ids)?;
@@ -463,6 +473,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<LookupTransfersRequest>,
     ) -> std::result::Result<Response<LookupTransfersResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("LookupTransfers"), "")?;
         let req = req.into_inner();
         let (_, stream) = self.shard(&req.shard)?;
         let ids = ids(&req.ids)?;
@@ -482,6 +494,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<GetAccountTransfersRequest>,
     ) -> std::result::Result<Response<GetAccountTransfersResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("GetAccountTransfers"), "")?;
         let req = req.into_inner();
         let (shard, stream) = self.shard(&req.shard)?;
         let id = from_pb(req.account_id.as_ref());
@@ -503,6 +517,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<ListAccountsRequest>,
     ) -> std::result::Result<Response<ListAccountsResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("ListAccounts"), "")?;
         let req = req.into_inner();
         let (_, stream) = self.shard(&req.shard)?;
         let from = from_pb(req.from_id.as_ref());
@@ -529,6 +545,7 @@ impl Ledger for LedgerService {
         &self,
         req: Request<GetShardRequest>,
     ) -> std::result::Result<Response<GetShardResponse>, Status> {
+        self.acl.check(&req, Operation::Ledger("GetShard"), "")?;
         let req = req.into_inner();
         let (_, stream) = self.shard(&req.shard)?;
         let r = &stream.replica;

@@ -20,11 +20,15 @@
 //!   dead letters, batched acks).
 //! - [`broker`]: the set of streams and background work; [`service`]: the gRPC API;
 //!   [`admin`]: the admin HTTP port; [`metrics`]; [`config`]; [`error`].
+//! - [`tls`]: opt-in mutual TLS on the client and peer ports, with certificate reload, and
+//!   the caller's [`tls::Principal`] from its certificate; [`auth`]: what each principal's
+//!   role may do, enforced when TLS is on.
 //!
 //! [`run`] wires it all: recovery, gRPC (with `grpc.health.v1` and reflection), admin HTTP,
 //! periodic snapshots and retention, and a clean shutdown.
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod command;
 pub mod config;
@@ -50,6 +54,7 @@ pub mod replica;
 pub mod service;
 pub mod snapshot;
 pub mod state;
+pub mod tls;
 
 use openraft::async_runtime::watch::WatchReceiver as _;
 use std::future::Future;
@@ -109,6 +114,7 @@ pub async fn run(
         admin: admin_listener,
     } = listeners;
     config.validate()?;
+    let server_tls = config.tls_files()?.map(tls::ServerTls::load).transpose()?;
     // Held until `run` returns: one broker per data directory.
     let _dir_lock = datadir::DataDirLock::acquire(&config.data_dir)?;
     let metrics = metrics::Metrics::new();
@@ -149,21 +155,33 @@ pub async fn run(
     let cluster = raft::cluster::Cluster::new(&config);
     let peer_addr = peer_listener.local_addr()?;
     let mut peer_stop = stop_rx.clone();
-    let peer_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_adaptive_window(Some(true))
-            .add_service(raft::peer::server(Arc::clone(&cluster)))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(peer_listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(30))),
-                async move {
-                    crate::broker::stopped(&mut peer_stop).await;
-                },
+    let peer_router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_adaptive_window(Some(true))
+        .add_service(raft::peer::server_with_acl(
+            Arc::clone(&cluster),
+            auth::Acl::new(server_tls.is_some()),
+        ));
+    let peer_incoming = tonic::transport::server::TcpIncoming::from(peer_listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)));
+    let peer_shutdown = async move {
+        crate::broker::stopped(&mut peer_stop).await;
+    };
+    let peer_task = match &server_tls {
+        Some(t) => tokio::spawn(peer_router.serve_with_incoming_shutdown(
+            tls::incoming(
+                peer_incoming,
+                Arc::clone(t),
+                metrics.tls_handshake_failures.with_label_values(&["peer"]),
             ),
-    );
-    tracing::info!(peer = %peer_addr, peers = config.peers.len(), "peer service listening");
+            peer_shutdown,
+        )),
+        None => {
+            tokio::spawn(peer_router.serve_with_incoming_shutdown(peer_incoming, peer_shutdown))
+        }
+    };
+    tracing::info!(peer = %peer_addr, peers = config.peers.len(), tls = server_tls.is_some(), "peer service listening");
 
     let started = std::time::Instant::now();
     let opened = async {
@@ -298,31 +316,44 @@ pub async fn run(
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
     let mut grpc_stop = stop_rx.clone();
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_adaptive_window(Some(true))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_v1alpha)
-            .add_service(svc)
-            .add_service(ledger_svc)
-            .serve_with_incoming_shutdown(
-                // TCP_NODELAY on accepted sockets: without it Nagle + delayed ACK stall
-                // pipelined batches by ~40 ms.
-                admitted(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener)
-                        .with_nodelay(Some(true))
-                        .with_keepalive(Some(Duration::from_secs(30))),
-                    Arc::clone(&b),
-                ),
-                async move {
-                    crate::broker::stopped(&mut grpc_stop).await;
-                },
-            ),
+    let grpc_router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_adaptive_window(Some(true))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(svc)
+        .add_service(ledger_svc);
+    // TCP_NODELAY on accepted sockets: without it Nagle + delayed ACK stall pipelined
+    // batches by ~40 ms.
+    let grpc_incoming = admitted(
+        tonic::transport::server::TcpIncoming::from(grpc_listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(30))),
+        Arc::clone(&b),
     );
+    let grpc_shutdown = async move {
+        crate::broker::stopped(&mut grpc_stop).await;
+    };
+    let grpc_task = match &server_tls {
+        Some(t) => tokio::spawn(
+            grpc_router.serve_with_incoming_shutdown(
+                tls::incoming(
+                    grpc_incoming,
+                    Arc::clone(t),
+                    metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["client"]),
+                ),
+                grpc_shutdown,
+            ),
+        ),
+        None => {
+            tokio::spawn(grpc_router.serve_with_incoming_shutdown(grpc_incoming, grpc_shutdown))
+        }
+    };
     b.ready.store(true, Ordering::Relaxed);
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "txpipe broker serving");
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, tls = server_tls.is_some(), "txpipe broker serving");
     let health_task = tokio::spawn(report_health(
         Arc::clone(&b),
         health.clone(),

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub self_repairs: IntCounter,
     /// Client connections closed at once because `--max-connections` were open.
     pub connections_rejected: IntCounter,
+    /// TLS handshakes that failed or timed out (client and peer ports), by port.
+    pub tls_handshake_failures: IntCounterVec,
     append_seconds: HistogramVec,
     fsync_seconds: HistogramVec,
     entries_per_fsync: GaugeVec,
@@ -200,6 +202,17 @@ impl Metrics {
         registry
             .register(Box::new(connections_rejected.clone()))
             .expect("register");
+        let tls_handshake_failures = IntCounterVec::new(
+            prometheus::Opts::new(
+                "txpipe_broker_tls_handshake_failures_total",
+                "TLS handshakes refused or timed out (no or an untrusted client certificate, plaintext, expired), by port",
+            ),
+            &["port"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(tls_handshake_failures.clone()))
+            .expect("register");
         register_process_collector(&registry);
         Self {
             dedupe_keys: gv(
@@ -289,6 +302,7 @@ impl Metrics {
             fsync_total,
             self_repairs,
             connections_rejected,
+            tls_handshake_failures,
             append_seconds: hv(
                 "txpipe_broker_append_duration_seconds",
                 "Group-commit append + fdatasync per batch",

@@ -16,6 +16,7 @@ use txpipe_client::broker::v1::{
     consume_response,
 };
 
+use crate::auth::{Acl, Operation};
 use crate::broker::Broker;
 use crate::command::Command;
 use crate::delivery::{Event, MAX_WINDOW};
@@ -37,12 +38,14 @@ pub const FETCH_MAX_BYTES: usize = 16 << 20;
 #[derive(Clone)]
 pub struct BrokerService {
     broker: Arc<Broker>,
+    acl: Acl,
 }
 
 impl BrokerService {
-    /// Wraps a broker.
+    /// Wraps a broker; calls are checked against [`crate::auth`] when its TLS is on.
     pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+        let acl = Acl::new(broker.config.tls_enabled());
+        Self { broker, acl }
     }
 }
 
@@ -146,6 +149,8 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStream>, Status> {
+        let acl = self.acl;
+        let principal = acl.principal(&request)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_PRODUCE_IN_FLIGHT + 1);
         let broker = Arc::clone(&self.broker);
@@ -163,6 +168,10 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
                     msg = inbound.message(), if input_open && failure.is_none() && pending.len() < MAX_PRODUCE_IN_FLIGHT => match msg {
                         Ok(Some(req)) => {
                             let name = req.stream.clone();
+                            if let Err(denied) = acl.authorize(principal.as_ref(), Operation::Produce, &name) {
+                                failure = Some(denied);
+                                continue;
+                            }
                             match start_produce(&broker, req) {
                                 Ok(fut) => {
                                     if !streams_seen.contains(&name) {
@@ -220,6 +229,7 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
         &self,
         request: Request<Streaming<ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let principal = self.acl.principal(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?;
         let Some(ConsumeRequest {
@@ -231,6 +241,8 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
             )
             .into());
         };
+        self.acl
+            .authorize(principal.as_ref(), Operation::Consume, &sub.stream)?;
         let stream = self.broker.stream(&sub.stream)?;
         // A subscription starts only on a leader that holds its quorum lease and has applied
         // what was committed (as reads do): never on a leader a partition already replaced.
@@ -331,6 +343,8 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
+        self.acl
+            .check(&request, Operation::Fetch, &request.get_ref().stream)?;
         let req = request.into_inner();
         let stream = self.broker.stream(&req.stream)?;
         stream.replica.read_barrier().await?;
@@ -370,6 +384,8 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
         &self,
         request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
+        self.acl
+            .check(&request, Operation::Produce, &request.get_ref().stream)?;
         let req = request.into_inner();
         let stream = self.broker.stream(&req.stream)?;
         if req.name.len() > MAX_PRODUCER_NAME {
@@ -408,8 +424,9 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
 
     async fn list_streams(
         &self,
-        _request: Request<ListStreamsRequest>,
+        request: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
+        self.acl.check(&request, Operation::ListStreams, "")?;
         let streams = self
             .broker
             .streams
@@ -423,6 +440,8 @@ impl txpipe_client::broker::v1::broker_server::Broker for BrokerService {
         &self,
         request: Request<GetStreamRequest>,
     ) -> Result<Response<GetStreamResponse>, Status> {
+        self.acl
+            .check(&request, Operation::GetStream, &request.get_ref().stream)?;
         let s = self.broker.stream(&request.get_ref().stream)?;
         s.replica.read_barrier().await?;
         Ok(Response::new(GetStreamResponse {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::TlsOptions;
+
 /// Errors from [`connect_any`] and [`parse_addrs`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -23,6 +25,9 @@ pub enum ConnectError {
     /// The address list was empty.
     #[error("no broker address given")]
     NoAddress,
+    /// The TLS files could not be read (see [`crate::tls::TlsOptions`]).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// No address accepted a connection before the deadline.
     #[error("no broker reachable within {waited_ms} ms (tried {addrs:?}): {last_error}")]
     Unreachable {
@@ -71,15 +76,34 @@ pub fn normalize_addr(addr: &str) -> String {
     }
 }
 
-/// Builds an endpoint with txpipe's transport defaults: 2 s connect timeout, TCP_NODELAY,
-/// HTTP/2 keep-alive every 10 s (a dead peer is noticed within ~20 s without traffic), and
-/// adaptive flow-control windows.
+/// Builds a plaintext endpoint with txpipe's transport defaults: 2 s connect timeout,
+/// TCP_NODELAY, HTTP/2 keep-alive every 10 s (a dead peer is noticed within ~20 s without
+/// traffic), and adaptive flow-control windows. Same as [`endpoint_with`] without TLS.
 pub fn endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
-    Ok(Endpoint::from_shared(addr.to_string())
-        .map_err(|e| ConnectError::InvalidAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?
+    endpoint_with(addr, None)
+}
+
+/// [`endpoint`] with optional mutual TLS: with `tls`, an `http://` address is dialled as
+/// `https://` and presents the client certificate of `tls` (its files are read now).
+///
+/// Errors: [`ConnectError::InvalidAddress`], [`ConnectError::Tls`] when a TLS file cannot be
+/// read or is not PEM.
+pub fn endpoint_with(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint, ConnectError> {
+    let invalid = |e: tonic::transport::Error| ConnectError::InvalidAddress {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let uri = match (tls, addr.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => addr.to_string(),
+    };
+    let mut ep = Endpoint::from_shared(uri).map_err(invalid)?;
+    if let Some(tls) = tls {
+        ep = ep
+            .tls_config(tls.client_config()?)
+            .map_err(|e| ConnectError::Tls(format!("{addr}: {e}")))?;
+    }
+    Ok(ep
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -96,6 +120,7 @@ pub async fn connect_any(
     addrs: &[String],
     start: usize,
     deadline: Duration,
+    tls: Option<&TlsOptions>,
 ) -> Result<(Channel, usize), ConnectError> {
     if addrs.is_empty() {
         return Err(ConnectError::NoAddress);
@@ -105,7 +130,7 @@ pub async fn connect_any(
     let mut i = start;
     loop {
         let idx = i % addrs.len();
-        let last_error = match endpoint(&addrs[idx])?.connect().await {
+        let last_error = match endpoint_with(&addrs[idx], tls)?.connect().await {
             Ok(ch) => return Ok((ch, idx)),
             Err(e) => format!("{e}: {:?}", std::error::Error::source(&e)),
         };

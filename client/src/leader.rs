@@ -23,6 +23,9 @@
 //!   transport error less than `distrust` (1 s) ago in the same failover is ignored (it is a
 //!   follower's stale view of a dead leader), so a dead leader cannot trap the client between
 //!   itself and one follower while another node has won the election.
+//!   The list is walked the same way: an address that failed with a transport error (refused,
+//!   dead, or silent past the caller's timeout, as a paused node is) less than `distrust` ago
+//!   is skipped unless every address did.
 //! - **How long to wait.** Bounded exponential backoff, `initial_backoff` (50 ms) doubling to
 //!   `max_backoff` (100 ms: a failover costs the election plus at most one backoff, and a client
 //!   polls at most 10 addresses a second while it waits). A hint is followed at once, except
@@ -53,7 +56,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::broker::v1::broker_client::BrokerClient;
-use crate::connect::{ConnectError, endpoint, normalize_addr};
+use crate::connect::{ConnectError, endpoint, endpoint_with, normalize_addr};
+use crate::tls::{TLS_RECHECK_INTERVAL, TlsOptions, TlsWatch};
 
 /// gRPC metadata key of the leader hint on `UNAVAILABLE` answers: the leader's client address
 /// `host:port`.
@@ -79,7 +83,7 @@ pub struct LeaderConfig {
     pub max_backoff: Duration,
     /// How long a node that failed with a transport error is distrusted as a leader hint (other
     /// followers keep naming a dead leader until a new one is elected, about 1 s with the
-    /// broker's default timeouts). Default 1 s.
+    /// broker's default timeouts) and skipped when the list is walked. Default 1 s.
     pub distrust: Duration,
     /// Connection timeout per address, cut at the deadline but never below [`MIN_ATTEMPT`].
     /// Default 2 s.
@@ -87,6 +91,8 @@ pub struct LeaderConfig {
     /// Timeout of one attempt of a unary call made with [`LeaderRouter::call`], cut at the
     /// deadline but never below [`MIN_ATTEMPT`]. Default 10 s.
     pub call_timeout: Duration,
+    /// Mutual TLS towards the brokers; `None` (the default): plaintext.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for LeaderConfig {
@@ -97,6 +103,7 @@ impl Default for LeaderConfig {
             distrust: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -226,6 +233,8 @@ pub struct LeaderRouter {
 struct Inner {
     addrs: Vec<String>,
     config: LeaderConfig,
+    /// Changes of the TLS files, after which the cached channels are dropped.
+    tls_watch: Option<TlsWatch>,
     state: Mutex<RouterState>,
 }
 
@@ -262,9 +271,14 @@ impl LeaderRouter {
         if list.is_empty() {
             return Err(ConnectError::NoAddress);
         }
+        let tls_watch = config
+            .tls
+            .as_ref()
+            .map(|t| TlsWatch::new(t, TLS_RECHECK_INTERVAL));
         Ok(Self {
             inner: Arc::new(Inner {
                 addrs: list,
+                tls_watch,
                 config,
                 state: Mutex::new(RouterState::default()),
             }),
@@ -377,10 +391,16 @@ impl LeaderRouter {
     /// A channel to `addr`: the cached one, else a new connection (cached on success) within
     /// `timeout`.
     async fn channel(&self, addr: &str, timeout: Duration) -> Result<Channel, String> {
+        if let Some(w) = &self.inner.tls_watch
+            && w.changed()
+        {
+            tracing::info!("TLS files changed: new connections to the brokers use them");
+            self.state().channels.clear();
+        }
         if let Some(ch) = self.state().channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ep = endpoint(addr).map_err(|e| e.to_string())?;
+        let ep = endpoint_with(addr, self.inner.config.tls.as_ref()).map_err(|e| e.to_string())?;
         let ch = match tokio::time::timeout(timeout, ep.connect()).await {
             Ok(Ok(ch)) => ch,
             Ok(Err(e)) => {
@@ -577,12 +597,25 @@ impl Failover {
                 }
             }
             None => {
+                // The next address of the list, skipping those that failed with a transport
+                // error within `distrust` (a dead or paused node: a paused one still accepts
+                // connections and would hold the next call until its own timeout), unless
+                // every address did.
                 let addrs = self.router.addrs();
-                let i = match self.router.index_of(addr) {
+                let n = addrs.len();
+                let start = match self.router.index_of(addr) {
                     Some(i) => i + 1,
                     None => self.rr,
                 };
-                self.next = Some(addrs[i % addrs.len()].clone());
+                let trusted = |a: &String| {
+                    self.suspects
+                        .get(a)
+                        .is_none_or(|t| now.saturating_duration_since(*t) >= distrust)
+                };
+                let i = (start..start + n)
+                    .find(|&j| trusted(&addrs[j % n]))
+                    .unwrap_or(start);
+                self.next = Some(addrs[i % n].clone());
                 self.rr = i + 1;
                 self.delay = self.take_backoff();
                 self.hinted = false;
@@ -694,6 +727,23 @@ mod tests {
             (a(3), 100),
         ];
         assert_eq!(seen, expect);
+    }
+
+    #[test]
+    fn a_node_that_failed_with_a_transport_error_is_skipped_in_the_list_while_distrusted() {
+        let r = router(3);
+        let mut f = r.failover("s", Duration::from_secs(60));
+        let now = Instant::now();
+        // a(1) timed out (a paused leader); a(2) and a(3) are followers without a hint yet.
+        f.plan(&a(1), None, true, "x".into(), now);
+        assert_eq!(f.next.clone().unwrap(), a(2));
+        f.plan(&a(2), None, false, "x".into(), now);
+        assert_eq!(f.next.clone().unwrap(), a(3));
+        f.plan(&a(3), None, false, "x".into(), now);
+        assert_eq!(f.next.clone().unwrap(), a(2), "a(1) is skipped");
+        // Once the distrust has passed it is tried again.
+        f.plan(&a(3), None, false, "x".into(), now + Duration::from_secs(2));
+        assert_eq!(f.next.clone().unwrap(), a(1));
     }
 
     #[test]

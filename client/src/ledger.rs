@@ -306,7 +306,24 @@ impl LedgerClient {
         addrs: Vec<String>,
         deadline: Duration,
     ) -> Result<LedgerClient, LedgerClientError> {
-        let router = LeaderRouter::new(addrs)?;
+        Self::connect_with(addrs, deadline, None).await
+    }
+
+    /// [`LedgerClient::connect`] with optional mutual TLS towards the brokers.
+    ///
+    /// Errors: as [`LedgerClient::connect`].
+    pub async fn connect_with(
+        addrs: Vec<String>,
+        deadline: Duration,
+        tls: Option<crate::tls::TlsOptions>,
+    ) -> Result<LedgerClient, LedgerClientError> {
+        let router = LeaderRouter::with_config(
+            addrs,
+            crate::leader::LeaderConfig {
+                tls,
+                ..Default::default()
+            },
+        )?;
         let mut c = LedgerClient {
             router,
             shards: 1,

@@ -12,6 +12,8 @@
 //! - [`leader`]: leader discovery and failover over a replicated broker (`txpipe-leader` hints,
 //!   bounded exponential backoff, deadlines, one cached channel per address).
 //! - [`connect`]: address parsing, endpoint defaults, and connection retry over a list.
+//! - [`tls`]: mutual TLS towards brokers ([`tls::TlsOptions`], and the shared `--tls-*` flags
+//!   with the `clap` feature).
 //! - [`pan`]: field encryption of card numbers (AES-256-GCM), shared by producer and worker.
 //! - [`time`]: calendar conversions of `*_us` timestamps (Hinnant's algorithms).
 //! - [`streams`]: the names of the standard streams.
@@ -29,6 +31,7 @@ pub mod status;
 pub mod streams;
 pub mod summary;
 pub mod time;
+pub mod tls;
 
 /// Generated protobuf and gRPC code for `txpipe.broker.v1`.
 pub mod broker {

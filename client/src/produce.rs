@@ -118,6 +118,8 @@ pub struct ProducerConfig {
     /// nothing) or cut off from its followers (it can commit nothing). Default
     /// [`DEFAULT_ACK_TIMEOUT`]; zero disables it.
     pub ack_timeout: Duration,
+    /// Mutual TLS towards the brokers; `None` (the default): plaintext.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// Default [`ProducerConfig::ack_timeout`]: 2 s, several times the time a healthy leader
@@ -135,6 +137,7 @@ impl ProducerConfig {
             max_in_flight: 16,
             reconnect_deadline: Duration::from_secs(60),
             ack_timeout: DEFAULT_ACK_TIMEOUT,
+            tls: None,
         }
     }
 
@@ -267,8 +270,14 @@ impl Producer {
     /// accepts a connection (or no leader registers the producer) within
     /// `reconnect_deadline`; [`ProduceError::Rejected`] when the registration is refused.
     pub async fn connect(config: ProducerConfig) -> Result<Self, ProduceError> {
-        let router = LeaderRouter::new(config.addrs.clone())
-            .map_err(|e| ProduceError::Unreachable(e.to_string()))?;
+        let router = LeaderRouter::with_config(
+            config.addrs.clone(),
+            crate::leader::LeaderConfig {
+                tls: config.tls.clone(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| ProduceError::Unreachable(e.to_string()))?;
         Self::connect_with(router, config).await
     }
 

@@ -38,6 +38,9 @@ struct Args {
     /// Broker addresses, comma-separated host:port.
     #[arg(long, env = "PRODUCER_BROKERS", default_value = "127.0.0.1:9100")]
     brokers: String,
+    /// Mutual TLS towards the brokers (`--tls-ca-file`, `--tls-cert-file`, `--tls-key-file`).
+    #[command(flatten)]
+    tls: txpipe_client::tls::TlsArgs,
     /// Transactions to send. Default: 2000000 generated, or every row of --input.
     #[arg(long, env = "PRODUCER_COUNT")]
     count: Option<u64>,
@@ -229,6 +232,7 @@ fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
     config.reconnect_deadline = Duration::from_millis(args.reconnect_deadline_ms);
     config.ack_timeout = Duration::from_millis(args.ack_timeout_ms);
     config.producer_name = args.producer_name;
+    config.tls = args.tls.options().map_err(anyhow::Error::msg)?;
     config.validate()?;
     Ok(config)
 }

@@ -116,6 +116,8 @@ pub struct Config {
     /// Name both producers register under (at most 256 bytes); `None` =
     /// [`Config::default_producer_name`].
     pub producer_name: Option<String>,
+    /// Mutual TLS towards the brokers; `None`: plaintext.
+    pub tls: Option<txpipe_client::tls::TlsOptions>,
 }
 
 impl Config {
@@ -140,6 +142,7 @@ impl Config {
             transactions_stream: streams::TRANSACTIONS.to_string(),
             labels_stream: streams::LABELS.to_string(),
             producer_name: None,
+            tls: None,
         }
     }
 
@@ -492,6 +495,7 @@ fn producer_config(config: &Config, stream: &str) -> ProducerConfig {
         max_in_flight: config.max_in_flight,
         reconnect_deadline: config.reconnect_deadline,
         ack_timeout: config.ack_timeout,
+        tls: config.tls.clone(),
         ..ProducerConfig::named(
             config.brokers.clone(),
             stream,

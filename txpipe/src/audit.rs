@@ -375,8 +375,20 @@ pub async fn run_audit(channel: Channel) -> Result<AuditReport> {
 ///
 /// Errors: an invalid or empty address list; a request that found no leader within
 /// `deadline`; a broker rejection (e.g. NOT_FOUND for a missing stream); unreadable records.
-pub async fn run_audit_cluster(addrs: &[String], deadline: Duration) -> Result<AuditReport> {
-    let router = LeaderRouter::new(addrs.to_vec()).context("broker address list")?;
+/// With `tls`, the brokers are dialled over mutual TLS.
+pub async fn run_audit_cluster(
+    addrs: &[String],
+    deadline: Duration,
+    tls: Option<txpipe_client::tls::TlsOptions>,
+) -> Result<AuditReport> {
+    let router = LeaderRouter::with_config(
+        addrs.to_vec(),
+        txpipe_client::leader::LeaderConfig {
+            tls,
+            ..Default::default()
+        },
+    )
+    .context("broker address list")?;
     audit_with(LeaderReader { router, deadline }).await
 }
 

@@ -28,6 +28,9 @@ pub struct LedgerArgs {
     /// Give up a call (through failovers) after this many seconds.
     #[arg(long, env = "TXPIPE_TIMEOUT_S", default_value_t = 30)]
     pub timeout_s: u64,
+    /// Mutual TLS towards the brokers.
+    #[command(flatten)]
+    pub tls: txpipe_client::tls::TlsArgs,
     /// The command.
     #[command(subcommand)]
     pub cmd: LedgerCmd,
@@ -107,7 +110,8 @@ pub enum LedgerCmd {
 /// or (with `--strict`) a bad line.
 pub async fn run(args: LedgerArgs) -> Result<bool> {
     let addrs = txpipe_client::connect::parse_addrs(&args.brokers)?;
-    let client = LedgerClient::connect(addrs, Duration::from_secs(args.timeout_s))
+    let tls = args.tls.options().map_err(anyhow::Error::msg)?;
+    let client = LedgerClient::connect_with(addrs, Duration::from_secs(args.timeout_s), tls)
         .await
         .context("connecting to the ledger")?;
     match args.cmd {

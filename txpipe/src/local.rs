@@ -406,7 +406,7 @@ pub async fn run_local(mut args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
     let outcome = monitor.run(&mut sup).await?;
 
     sup.stop_workers(STOP_GRACE).await;
-    let audit = audit::run_audit_cluster(&sup.cluster.client_addrs(), STOP_GRACE)
+    let audit = audit::run_audit_cluster(&sup.cluster.client_addrs(), STOP_GRACE, None)
         .await
         .context("running the audit")?;
     sup.stop_brokers(STOP_GRACE).await;

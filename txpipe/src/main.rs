@@ -38,6 +38,9 @@ enum Cmd {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Mutual TLS towards the brokers.
+        #[command(flatten)]
+        tls: txpipe_client::tls::TlsArgs,
     },
     /// The ledger: accounts and transfers on the brokers' ledger shards (docs/ledger.md).
     Ledger(txpipe::ledger::LedgerArgs),
@@ -136,10 +139,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
-        Cmd::Audit { brokers, json } => {
+        Cmd::Audit { brokers, json, tls } => {
             let addrs = txpipe_client::connect::parse_addrs(&brokers)?;
+            let tls = tls.options().map_err(anyhow::Error::msg)?;
             let report =
-                txpipe::audit::run_audit_cluster(&addrs, std::time::Duration::from_secs(30))
+                txpipe::audit::run_audit_cluster(&addrs, std::time::Duration::from_secs(30), tls)
                     .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -95,6 +95,9 @@ pub struct Config {
     /// batches per producer to answer a resend after a failover as a duplicate).
     #[arg(long, env = "WORKER_PRODUCE_IN_FLIGHT", default_value_t = 16)]
     pub produce_in_flight: usize,
+    /// Mutual TLS towards the brokers (`--tls-ca-file`, `--tls-cert-file`, `--tls-key-file`).
+    #[command(flatten)]
+    pub tls: txpipe_client::tls::TlsArgs,
 }
 
 impl Config {
@@ -123,6 +126,7 @@ impl Config {
             reconnect_deadline_ms: 60_000,
             produce_ack_timeout_ms: 2_000,
             produce_in_flight: 16,
+            tls: txpipe_client::tls::TlsArgs::default(),
         }
     }
 
@@ -130,6 +134,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         txpipe_client::connect::parse_addrs(&self.brokers)
             .map_err(|e| Error::Config(format!("--brokers {:?}: {e}", self.brokers)))?;
+        self.tls.options().map_err(Error::Config)?;
         if self.window == 0 {
             return Err(Error::Config("--window must be at least 1".into()));
         }

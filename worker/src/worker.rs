@@ -319,11 +319,19 @@ where
 
     // The decision producer follows the leader of `decisions` with its own router (and so its
     // own connections, as before); the consume loop follows the leader of `transactions`.
-    let router = LeaderRouter::new(addrs.clone())?;
+    let tls = config.tls.options().map_err(Error::Config)?;
+    let router = LeaderRouter::with_config(
+        addrs.clone(),
+        txpipe_client::leader::LeaderConfig {
+            tls: tls.clone(),
+            ..Default::default()
+        },
+    )?;
     let producer = Producer::connect(ProducerConfig {
         max_in_flight: config.produce_in_flight,
         reconnect_deadline: Duration::from_millis(config.reconnect_deadline_ms),
         ack_timeout: Duration::from_millis(config.produce_ack_timeout_ms),
+        tls,
         ..ProducerConfig::new(addrs, streams::DECISIONS)
     })
     .await?;

@@ -132,9 +132,16 @@ impl Cluster {
         Arc::new(Self {
             identity: OnceLock::new(),
             cluster_id: Arc::new(RwLock::new(String::new())),
-            channels: Arc::new(Channels::new(Duration::from_millis(
-                config.raft_rpc_timeout_ms.min(1000),
-            ))),
+            channels: Arc::new(
+                Channels::new(Duration::from_millis(config.raft_rpc_timeout_ms.min(1000)))
+                    .with_tls(
+                        config
+                            .tls_files()
+                            .ok()
+                            .flatten()
+                            .map(|f| f.client_options()),
+                    ),
+            ),
             me,
             peers,
             groups: RwLock::new(BTreeMap::new()),

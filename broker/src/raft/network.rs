@@ -82,6 +82,11 @@ struct PeerEntry {
 /// reconnects by itself after the connection breaks.
 pub struct Channels {
     connect_timeout: Duration,
+    tls: Option<txpipe_client::tls::TlsOptions>,
+    /// Changes of the TLS files: the cached channels are then dropped and
+    /// [`Channels::generation`] moves on, so that new connections present the new certificate.
+    tls_watch: Option<txpipe_client::tls::TlsWatch>,
+    generation: std::sync::atomic::AtomicU64,
     peers: Mutex<HashMap<String, PeerEntry>>,
 }
 
@@ -97,8 +102,46 @@ impl Channels {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             connect_timeout,
+            tls: None,
+            tls_watch: None,
+            generation: std::sync::atomic::AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same cache dialling peers over mutual TLS with `tls` (this broker's certificate
+    /// and CA) when given. The files are read when a peer's channel is created, and looked at
+    /// every [`txpipe_client::tls::TLS_RECHECK_INTERVAL`]: when they changed, the cached
+    /// channels are dropped (see [`Channels::generation`]).
+    pub fn with_tls(self, tls: Option<txpipe_client::tls::TlsOptions>) -> Self {
+        self.with_tls_recheck(tls, txpipe_client::tls::TLS_RECHECK_INTERVAL)
+    }
+
+    /// [`Channels::with_tls`] looking at the files every `interval` (tests).
+    pub fn with_tls_recheck(
+        mut self,
+        tls: Option<txpipe_client::tls::TlsOptions>,
+        interval: Duration,
+    ) -> Self {
+        self.tls_watch = tls
+            .as_ref()
+            .map(|t| txpipe_client::tls::TlsWatch::new(t, interval));
+        self.tls = tls;
+        self
+    }
+
+    /// A number that changes when the cached channels were dropped because the TLS files
+    /// changed: a holder of a client made from an older generation should get a new one.
+    pub fn generation(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        if let Some(w) = &self.tls_watch
+            && w.changed()
+        {
+            self.peers.lock().expect("channels lock").clear();
+            self.generation.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("TLS files changed: new peer connections use them");
+        }
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// The channel to `peer_addr` (`host:port`, or a full `http://host:port` URI), created on
@@ -106,18 +149,28 @@ impl Channels {
     ///
     /// Errors: INVALID_ARGUMENT when `peer_addr` is not a valid address.
     pub fn channel(&self, peer_addr: &str) -> Result<Channel, Status> {
+        self.generation();
         let mut peers = self.peers.lock().expect("channels lock");
         if let Some(p) = peers.get(peer_addr) {
             return Ok(p.channel.clone());
         }
-        let uri = if peer_addr.contains("://") {
-            peer_addr.to_string()
-        } else {
-            format!("http://{peer_addr}")
+        let uri = match (&self.tls, peer_addr.split_once("://")) {
+            (Some(_), Some(("http", rest))) => format!("https://{rest}"),
+            (_, Some(_)) => peer_addr.to_string(),
+            (Some(_), None) => format!("https://{peer_addr}"),
+            (None, None) => format!("http://{peer_addr}"),
         };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+        let mut endpoint = Endpoint::from_shared(uri).map_err(|e| {
             Status::invalid_argument(format!("invalid peer address '{peer_addr}': {e}"))
         })?;
+        if let Some(tls) = &self.tls {
+            let config = tls
+                .client_config()
+                .map_err(|e| Status::unavailable(format!("peer {peer_addr}: {e}")))?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| Status::unavailable(format!("peer {peer_addr}: TLS: {e}")))?;
+        }
         let channel = endpoint
             .tcp_nodelay(true)
             .connect_timeout(self.connect_timeout)
@@ -273,7 +326,8 @@ pub struct PeerNetwork {
     factory: NetworkFactory,
     target: NodeId,
     node: Node,
-    client: Option<RaftPeerClient<Channel>>,
+    /// The client and the [`Channels::generation`] it was made in.
+    client: Option<(u64, RaftPeerClient<Channel>)>,
 }
 
 /// The peer RPCs that carry openraft messages.
@@ -382,14 +436,15 @@ impl PeerNetwork {
         Resp: DeserializeOwned,
     {
         let f = &self.factory;
-        if self.client.is_none() {
+        let generation = f.channels.generation();
+        if self.client.as_ref().is_none_or(|c| c.0 != generation) {
             let client = f
                 .channels
                 .client(&self.node.peer_addr)
                 .map_err(|e| self.unreachable(rpc, &e))?;
-            self.client = Some(client);
+            self.client = Some((generation, client));
         }
-        let mut client = self.client.clone().expect("client set above");
+        let mut client = self.client.clone().expect("client set above").1;
         let cluster_id = f.cluster_id.read().expect("cluster id lock").clone();
         let mut request = Request::new(RaftRequest {
             group: f.group.clone(),
@@ -672,6 +727,30 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_channels_move_to_a_new_generation_when_the_tls_files_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, n).unwrap();
+            p
+        };
+        let tls = txpipe_client::tls::TlsOptions {
+            ca: p("ca.pem"),
+            cert: p("broker.pem"),
+            key: p("broker-key.pem"),
+        };
+        let channels = Channels::new(Duration::from_secs(1))
+            .with_tls_recheck(Some(tls.clone()), Duration::ZERO);
+        let g = channels.generation();
+        assert_eq!(channels.generation(), g, "nothing changed");
+        std::fs::write(&tls.cert, "the rotated certificate").unwrap();
+        assert_eq!(channels.generation(), g + 1);
+        assert_eq!(channels.generation(), g + 1);
+        // Without TLS there is nothing to watch.
+        assert_eq!(Channels::default().generation(), 0);
+    }
 
     #[test]
     fn split_hint_shrinks_oversized_batches() {

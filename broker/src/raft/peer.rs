@@ -26,6 +26,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tonic::{Request, Response, Status};
 
 use super::network::SnapshotChunk;
+use crate::auth::{Acl, Operation};
 use crate::raft::{LogId, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
 /// An openraft node of a group whose state machine is `SM`.
@@ -88,6 +89,8 @@ pub trait PeerHandler: Send + Sync + 'static {
 /// [`server`].
 pub struct PeerService<H> {
     handler: Arc<H>,
+    /// Who may call (only brokers and the operator, when TLS is on).
+    acl: Acl,
     /// Snapshot transfers in progress, by group.
     receiving: tokio::sync::Mutex<HashMap<String, Receiving>>,
 }
@@ -109,8 +112,16 @@ impl<H: PeerHandler> PeerService<H> {
     pub fn new(handler: Arc<H>) -> Self {
         Self {
             handler,
+            acl: Acl::default(),
             receiving: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same service with calls checked by `acl` (every RaftPeer call is allowed to the
+    /// `broker` and `operator` roles only, see [`crate::auth`]).
+    pub fn with_acl(mut self, acl: Acl) -> Self {
+        self.acl = acl;
+        self
     }
 
     /// Checks the envelope and finds the group.
@@ -191,6 +202,7 @@ impl<H: PeerHandler> PeerService<H> {
         F: FnOnce(GroupRaft<H::Sm>, Req) -> Fut,
         Fut: Future<Output = Result<Resp, RaftError<TypeConfig, E>>>,
     {
+        self.acl.check(&request, Operation::Peer(rpc), "")?;
         let req = request.into_inner();
         let (raft, msg) = self.open::<Req>(rpc, &req)?;
         let result = f(raft, msg).await;
@@ -336,6 +348,8 @@ impl<H: PeerHandler> proto::raft_peer_server::RaftPeer for PeerService<H> {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.acl
+            .check(&request, Operation::Peer("InstallSnapshot"), "")?;
         let req = request.into_inner();
         let (raft, chunk) = self.open::<SnapshotChunk>("InstallSnapshot", &req)?;
         let result = self.receive_chunk(&req.group, &raft, chunk).await?;
@@ -344,12 +358,14 @@ impl<H: PeerHandler> proto::raft_peer_server::RaftPeer for PeerService<H> {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
+        self.acl.check(&request, Operation::Peer("Status"), "")?;
         Ok(Response::new(self.handler.status().await))
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        self.acl.check(&request, Operation::Peer("Join"), "")?;
         let req = request.into_inner();
         tracing::debug!(node_id = req.node_id, addr = %req.addr, peer_addr = %req.peer_addr, ordinal = req.ordinal, "join request");
         self.handler.join(req).await.map(Response::new)
@@ -359,7 +375,15 @@ impl<H: PeerHandler> proto::raft_peer_server::RaftPeer for PeerService<H> {
 /// The tonic service of the peer port for `handler`'s node, with message limits of
 /// [`MAX_MESSAGE_BYTES`] both ways. Add it to a `tonic::transport::Server` on the peer listener.
 pub fn server<H: PeerHandler>(handler: Arc<H>) -> RaftPeerServer<PeerService<H>> {
-    RaftPeerServer::new(PeerService::new(handler))
+    server_with_acl(handler, Acl::default())
+}
+
+/// [`server`] with calls checked by `acl` (see [`PeerService::with_acl`]).
+pub fn server_with_acl<H: PeerHandler>(
+    handler: Arc<H>,
+    acl: Acl,
+) -> RaftPeerServer<PeerService<H>> {
+    RaftPeerServer::new(PeerService::new(handler).with_acl(acl))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }

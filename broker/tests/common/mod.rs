@@ -2,6 +2,7 @@
 //! dropping the runtime without a clean shutdown), plus small client helpers.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod procs;
 
 use std::net::SocketAddr;
