@@ -199,8 +199,21 @@ pub async fn recover_cross_transfers(
         if client.is_none() {
             let n = broker.config.peers.len().max(1);
             let addrs = (0..n).map(|i| broker.config.client_addr(i)).collect();
-            match txpipe_client::ledger::LedgerClient::connect(addrs, RECOVERY_CONNECT_DEADLINE)
-                .await
+            // With TLS, the recovery task dials with this broker's own identity (role
+            // `broker`, which the ACL lets finish cross-shard transfers).
+            let tls = match broker.config.tls_files() {
+                Ok(files) => files.map(|f| f.client_options()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovery: TLS settings");
+                    return;
+                }
+            };
+            match txpipe_client::ledger::LedgerClient::connect_with(
+                addrs,
+                RECOVERY_CONNECT_DEADLINE,
+                tls,
+            )
+            .await
             {
                 Ok(c) => *client = Some(c),
                 Err(e) => {
@@ -579,6 +592,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<BeginCrossTransferRequest>,
     ) -> std::result::Result<Response<CrossTransferResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("BeginCrossTransfer"), "")?;
         let req = req.into_inner();
         let (shard, stream) = self.shard(&req.shard)?;
         let t = cross_from_pb(req.transfer.as_ref())?;
@@ -611,6 +626,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<DecideCrossTransferRequest>,
     ) -> std::result::Result<Response<CrossTransferResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("DecideCrossTransfer"), "")?;
         let req = req.into_inner();
         let (_, stream) = self.shard(&req.shard)?;
         let decision = match (pb::Decision::try_from(req.decision), req.abort_code) {
@@ -649,6 +666,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<CompleteCrossTransferRequest>,
     ) -> std::result::Result<Response<CrossTransferResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("CompleteCrossTransfer"), "")?;
         let req = req.into_inner();
         let (_, stream) = self.shard(&req.shard)?;
         let id = from_pb(req.id.as_ref());
@@ -660,6 +679,8 @@ impl Ledger for LedgerService {
         &self,
         req: Request<ListCrossTransfersRequest>,
     ) -> std::result::Result<Response<ListCrossTransfersResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("ListOpenCrossTransfers"), "")?;
         let req = req.into_inner();
         let (_, stream) = self.shard(&req.shard)?;
         stream.replica.read_barrier().await?;
