@@ -839,3 +839,55 @@ async fn a_bank_of_concurrent_cross_shard_transfers_keeps_its_total_through_a_le
         n.stop().await;
     }
 }
+
+/// With mutual TLS and the ACL on: the cross-shard calls need the `ledger` role (a `reader`
+/// is refused), and a shard leader's recovery task, dialling with its own `broker`
+/// certificate, still aborts a coordinator that stopped after prepare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_recovery_finishes_cross_shard_transfers_with_the_brokers_own_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new(&dir.path().join("pki"), "cluster");
+    let mut cfgs = cluster_configs(dir.path(), 3);
+    for (i, (c, _)) in cfgs.iter_mut().enumerate() {
+        c.ledger_shards = SHARDS;
+        ca.leaf(&format!("broker/{i}")).serve(c);
+    }
+    let addrs = cfgs[0].0.client_addrs.clone();
+    let nodes: Vec<Option<TestBroker>> = cfgs
+        .into_iter()
+        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
+        .collect();
+    let c = LedgerClient::connect_with(addrs.clone(), T, Some(ca.leaf("ledger").options()))
+        .await
+        .unwrap()
+        .with_prepare_timeout(Duration::from_millis(300));
+    let r = c
+        .create_accounts(vec![account(1), account(1001)])
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+
+    let reader = LedgerClient::connect_with(addrs, T, Some(ca.leaf("reader").options())).await;
+    assert!(reader.is_err(), "a reader may not use the ledger");
+
+    let stalled = transfer(200, 1, 1001, 7, 0);
+    let rec = c
+        .begin_cross(c.cross_plan(&stalled))
+        .await
+        .unwrap()
+        .record
+        .unwrap();
+    assert_eq!(c.prepare_legs(&rec).await.unwrap(), None);
+    assert_eq!(balance(&c, 1).await, (7, 0, 0, 0));
+    wait_until(T, "recovery aborted it", || async {
+        c.get_shard(0).await.unwrap().cross_open == 0
+    })
+    .await;
+    assert_eq!(balance(&c, 1).await, (0, 0, 0, 0));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 0));
+    let r = c.create_transfers(vec![stalled]).await.unwrap();
+    assert_eq!(names(&r), ["pending_transfer_expired"]);
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
