@@ -12,7 +12,10 @@
 //! | `reader`, `audit`    | Fetch, GetStream, ListStreams on every stream                    |
 //! | `ledger`             | every `txpipe.ledger.v1` call                                    |
 //! | `broker`             | every `txpipe.raft.v1.RaftPeer` call; Produce on dead-letter     |
-//! |                      | streams (`*.dlq`, forwarded by a follower to the leader)         |
+//! |                      | streams (`*.dlq`, forwarded by a follower to the leader); the    |
+//! |                      | ledger calls of cross-shard recovery (GetShard, CreateTransfers, |
+//! |                      | ListOpenCrossTransfers, DecideCrossTransfer,                     |
+//! |                      | CompleteCrossTransfer)                                           |
 //! | `operator`           | everything                                                       |
 //!
 //! Any other role is authenticated but may do nothing. A call without a principal is refused
@@ -97,6 +100,17 @@ fn is_dead_letter(stream: &str) -> bool {
     stream.ends_with(".dlq")
 }
 
+/// The ledger calls a broker's recovery task makes to finish cross-shard transfers
+/// (`ledger_service::recover_cross_transfers`, through a ledger client with the broker's
+/// own certificate).
+const RECOVERY_CALLS: &[&str] = &[
+    "GetShard",
+    "CreateTransfers",
+    "ListOpenCrossTransfers",
+    "DecideCrossTransfer",
+    "CompleteCrossTransfer",
+];
+
 /// The access table: may `role` do `op` on `stream` (empty for calls about no stream)?
 pub fn allowed(role: Role, op: Operation, stream: &str) -> bool {
     use Operation as O;
@@ -112,7 +126,11 @@ pub fn allowed(role: Role, op: Operation, stream: &str) -> bool {
         },
         Role::Reader => matches!(op, O::Fetch | O::GetStream | O::ListStreams),
         Role::Ledger => matches!(op, O::Ledger(_)),
-        Role::Broker => matches!(op, O::Peer(_)) || (op == O::Produce && is_dead_letter(stream)),
+        Role::Broker => {
+            matches!(op, O::Peer(_))
+                || (op == O::Produce && is_dead_letter(stream))
+                || matches!(op, O::Ledger(rpc) if RECOVERY_CALLS.contains(&rpc))
+        }
     }
 }
 
@@ -213,6 +231,12 @@ mod tests {
             (Role::Reader, O::Produce, "labels", false),
             (Role::Reader, O::Consume, "transactions", false),
             (Role::Ledger, O::Ledger("CreateTransfers"), "", true),
+            (Role::Ledger, O::Ledger("BeginCrossTransfer"), "", true),
+            (Role::Broker, O::Ledger("DecideCrossTransfer"), "", true),
+            (Role::Broker, O::Ledger("CreateTransfers"), "", true),
+            (Role::Broker, O::Ledger("BeginCrossTransfer"), "", false),
+            (Role::Broker, O::Ledger("CreateAccounts"), "", false),
+            (Role::Reader, O::Ledger("ListOpenCrossTransfers"), "", false),
             (Role::Ledger, O::Produce, "transactions", false),
             (Role::Broker, O::Peer("Join"), "", true),
             (Role::Broker, O::Peer("AppendEntries"), "", true),

@@ -7,25 +7,36 @@
 //! service does). Reads run after [`crate::replica::Replica::read_barrier`], so they are
 //! linearizable. The events of a request must belong to its shard (by the cluster's
 //! [`Partitioning`]): others are INVALID_ARGUMENT naming their shard, and a transfer between
-//! two shards is FAILED_PRECONDITION until the cross-shard two-phase commit exists.
+//! two shards is FAILED_PRECONDITION: cross-shard transfers go through the two-phase commit
+//! of [`txpipe_client::ledger::LedgerClient`], whose steps are the `*CrossTransfer` RPCs
+//! here. Clearing accounts ([`is_clearing_account`]) exist on every shard and are exempt
+//! from the routing checks; clients can not create them.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use txpipe_client::ledger::v1::ledger_server::Ledger;
 use txpipe_client::ledger::v1::{
-    self as pb, CreateAccountsRequest, CreateAccountsResponse, CreateTransfersRequest,
-    CreateTransfersResponse, EventResult, GetAccountTransfersRequest, GetAccountTransfersResponse,
-    GetShardRequest, GetShardResponse, ListAccountsRequest, ListAccountsResponse,
+    self as pb, BeginCrossTransferRequest, CompleteCrossTransferRequest, CreateAccountsRequest,
+    CreateAccountsResponse, CreateTransfersRequest, CreateTransfersResponse, CrossTransferResponse,
+    DecideCrossTransferRequest, EventResult, GetAccountTransfersRequest,
+    GetAccountTransfersResponse, GetShardRequest, GetShardResponse, ListAccountsRequest,
+    ListAccountsResponse, ListCrossTransfersRequest, ListCrossTransfersResponse,
     LookupAccountsRequest, LookupAccountsResponse, LookupTransfersRequest, LookupTransfersResponse,
 };
-use txpipe_client::ledger::{Partitioning, from_pb, shard_index, shard_name, to_pb};
+use txpipe_client::ledger::{
+    Partitioning, clearing_account, fence_account, from_pb, is_clearing_account, leg_ids,
+    shard_index, shard_name, to_pb,
+};
 
 use crate::auth::{Acl, Operation};
 use crate::broker::{Broker, Stream};
 use crate::command::Command;
 use crate::error::{Error, Result};
-use crate::ledger::{Account, AccountFlags, LedgerCommand, LedgerReply, Transfer, TransferFlags};
+use crate::ledger::{
+    Account, AccountFlags, CreateTransferResult, CrossLeg, CrossRecord, CrossTransfer, Decision,
+    LedgerCommand, LedgerReply, Transfer, TransferFlags,
+};
 use crate::state::ApplyOutcome;
 
 /// Most events in one CreateAccounts / CreateTransfers request (TigerBeetle's batch size).
@@ -148,11 +159,126 @@ pub async fn expire_due_holds(broker: &Broker) {
     }
 }
 
+/// How long the recovery task waits for a shard leader when it connects its ledger client.
+const RECOVERY_CONNECT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Recovery of cross-shard transfers: on every ledger shard this node leads, the
+/// transactions of its table that are still incomplete past their prepare deadline (by this
+/// node's clock) are aborted when undecided (write-once: a commit recorded first stands) and
+/// finished as decided, through a ledger client over the cluster's client addresses
+/// (`client`, connected on first use): the legs on other shards are posted or voided like
+/// the coordinator would. Called every second by the broker's background task; a pass that
+/// is still running makes the next call return at once (the lock is taken with `try_lock`).
+/// Failures are logged and retried at the next call.
+pub async fn recover_cross_transfers(
+    broker: &Broker,
+    client: &tokio::sync::Mutex<Option<txpipe_client::ledger::LedgerClient>>,
+) {
+    let Ok(mut client) = client.try_lock() else {
+        return;
+    };
+    let now = unix_ns();
+    for (name, stream) in &broker.streams {
+        let r = &stream.replica;
+        if !r.spec.ledger || !r.is_leader() {
+            continue;
+        }
+        let Some(shard) = shard_index(name) else {
+            continue;
+        };
+        let due = r.with_core(|c| {
+            c.state.ledger().is_some_and(|l| {
+                l.open_cross(0, usize::MAX)
+                    .iter()
+                    .any(|rec| rec.transfer.prepare_deadline_ns <= now)
+            })
+        });
+        if !due {
+            continue;
+        }
+        if client.is_none() {
+            let n = broker.config.peers.len().max(1);
+            let addrs = (0..n).map(|i| broker.config.client_addr(i)).collect();
+            // With TLS, the recovery task dials with this broker's own identity (role
+            // `broker`, which the ACL lets finish cross-shard transfers).
+            let tls = match broker.config.tls_files() {
+                Ok(files) => files.map(|f| f.client_options()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovery: TLS settings");
+                    return;
+                }
+            };
+            match txpipe_client::ledger::LedgerClient::connect_with(
+                addrs,
+                RECOVERY_CONNECT_DEADLINE,
+                tls,
+            )
+            .await
+            {
+                Ok(c) => *client = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovery: ledger client not connected");
+                    return;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else {
+            return;
+        };
+        match c.recover_shard(shard, now).await {
+            Ok(n) => tracing::info!(shard = %name, finished = n, "recovered cross-shard transfers"),
+            Err(e) => {
+                tracing::warn!(shard = %name, error = %e, "recovering cross-shard transfers failed")
+            }
+        }
+    }
+}
+
 /// Nanoseconds since the Unix epoch (0 before it).
 fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Checks that a transfer naming a reserved (clearing or fence) account is a leg of a
+/// cross-shard transfer as the two-phase commit sends it: a hold (maybe linked) with
+/// `user_data` = the cross-shard transfer's id `T` and the id [`leg_ids`] derives from `T`,
+/// either the debit leg (`x → clearing`), the credit leg (`clearing → y`), or a fence of
+/// either (`clearing → fence`). Posts and voids pass (the state machine matches them to the
+/// hold). `Err` says what is wrong. This keeps clients from moving money through the
+/// clearing accounts by accident; it does not stop a client that forges legs on purpose
+/// (any client can move money between any accounts anyway).
+fn check_reserved(t: &Transfer) -> std::result::Result<(), String> {
+    let dr = is_clearing_account(t.debit_account_id);
+    let cr = is_clearing_account(t.credit_account_id);
+    if !dr && !cr
+        || t.flags.contains(TransferFlags::POST_PENDING_TRANSFER)
+        || t.flags.contains(TransferFlags::VOID_PENDING_TRANSFER)
+    {
+        return Ok(());
+    }
+    let hold = TransferFlags(t.flags.0 & !TransferFlags::LINKED.0) == TransferFlags::PENDING;
+    let ids = leg_ids(t.user_data);
+    let clearing = clearing_account(t.ledger);
+    let fence = t.debit_account_id == clearing && t.credit_account_id == fence_account(t.ledger);
+    let shape = if t.id == ids.debit_hold {
+        fence || (!dr && t.credit_account_id == clearing)
+    } else if t.id == ids.credit_hold {
+        fence || (!cr && t.debit_account_id == clearing)
+    } else {
+        false
+    };
+    if hold && shape && t.timeout_ms == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "accounts {} and {}: clearing and fence accounts (ids from {:#x}) are reserved for the legs of cross-shard transfers",
+            t.debit_account_id,
+            t.credit_account_id,
+            txpipe_client::ledger::CLEARING_ACCOUNT_BASE
+        ))
+    }
 }
 
 fn u16_field(index: usize, name: &str, v: u32) -> Result<u16> {
@@ -269,6 +395,13 @@ impl Ledger for LedgerService {
         let mut batch = Vec::with_capacity(req.accounts.len());
         for (i, a) in req.accounts.iter().enumerate() {
             let a = account_from_pb(i, a)?;
+            if is_clearing_account(a.id) {
+                return Err(Error::InvalidArgument(format!(
+                    "event {i}: account {} is in the reserved range of clearing accounts",
+                    a.id
+                ))
+                .into());
+            }
             self.owned(shard, "account", i, a.id)?;
             batch.push(a);
         }
@@ -295,17 +428,21 @@ impl Ledger for LedgerService {
         let mut batch = Vec::with_capacity(req.transfers.len());
         for (i, t) in req.transfers.iter().enumerate() {
             let t = transfer_from_pb(i, t)?;
+            check_reserved(&t).map_err(|e| {
+                Error::InvalidArgument(format!("event {i} (transfer {}): {e}", t.id))
+            })?;
             // A post or void may leave the accounts 0 (taken from the hold): nothing to route.
-            if t.debit_account_id != 0 {
+            // Clearing accounts exist on every shard (the legs of cross-shard transfers).
+            if t.debit_account_id != 0 && !is_clearing_account(t.debit_account_id) {
                 self.owned(shard, "debit account", i, t.debit_account_id)?;
             }
-            if t.credit_account_id != 0 {
+            if t.credit_account_id != 0 && !is_clearing_account(t.credit_account_id) {
                 let s = self
                     .partitioning
                     .shard_of(t.credit_account_id, self.shards());
                 if s != shard {
                     return Err(Error::FailedPrecondition(format!(
-                        "cross-shard transfers are not supported yet: event {i} (transfer {}) debits account {} on {} and credits account {} on {}",
+                        "event {i} (transfer {}) debits account {} on {} and credits account {} on {}: cross-shard transfers go through the ledger client's two-phase commit (txpipe_client::ledger::LedgerClient::create_transfers), not one CreateTransfers request",
                         t.id,
                         t.debit_account_id,
                         shard_name(shard),
@@ -438,6 +575,8 @@ impl Ledger for LedgerService {
                 transfers: l.map_or(0, |l| l.transfer_count() as u64),
                 pending: l.map_or(0, |l| l.pending_count() as u64),
                 last_timestamp_ns: l.map_or(0, |l| l.last_timestamp()),
+                cross_transfers: l.map_or(0, |l| l.cross_count() as u64),
+                cross_open: l.map_or(0, |l| l.open_cross_count() as u64),
                 ..GetShardResponse::default()
             }
         });
@@ -446,6 +585,207 @@ impl Ledger for LedgerService {
         resp.shards = self.shards();
         resp.partitioning = self.partitioning.to_string();
         Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all, fields(shard = %req.get_ref().shard))]
+    async fn begin_cross_transfer(
+        &self,
+        req: Request<BeginCrossTransferRequest>,
+    ) -> std::result::Result<Response<CrossTransferResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("BeginCrossTransfer"), "")?;
+        let req = req.into_inner();
+        let (shard, stream) = self.shard(&req.shard)?;
+        let t = cross_from_pb(req.transfer.as_ref())?;
+        if t.debit_account_id != 0 {
+            self.owned(shard, "debit account", 0, t.debit_account_id)?;
+        }
+        if t.legs[0].shard != shard || t.legs[1].shard >= self.shards() {
+            return Err(Error::InvalidArgument(format!(
+                "cross transfer {}: the debit leg must be on {} (the coordinator) and the credit leg on a shard of this cluster",
+                t.id,
+                shard_name(shard)
+            ))
+            .into());
+        }
+        match self
+            .propose(stream, LedgerCommand::BeginCross(Box::new(t)))
+            .await?
+        {
+            LedgerReply::Begun(r, rec) => Ok(Response::new(CrossTransferResponse {
+                code: r as u32,
+                name: r.as_str().to_string(),
+                record: rec.map(|r| record_to_pb(&r)),
+            })),
+            other => Err(Error::Unavailable(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(shard = %req.get_ref().shard))]
+    async fn decide_cross_transfer(
+        &self,
+        req: Request<DecideCrossTransferRequest>,
+    ) -> std::result::Result<Response<CrossTransferResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("DecideCrossTransfer"), "")?;
+        let req = req.into_inner();
+        let (_, stream) = self.shard(&req.shard)?;
+        let decision = match (pb::Decision::try_from(req.decision), req.abort_code) {
+            (Ok(pb::Decision::Commit), 0) => Decision::Commit,
+            (Ok(pb::Decision::Abort), code) => {
+                match u8::try_from(code)
+                    .ok()
+                    .and_then(CreateTransferResult::from_code)
+                {
+                    Some(reason) if reason != CreateTransferResult::Ok => {
+                        Decision::Abort { reason }
+                    }
+                    _ => {
+                        return Err(Error::InvalidArgument(format!(
+                            "abort code {code} is not a failing transfer result"
+                        ))
+                        .into());
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "decision {} with abort code {}: expected COMMIT (code 0) or ABORT",
+                    req.decision, req.abort_code
+                ))
+                .into());
+            }
+        };
+        let id = from_pb(req.id.as_ref());
+        self.cross_reply(stream, LedgerCommand::DecideCross { id, decision })
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(shard = %req.get_ref().shard))]
+    async fn complete_cross_transfer(
+        &self,
+        req: Request<CompleteCrossTransferRequest>,
+    ) -> std::result::Result<Response<CrossTransferResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("CompleteCrossTransfer"), "")?;
+        let req = req.into_inner();
+        let (_, stream) = self.shard(&req.shard)?;
+        let id = from_pb(req.id.as_ref());
+        self.cross_reply(stream, LedgerCommand::CompleteCross { id })
+            .await
+    }
+
+    async fn list_open_cross_transfers(
+        &self,
+        req: Request<ListCrossTransfersRequest>,
+    ) -> std::result::Result<Response<ListCrossTransfersResponse>, Status> {
+        self.acl
+            .check(&req, Operation::Ledger("ListOpenCrossTransfers"), "")?;
+        let req = req.into_inner();
+        let (_, stream) = self.shard(&req.shard)?;
+        stream.replica.read_barrier().await?;
+        let after = from_pb(req.after_id.as_ref());
+        let limit = page(req.limit);
+        let records = stream.replica.with_core(|c| {
+            c.state.ledger().map_or_else(Vec::new, |l| {
+                l.open_cross(after, limit)
+                    .iter()
+                    .map(record_to_pb)
+                    .collect()
+            })
+        });
+        Ok(Response::new(ListCrossTransfersResponse { records }))
+    }
+}
+
+impl LedgerService {
+    /// Proposes a Decide or Complete command and answers its result and record.
+    async fn cross_reply(
+        &self,
+        stream: &Stream,
+        command: LedgerCommand,
+    ) -> std::result::Result<Response<CrossTransferResponse>, Status> {
+        match self.propose(stream, command).await? {
+            LedgerReply::Cross(r, rec) => Ok(Response::new(CrossTransferResponse {
+                code: r as u32,
+                name: r.as_str().to_string(),
+                record: rec.map(|r| record_to_pb(&r)),
+            })),
+            other => Err(Error::Unavailable(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+}
+
+/// A cross-shard transfer from the wire: exactly two legs, `code` within 16 bits.
+fn cross_from_pb(t: Option<&pb::CrossTransfer>) -> Result<CrossTransfer> {
+    let Some(t) = t else {
+        return Err(Error::InvalidArgument(
+            "begin cross transfer: no transfer".into(),
+        ));
+    };
+    let [d, c] = t.legs.as_slice() else {
+        return Err(Error::InvalidArgument(format!(
+            "cross transfer: {} legs, expected 2 (debit, credit)",
+            t.legs.len()
+        )));
+    };
+    let leg = |l: &pb::CrossLeg| CrossLeg {
+        shard: l.shard,
+        hold_id: from_pb(l.hold_id.as_ref()),
+        resolve_id: from_pb(l.resolve_id.as_ref()),
+        debit_account_id: from_pb(l.debit_account_id.as_ref()),
+        credit_account_id: from_pb(l.credit_account_id.as_ref()),
+    };
+    Ok(CrossTransfer {
+        id: from_pb(t.id.as_ref()),
+        debit_account_id: from_pb(t.debit_account_id.as_ref()),
+        credit_account_id: from_pb(t.credit_account_id.as_ref()),
+        amount: from_pb(t.amount.as_ref()),
+        user_data: from_pb(t.user_data.as_ref()),
+        ledger: t.ledger,
+        code: u16_field(0, "code", t.code)?,
+        legs: [leg(d), leg(c)],
+        prepare_deadline_ns: t.prepare_deadline_ns,
+    })
+}
+
+/// A row of the transaction table on the wire.
+pub fn record_to_pb(r: &CrossRecord) -> pb::CrossRecord {
+    let t = &r.transfer;
+    let leg = |l: &CrossLeg| pb::CrossLeg {
+        shard: l.shard,
+        hold_id: to_pb(l.hold_id),
+        resolve_id: to_pb(l.resolve_id),
+        debit_account_id: to_pb(l.debit_account_id),
+        credit_account_id: to_pb(l.credit_account_id),
+    };
+    let (decision, abort_code, abort_name) = match r.decision {
+        None => (pb::Decision::None, 0, String::new()),
+        Some(Decision::Commit) => (pb::Decision::Commit, 0, String::new()),
+        Some(Decision::Abort { reason }) => (
+            pb::Decision::Abort,
+            reason as u32,
+            reason.as_str().to_string(),
+        ),
+    };
+    pb::CrossRecord {
+        transfer: Some(pb::CrossTransfer {
+            id: to_pb(t.id),
+            debit_account_id: to_pb(t.debit_account_id),
+            credit_account_id: to_pb(t.credit_account_id),
+            amount: to_pb(t.amount),
+            user_data: to_pb(t.user_data),
+            ledger: t.ledger,
+            code: u32::from(t.code),
+            legs: t.legs.iter().map(leg).collect(),
+            prepare_deadline_ns: t.prepare_deadline_ns,
+        }),
+        begun_at_ns: r.begun_at,
+        decision: decision as i32,
+        abort_code,
+        abort_name,
+        decided_at_ns: r.decided_at,
+        completed_at_ns: r.completed_at,
     }
 }
 
@@ -466,4 +806,94 @@ fn event_results<R: Copy>(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_legs_and_fences_of_cross_shard_transfers_may_name_reserved_accounts() {
+        let t_id = 77u128;
+        let ids = leg_ids(t_id);
+        let clearing = clearing_account(1);
+        let fence = fence_account(1);
+        let hold = |id, dr, cr| Transfer {
+            id,
+            debit_account_id: dr,
+            credit_account_id: cr,
+            amount: 5,
+            user_data: t_id,
+            ledger: 1,
+            code: 1,
+            flags: TransferFlags::PENDING,
+            ..Transfer::default()
+        };
+        let cases = [
+            ("plain shard-local transfer", hold(9, 1, 2), true),
+            ("debit leg", hold(ids.debit_hold, 1, clearing), true),
+            ("credit leg", hold(ids.credit_hold, clearing, 1001), true),
+            (
+                "fence of the debit leg",
+                hold(ids.debit_hold, clearing, fence),
+                true,
+            ),
+            (
+                "linked fence of the credit leg",
+                Transfer {
+                    flags: TransferFlags::PENDING | TransferFlags::LINKED,
+                    ..hold(ids.credit_hold, clearing, fence)
+                },
+                true,
+            ),
+            (
+                "post of a leg",
+                Transfer {
+                    pending_id: ids.debit_hold,
+                    flags: TransferFlags::POST_PENDING_TRANSFER,
+                    ..hold(ids.debit_resolve, 0, 0)
+                },
+                true,
+            ),
+            (
+                "an id not derived from user data",
+                hold(5, 1, clearing),
+                false,
+            ),
+            (
+                "the debit leg's id on the credit side",
+                hold(ids.debit_hold, clearing, 1001),
+                false,
+            ),
+            (
+                "another ledger's clearing account",
+                hold(ids.debit_hold, 1, clearing_account(2)),
+                false,
+            ),
+            (
+                "a plain transfer to the clearing account",
+                Transfer {
+                    flags: TransferFlags::default(),
+                    ..hold(ids.debit_hold, 1, clearing)
+                },
+                false,
+            ),
+            (
+                "a leg with a timeout",
+                Transfer {
+                    timeout_ms: 5,
+                    ..hold(ids.debit_hold, 1, clearing)
+                },
+                false,
+            ),
+            (
+                "the fence account as a leg",
+                hold(ids.debit_hold, 1, fence),
+                false,
+            ),
+        ];
+        for (name, t, ok) in cases {
+            assert_eq!(check_reserved(&t).is_ok(), ok, "{name}");
+        }
+    }
 }

@@ -360,13 +360,16 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    // Background: status sampling and expiry of due ledger holds every second, snapshots +
-    // retention on their interval.
+    // Background: status sampling, expiry of due ledger holds and recovery of cross-shard
+    // transfers every second, snapshots + retention on their interval.
     let bg = {
         let b = Arc::clone(&b);
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut sample = broker::Sample::default();
+            // The recovery task's ledger client, connected on first use; its lock keeps
+            // recovery passes from overlapping.
+            let recovery = Arc::new(tokio::sync::Mutex::new(None));
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut snap =
                 tokio::time::interval(Duration::from_millis(b.config.snapshot_interval_ms));
@@ -380,7 +383,12 @@ pub async fn run(
                         b.sample(&mut sample);
                         // Apart: a proposal may wait for a quorum.
                         let b = Arc::clone(&b);
+                        let b2 = Arc::clone(&b);
                         tokio::spawn(async move { ledger_service::expire_due_holds(&b).await });
+                        let rc = Arc::clone(&recovery);
+                        tokio::spawn(async move {
+                            ledger_service::recover_cross_transfers(&b2, &rc).await
+                        });
                     }
                     _ = snap.tick() => b.snapshot_and_retain().await,
                     _ = crate::broker::stopped(&mut stop) => break,

@@ -12,7 +12,9 @@ use tonic::Code;
 use txpipe_broker::Config;
 use txpipe_client::ledger::v1::ledger_client::LedgerClient as RawClient;
 use txpipe_client::ledger::v1::{self as pb};
-use txpipe_client::ledger::{LedgerClient, LedgerClientError, from_pb, shard_name, to_pb};
+use txpipe_client::ledger::{
+    LedgerClient, LedgerClientError, clearing_account, from_pb, shard_name, to_pb,
+};
 
 const T: Duration = Duration::from_secs(30);
 const SHARDS: u32 = 3;
@@ -67,13 +69,6 @@ fn transfer(id: u128, from: u128, to: u128, amount: u128, flags: u32) -> pb::Tra
 
 fn names(r: &[pb::EventResult]) -> Vec<&str> {
     r.iter().map(|r| r.name.as_str()).collect()
-}
-
-fn rejected(e: LedgerClientError) -> tonic::Status {
-    match e {
-        LedgerClientError::Leader(txpipe_client::leader::LeaderError::Rejected(s)) => s,
-        other => panic!("expected a rejection, got {other}"),
-    }
 }
 
 /// Every live node's `(applied index, state hash)` of `shard`, from its own state.
@@ -203,19 +198,6 @@ async fn ledger_shards_agree_on_every_replica_through_a_leader_crash_and_a_resta
     assert_eq!(balance(&c, 6).await, (0, 60, 0, 0));
     assert_eq!(balance(&c, 7).await, (0, 0, 0, 60));
 
-    // Cross-shard: refused with a clear message, nothing applied.
-    let st = rejected(
-        c.create_transfers(vec![transfer(20, 1, 1001, 5, 0)])
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
-    assert!(
-        st.message()
-            .contains("cross-shard transfers are not supported yet"),
-        "{st:?}"
-    );
-
     // Bad input: each its code.
     let leader0 = {
         let s = c.get_shard(0).await.unwrap();
@@ -226,6 +208,17 @@ async fn ledger_shards_agree_on_every_replica_through_a_leader_crash_and_a_resta
     let mut raw = RawClient::connect(format!("http://{leader0}"))
         .await
         .unwrap();
+    // A cross-shard transfer in one raw CreateTransfers request is refused (the client runs
+    // those as a two-phase commit), nothing applied.
+    let st = raw
+        .create_transfers(pb::CreateTransfersRequest {
+            shard: "ledger-0".into(),
+            transfers: vec![transfer(20, 1, 1001, 5, 0)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert!(st.message().contains("two-phase commit"), "{st:?}");
     let bad = |shard: &str, accounts: Vec<pb::Account>| pb::CreateAccountsRequest {
         shard: shard.into(),
         accounts,
@@ -237,6 +230,10 @@ async fn ledger_shards_agree_on_every_replica_through_a_leader_crash_and_a_resta
         (
             bad("ledger-0", vec![account(1500)]),
             "account of another shard",
+        ),
+        (
+            bad("ledger-0", vec![account(clearing_account(1))]),
+            "a clearing account",
         ),
         (
             bad(
@@ -391,4 +388,506 @@ async fn a_data_directory_keeps_its_ledger_layout() {
     let r = c.create_accounts(vec![account(1)]).await.unwrap();
     assert_eq!(names(&r), ["exists"]);
     b.stop().await;
+}
+
+/// Account `id`'s balances on shard `shard` (clearing accounts have the same id on every
+/// shard), zeros when absent.
+async fn balance_on(c: &LedgerClient, shard: u32, id: u128) -> (u128, u128, u128, u128) {
+    let r = c
+        .call(shard, |mut raw, s| async move {
+            raw.lookup_accounts(pb::LookupAccountsRequest {
+                shard: s,
+                ids: vec![to_pb(id).unwrap()],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    r.accounts.first().map_or((0, 0, 0, 0), |a| {
+        (
+            from_pb(a.debits_pending.as_ref()),
+            from_pb(a.debits_posted.as_ref()),
+            from_pb(a.credits_pending.as_ref()),
+            from_pb(a.credits_posted.as_ref()),
+        )
+    })
+}
+
+/// Sums over every account of every shard (clearing accounts included):
+/// `(debits_pending, debits_posted, credits_pending, credits_posted)`, and the pending holds.
+async fn totals(c: &LedgerClient) -> ((u128, u128, u128, u128), u64) {
+    let mut sum = (0, 0, 0, 0);
+    let mut pending = 0;
+    for a in c.list_accounts(0, u128::MAX).await.unwrap() {
+        sum.0 += from_pb(a.debits_pending.as_ref());
+        sum.1 += from_pb(a.debits_posted.as_ref());
+        sum.2 += from_pb(a.credits_pending.as_ref());
+        sum.3 += from_pb(a.credits_posted.as_ref());
+    }
+    for s in 0..c.shards() {
+        pending += c.get_shard(s).await.unwrap().pending;
+    }
+    (sum, pending)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_transfers_commit_or_abort_on_both_shards_and_resends_move_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, mut nodes) = start_cluster(dir.path());
+    let c = LedgerClient::connect(configs[0].client_addrs.clone(), T)
+        .await
+        .unwrap();
+    let limited = |id| pb::Account {
+        flags: 2, // debits_must_not_exceed_credits
+        ..account(id)
+    };
+    let r = c
+        .create_accounts(vec![
+            limited(1),
+            account(2),
+            account(1001),
+            account(2001),
+            account(500),
+        ])
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+    // Fund account 1 with 100 from account 500 (same shard).
+    let r = c
+        .create_transfers(vec![transfer(1, 500, 1, 100, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok"]);
+    let clearing = clearing_account(1);
+
+    // Commit: 1 (ledger-0) → 1001 (ledger-1), through the clearing accounts.
+    let r = c
+        .create_transfers(vec![transfer(100, 1, 1001, 30, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok"]);
+    assert_eq!(balance(&c, 1).await, (0, 30, 0, 100));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 30));
+    assert_eq!(balance_on(&c, 0, clearing).await, (0, 0, 0, 30));
+    assert_eq!(balance_on(&c, 1, clearing).await, (0, 30, 0, 0));
+
+    // Abort: over account 1's limit (exceeds_credits); the credit leg on ledger-2 is voided
+    // and nothing stays pending.
+    let r = c
+        .create_transfers(vec![transfer(101, 1, 2001, 1000, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["exceeds_credits"]);
+    assert_eq!(balance(&c, 2001).await, (0, 0, 0, 0));
+    assert_eq!(balance_on(&c, 2, clearing).await, (0, 0, 0, 0));
+    // A missing credit account aborts too, and the debit leg's hold is released.
+    let r = c
+        .create_transfers(vec![transfer(102, 1, 1500, 5, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["credit_account_not_found"]);
+    assert_eq!(balance(&c, 1).await, (0, 30, 0, 100));
+
+    // Resends: `exists` for the committed one, its failure for the aborted one, a differing
+    // field named; nothing moves.
+    let r = c
+        .create_transfers(vec![
+            transfer(100, 1, 1001, 30, 0),
+            transfer(101, 1, 2001, 1000, 0),
+            transfer(100, 1, 1001, 31, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&r),
+        ["exists", "exceeds_credits", "exists_with_different_amount"]
+    );
+    assert_eq!(balance(&c, 1).await, (0, 30, 0, 100));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 30));
+
+    // A batch mixing shard-local and cross-shard transfers keeps its order.
+    let r = c
+        .create_transfers(vec![
+            transfer(103, 1, 2, 5, 0),
+            transfer(104, 1, 2001, 5, 0),
+            transfer(105, 1001, 2, 5, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok", "ok", "ok"]);
+    assert_eq!(balance(&c, 2).await, (0, 0, 0, 10));
+    assert_eq!(balance(&c, 2001).await, (0, 0, 0, 5));
+    // Cross-shard transfers must be plain.
+    assert!(matches!(
+        c.create_transfers(vec![transfer(106, 1, 1001, 5, PENDING)])
+            .await,
+        Err(LedgerClientError::Unsupported(_))
+    ));
+
+    // Totals: debits equal credits over all accounts, clearing included; the clearing
+    // accounts net to zero; no hold pending; every coordinator's table is complete.
+    let (sum, pending) = totals(&c).await;
+    assert_eq!(pending, 0);
+    assert_eq!((sum.0, sum.2), (0, 0));
+    assert_eq!(sum.1, sum.3);
+    let mut net: i128 = 0;
+    for s in 0..SHARDS {
+        let (_, dp, _, cp) = balance_on(&c, s, clearing).await;
+        net += cp as i128 - dp as i128;
+        assert_eq!(c.get_shard(s).await.unwrap().cross_open, 0);
+    }
+    assert_eq!(net, 0);
+    assert_eq!(c.get_shard(0).await.unwrap().cross_transfers, 4);
+    assert_replicas_agree(&nodes).await;
+
+    // The leader of the credit shard crashes: the next cross-shard transfers follow its new
+    // leader and still commit on both shards.
+    let leader1 = c.get_shard(1).await.unwrap().leader;
+    let killed = configs[0]
+        .client_addrs
+        .iter()
+        .position(|a| *a == leader1)
+        .expect("leader among the nodes");
+    nodes[killed].take().unwrap().crash();
+    let r = c
+        .create_transfers(vec![
+            transfer(110, 1, 1001, 1, 0),
+            transfer(111, 1001, 2001, 1, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok", "ok"]);
+    assert_eq!(balance(&c, 1001).await, (0, 6, 0, 31));
+    let (sum, pending) = totals(&c).await;
+    assert_eq!((pending, sum.0, sum.2), (0, 0, 0));
+    assert_eq!(sum.1, sum.3);
+    assert_replicas_agree(&nodes).await;
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_aborts_a_coordinator_that_stopped_after_prepare_and_finishes_a_decided_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, nodes) = start_cluster(dir.path());
+    let c = LedgerClient::connect(configs[0].client_addrs.clone(), T)
+        .await
+        .unwrap()
+        .with_prepare_timeout(Duration::from_millis(300));
+    let r = c
+        .create_accounts(vec![
+            account(1),
+            account(1001),
+            account(2001),
+            pb::Account {
+                flags: 2, // debits_must_not_exceed_credits, nothing credited yet
+                ..account(3)
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+
+    // A coordinator that stops after holding both legs (no decision).
+    let stalled = transfer(200, 1, 1001, 7, 0);
+    let begun = c.begin_cross(c.cross_plan(&stalled)).await.unwrap();
+    assert_eq!(begun.name, "ok");
+    let rec = begun.record.unwrap();
+    assert_eq!(c.prepare_legs(&rec).await.unwrap(), None);
+    assert_eq!(balance(&c, 1).await, (7, 0, 0, 0));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 7, 0));
+
+    // One that stops after deciding commit (no post).
+    let decided = transfer(201, 1, 2001, 3, 0);
+    let rec2 = c
+        .begin_cross(c.cross_plan(&decided))
+        .await
+        .unwrap()
+        .record
+        .unwrap();
+    assert_eq!(c.prepare_legs(&rec2).await.unwrap(), None);
+    let d = c.decide_cross(&rec2, None).await.unwrap();
+    assert_eq!(d.name, "ok");
+
+    // And one that stops right after begin (no leg held; its debit leg could not be held
+    // now: account 3 has nothing).
+    let rec3 = c
+        .begin_cross(c.cross_plan(&transfer(202, 3, 1001, 2, 0)))
+        .await
+        .unwrap()
+        .record
+        .unwrap();
+
+    // A leader's recovery task aborts the first past its prepare deadline (both holds
+    // voided) and posts the second.
+    wait_until(T, "recovery finished both", || async {
+        c.get_shard(0).await.unwrap().cross_open == 0
+    })
+    .await;
+    assert_eq!(balance(&c, 1).await, (0, 3, 0, 0));
+    assert_eq!(balance(&c, 3).await, (0, 0, 0, 0));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 0));
+    assert_eq!(balance(&c, 2001).await, (0, 0, 0, 3));
+    let (sum, pending) = totals(&c).await;
+    assert_eq!(pending, 0);
+    assert_eq!(sum, (0, 6, 0, 6));
+    assert_eq!(c.get_shard(0).await.unwrap().cross_transfers, 3);
+
+    // The stalled coordinator comes back: its commit reads the abort and it voids; a resend
+    // answers the recorded reason and the committed one `exists`.
+    let late = c.decide_cross(&rec, None).await.unwrap();
+    assert_eq!(late.name, "already_decided");
+    assert_eq!(
+        late.record.as_ref().unwrap().abort_name,
+        "pending_transfer_expired"
+    );
+    c.finish_cross(late.record.as_ref().unwrap()).await.unwrap();
+    let r = c.create_transfers(vec![stalled, decided]).await.unwrap();
+    assert_eq!(names(&r), ["pending_transfer_expired", "exists"]);
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 0));
+
+    // A slow coordinator holding its legs after recovery voided them reserves nothing: held
+    // legs answer `exists`, and a leg never held was fenced by its void (its id held
+    // between the clearing and fence accounts and voided at once), so holding it fails even
+    // once account 3 could pay.
+    assert_eq!(c.prepare_legs(&rec).await.unwrap(), None);
+    let r = c
+        .create_transfers(vec![transfer(300, 1, 3, 10, 0)])
+        .await
+        .unwrap();
+    assert_eq!(names(&r), ["ok"]);
+    assert_eq!(
+        c.prepare_legs(&rec3).await.unwrap().map(|(_, n)| n),
+        Some("exists_with_different_flags".into())
+    );
+    assert_eq!(totals(&c).await.1, 0);
+    assert_replicas_agree(&nodes).await;
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+/// A small bank in the style of Jepsen's: concurrent clients move money between 30 limited
+/// accounts on three shards (most transfers cross shards, some overdraw) while the leader of
+/// ledger-0 crashes; afterwards every transaction is complete, its two legs were both posted
+/// or both voided, no hold is pending, and the customers' total is what was funded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_of_concurrent_cross_shard_transfers_keeps_its_total_through_a_leader_crash() {
+    const FUNDS: u128 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, mut nodes) = start_cluster(dir.path());
+    let c = LedgerClient::connect(configs[0].client_addrs.clone(), T)
+        .await
+        .unwrap()
+        .with_prepare_timeout(Duration::from_millis(500));
+    let customers: Vec<u128> = (0..3u128)
+        .flat_map(|s| (1..=10u128).map(move |i| s * 1000 + i))
+        .collect();
+    let operators: Vec<u128> = (0..SHARDS)
+        .map(|s| c.partitioning().operator_account(s, SHARDS))
+        .collect();
+    let mut accounts: Vec<pb::Account> = customers
+        .iter()
+        .map(|id| pb::Account {
+            flags: 2,
+            ..account(*id)
+        })
+        .collect();
+    accounts.extend(operators.iter().map(|id| account(*id)));
+    let r = c.create_accounts(accounts).await.unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+    let funding: Vec<pb::Transfer> = customers
+        .iter()
+        .enumerate()
+        .map(|(k, id)| {
+            transfer(
+                1 + k as u128,
+                operators[c.shard_of(*id) as usize],
+                *id,
+                FUNDS,
+                0,
+            )
+        })
+        .collect();
+    let r = c.create_transfers(funding).await.unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+
+    // Four clients, 25 transfers each, from a fixed pseudo-random sequence.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers = (0..4u128).map(|w| {
+        let c = c.clone();
+        let customers = customers.clone();
+        let progress = std::sync::Arc::clone(&progress);
+        tokio::spawn(async move {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut sent = Vec::new();
+            for k in 0..25u128 {
+                let from = customers[(next() % 30) as usize];
+                let mut to = customers[(next() % 30) as usize];
+                if to == from {
+                    to = customers[(customers.iter().position(|a| *a == from).unwrap() + 11) % 30];
+                }
+                let t = transfer(
+                    10_000 + w * 100 + k,
+                    from,
+                    to,
+                    u128::from(next() % 60 + 1),
+                    0,
+                );
+                // An error (the crash) leaves the outcome unknown: the resend below settles it.
+                let name = c
+                    .create_transfers(vec![t])
+                    .await
+                    .ok()
+                    .map(|r| r[0].name.clone());
+                sent.push((t, name));
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            sent
+        })
+    });
+    let crash = async {
+        // Crash once the clients are under way (and not finished).
+        wait_until(T, "clients under way", || async {
+            progress.load(std::sync::atomic::Ordering::Relaxed) >= 10
+        })
+        .await;
+        let leader0 = c.get_shard(0).await.unwrap().leader;
+        let killed = configs[0]
+            .client_addrs
+            .iter()
+            .position(|a| *a == leader0)
+            .expect("leader among the nodes");
+        nodes[killed].take().unwrap().crash();
+        progress.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (sent, at_crash) = tokio::join!(futures::future::join_all(workers), crash);
+    assert!(at_crash < 100, "the crash came after the clients were done");
+    let sent: Vec<(pb::Transfer, Option<String>)> =
+        sent.into_iter().flat_map(|r| r.unwrap()).collect();
+
+    // Resend everything: answers are final now and consistent with the first ones.
+    let resend = c
+        .create_transfers(sent.iter().map(|(t, _)| *t).collect())
+        .await
+        .unwrap();
+    let mut committed = 0;
+    for ((t, first), again) in sent.iter().zip(&resend) {
+        match first.as_deref() {
+            Some("ok") => assert_eq!(again.name, "exists", "{t:?}"),
+            Some(other) => assert_eq!(again.name, other, "{t:?}"),
+            None => {}
+        }
+        committed += usize::from(again.name == "exists" || again.name == "ok");
+    }
+    assert!(committed > 10, "only {committed} transfers committed");
+
+    // Every transaction complete, its legs both posted or both voided.
+    wait_until(T, "no open cross-shard transfer", || async {
+        let mut open = 0;
+        for s in 0..SHARDS {
+            open += c.get_shard(s).await.unwrap().cross_open;
+        }
+        open == 0
+    })
+    .await;
+    for (t, _) in sent.iter().filter(|(t, _)| c.is_cross(t)) {
+        let plan = c.cross_plan(t);
+        let mut kinds = Vec::new();
+        for leg in &plan.legs {
+            let found = c
+                .call(leg.shard, |mut raw, s| {
+                    let ids = vec![leg.resolve_id.unwrap()];
+                    async move {
+                        raw.lookup_transfers(pb::LookupTransfersRequest { shard: s, ids })
+                            .await
+                    }
+                })
+                .await
+                .unwrap()
+                .transfers;
+            assert_eq!(found.len(), 1, "leg of {} resolved", from_pb(t.id.as_ref()));
+            kinds.push(found[0].flags & (POST | VOID));
+        }
+        assert_eq!(
+            kinds[0],
+            kinds[1],
+            "both legs of {} alike",
+            from_pb(t.id.as_ref())
+        );
+    }
+    let (sum, pending) = totals(&c).await;
+    assert_eq!((pending, sum.0, sum.2), (0, 0, 0));
+    assert_eq!(sum.1, sum.3);
+    let mut held = 0u128;
+    for id in &customers {
+        let (dp, dpo, cp, cpo) = balance(&c, *id).await;
+        assert_eq!((dp, cp), (0, 0));
+        assert!(cpo >= dpo, "account {id} overdrawn");
+        held += cpo - dpo;
+    }
+    assert_eq!(held, FUNDS * 30, "the customers' total is unchanged");
+    assert_replicas_agree(&nodes).await;
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+/// With mutual TLS and the ACL on: the cross-shard calls need the `ledger` role (a `reader`
+/// is refused), and a shard leader's recovery task, dialling with its own `broker`
+/// certificate, still aborts a coordinator that stopped after prepare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_recovery_finishes_cross_shard_transfers_with_the_brokers_own_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new(&dir.path().join("pki"), "cluster");
+    let mut cfgs = cluster_configs(dir.path(), 3);
+    for (i, (c, _)) in cfgs.iter_mut().enumerate() {
+        c.ledger_shards = SHARDS;
+        ca.leaf(&format!("broker/{i}")).serve(c);
+    }
+    let addrs = cfgs[0].0.client_addrs.clone();
+    let nodes: Vec<Option<TestBroker>> = cfgs
+        .into_iter()
+        .map(|(c, l)| Some(TestBroker::start_on(c, l)))
+        .collect();
+    let c = LedgerClient::connect_with(addrs.clone(), T, Some(ca.leaf("ledger").options()))
+        .await
+        .unwrap()
+        .with_prepare_timeout(Duration::from_millis(300));
+    let r = c
+        .create_accounts(vec![account(1), account(1001)])
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.name == "ok"), "{r:?}");
+
+    let reader = LedgerClient::connect_with(addrs, T, Some(ca.leaf("reader").options())).await;
+    assert!(reader.is_err(), "a reader may not use the ledger");
+
+    let stalled = transfer(200, 1, 1001, 7, 0);
+    let rec = c
+        .begin_cross(c.cross_plan(&stalled))
+        .await
+        .unwrap()
+        .record
+        .unwrap();
+    assert_eq!(c.prepare_legs(&rec).await.unwrap(), None);
+    assert_eq!(balance(&c, 1).await, (7, 0, 0, 0));
+    wait_until(T, "recovery aborted it", || async {
+        c.get_shard(0).await.unwrap().cross_open == 0
+    })
+    .await;
+    assert_eq!(balance(&c, 1).await, (0, 0, 0, 0));
+    assert_eq!(balance(&c, 1001).await, (0, 0, 0, 0));
+    let r = c.create_transfers(vec![stalled]).await.unwrap();
+    assert_eq!(names(&r), ["pending_transfer_expired"]);
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
 }

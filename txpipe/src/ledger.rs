@@ -185,14 +185,16 @@ pub async fn run(args: LedgerArgs) -> Result<bool> {
             for s in 0..client.shards() {
                 let r = client.get_shard(s).await?;
                 println!(
-                    "{}  leader {}  applied {}  hash {}  accounts {}  transfers {}  pending {}",
+                    "{}  leader {}  applied {}  hash {}  accounts {}  transfers {}  pending {}  cross-shard {} ({} open)",
                     r.shard,
                     r.leader,
                     r.applied_index,
                     hex(&r.state_hash),
                     r.accounts,
                     r.transfers,
-                    r.pending
+                    r.pending,
+                    r.cross_transfers,
+                    r.cross_open
                 );
             }
             Ok(true)
@@ -279,18 +281,7 @@ async fn transfer(
     code: u32,
 ) -> Result<bool> {
     let mut sent = Vec::new();
-    let mut skipped = 0usize;
     for (k, (n, s, r, a)) in lines.into_iter().enumerate() {
-        let (ss, rs) = (client.shard_of(s), client.shard_of(r));
-        if ss != rs {
-            eprintln!(
-                "line {n}: ({s},{r},{a}): cross-shard transfers are not supported yet ({} -> {}); skipped",
-                shard_name(ss),
-                shard_name(rs)
-            );
-            skipped += 1;
-            continue;
-        }
         let t = pb::Transfer {
             id: to_pb(id.unwrap_or_else(|| new_id(k as u64))),
             debit_account_id: to_pb(s),
@@ -302,7 +293,7 @@ async fn transfer(
         };
         sent.push(((n, s, r, a), t));
     }
-    let single = sent.len() == 1 && skipped == 0;
+    let single = sent.len() == 1;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for chunk in sent.chunks(BATCH) {
         let batch: Vec<pb::Transfer> = chunk.iter().map(|(_, t)| *t).collect();
@@ -323,18 +314,9 @@ async fn transfer(
     }
     if !single {
         let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!(
-            "{} transfers: {}{}",
-            sent.len(),
-            parts.join(", "),
-            if skipped > 0 {
-                format!("; {skipped} cross-shard skipped")
-            } else {
-                String::new()
-            }
-        );
+        println!("{} transfers: {}", sent.len(), parts.join(", "));
     }
-    Ok(skipped == 0 && counts.keys().all(|k| k == "ok"))
+    Ok(counts.keys().all(|k| k == "ok"))
 }
 
 async fn create_accounts(

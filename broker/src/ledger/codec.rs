@@ -10,9 +10,15 @@
 //! | hold | `id: u128`, `status: u8` (1 pending, 2 posted, 3 voided, 4 expired), `expires_at: u64`, `resolved_by: u128`, `resolved_at: u64` | 49 |
 //! | balance | `account_id: u128`, `timestamp: u64`, `debits_pending`, `debits_posted`, `credits_pending`, `credits_posted: u128` | 88 |
 //!
-//! Snapshot: `magic "TXLG"`, `version: u8 = 1`, `last_timestamp: u64`, then four sections
+//! | cross transfer | `id`, `debit_account_id`, `credit_account_id`, `amount`, `user_data: u128`, `ledger: u32`, `code: u16`, 2 × leg (`shard: u32`, `hold_id`, `resolve_id`, `debit_account_id`, `credit_account_id: u128`), `prepare_deadline_ns: u64` | 230 |
+//! | cross record | cross transfer, `begun_at: u64`, `decision: u8` (0 none, 1 commit, 2 abort), `reason: u8` (the abort's transfer result code, else 0), `decided_at: u64`, `completed_at: u64` | 256 |
+//!
+//! Snapshot: `magic "TXLG"`, `version: u8`, `last_timestamp: u64`, then four sections
 //! (accounts, transfers, holds, balances), each `count: u64` and the records in increasing
-//! key order (ids; `(account, timestamp)` for balances). The indexes (per-account transfers,
+//! key order (ids; `(account, timestamp)` for balances). Version 2 adds a fifth section, the
+//! cross-shard transaction table (cross records by id). A state whose table is empty is
+//! written as version 1, byte for byte as before the table existed (so its state hash did
+//! not change either); both versions decode. The indexes (per-account transfers,
 //! expiry queue) are rebuilt on decode. Decoding checks everything a replica relies on and
 //! returns a [`DecodeError`] instead of panicking: truncation, trailing bytes, unknown
 //! version, flags and statuses, keys out of order, references to missing accounts or
@@ -20,18 +26,25 @@
 //! not add up to.
 //!
 //! Command: `version: u8 = 1`, `kind: u8` (1 `CreateAccounts`, 2 `CreateTransfers`,
-//! 3 `ExpirePending`), then for kinds 1 and 2 `count: u32` and the records.
+//! 3 `ExpirePending`, 4 `BeginCross`, 5 `DecideCross`, 6 `CompleteCross`), then for kinds 1
+//! and 2 `count: u32` and the records; for 4 a cross transfer; for 5 `id: u128`, `decision:
+//! u8`, `reason: u8`; for 6 `id: u128`.
 
 use std::collections::BTreeMap;
 
 use super::LedgerCommand;
+use super::cross::{CrossLeg, CrossRecord, CrossTransfer, Decision};
 use super::state::{HoldState, LedgerState};
-use super::types::{Account, AccountBalance, AccountFlags, HoldStatus, Transfer, TransferFlags};
+use super::types::{
+    Account, AccountBalance, AccountFlags, CreateTransferResult, HoldStatus, Transfer,
+    TransferFlags,
+};
 
 /// First bytes of an encoded [`LedgerState`].
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"TXLG";
-/// Version of the snapshot encoding written by [`LedgerState::encode`].
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// Version of the snapshot encoding written by [`LedgerState::encode`] when the cross-shard
+/// transaction table is not empty (version 1 otherwise, and version 1 still decodes).
+pub const SNAPSHOT_VERSION: u8 = 2;
 /// Version byte of an encoded [`LedgerCommand`].
 pub const COMMAND_VERSION: u8 = 1;
 
@@ -39,6 +52,8 @@ const ACCOUNT_BYTES: usize = 112;
 const TRANSFER_BYTES: usize = 120;
 const HOLD_BYTES: usize = 49;
 const BALANCE_BYTES: usize = 88;
+const CROSS_TRANSFER_BYTES: usize = 230;
+const CROSS_RECORD_BYTES: usize = 256;
 
 /// A snapshot or command that can not be decoded; the message says what is wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +89,57 @@ fn put_transfer(out: &mut Vec<u8>, t: &Transfer) {
     out.extend_from_slice(&t.code.to_le_bytes());
     out.extend_from_slice(&t.flags.0.to_le_bytes());
     out.extend_from_slice(&t.timestamp.to_le_bytes());
+}
+
+fn put_cross_transfer(out: &mut Vec<u8>, t: &CrossTransfer) {
+    for v in [
+        t.id,
+        t.debit_account_id,
+        t.credit_account_id,
+        t.amount,
+        t.user_data,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&t.ledger.to_le_bytes());
+    out.extend_from_slice(&t.code.to_le_bytes());
+    for l in &t.legs {
+        out.extend_from_slice(&l.shard.to_le_bytes());
+        for v in [
+            l.hold_id,
+            l.resolve_id,
+            l.debit_account_id,
+            l.credit_account_id,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&t.prepare_deadline_ns.to_le_bytes());
+}
+
+/// `(decision, reason)` bytes of a decision.
+fn decision_bytes(d: Option<Decision>) -> [u8; 2] {
+    match d {
+        None => [0, 0],
+        Some(Decision::Commit) => [1, 0],
+        Some(Decision::Abort { reason }) => [2, reason as u8],
+    }
+}
+
+/// The decision of its bytes; `Err` for an unknown decision or reason, or an abort whose
+/// reason is `ok`.
+fn decision_of(d: u8, reason: u8) -> Result<Option<Decision>, DecodeError> {
+    match (d, reason) {
+        (0, 0) => Ok(None),
+        (1, 0) => Ok(Some(Decision::Commit)),
+        (2, r) => match CreateTransferResult::from_code(r) {
+            Some(reason) if reason != CreateTransferResult::Ok => {
+                Ok(Some(Decision::Abort { reason }))
+            }
+            _ => err(format!("unknown abort reason {r}")),
+        },
+        _ => err(format!("unknown decision {d} (reason {reason})")),
+    }
 }
 
 /// A cursor over a byte slice whose reads fail instead of panicking.
@@ -167,6 +233,30 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn cross_transfer(&mut self) -> Result<CrossTransfer, DecodeError> {
+        let mut t = CrossTransfer {
+            id: self.u128("cross id")?,
+            debit_account_id: self.u128("cross debit_account_id")?,
+            credit_account_id: self.u128("cross credit_account_id")?,
+            amount: self.u128("cross amount")?,
+            user_data: self.u128("cross user_data")?,
+            ledger: self.u32("cross ledger")?,
+            code: self.u16("cross code")?,
+            ..CrossTransfer::default()
+        };
+        for l in &mut t.legs {
+            *l = CrossLeg {
+                shard: self.u32("leg shard")?,
+                hold_id: self.u128("leg hold_id")?,
+                resolve_id: self.u128("leg resolve_id")?,
+                debit_account_id: self.u128("leg debit_account_id")?,
+                credit_account_id: self.u128("leg credit_account_id")?,
+            };
+        }
+        t.prepare_deadline_ns = self.u64("prepare_deadline_ns")?;
+        Ok(t)
+    }
+
     fn end(&self) -> Result<(), DecodeError> {
         if self.pos != self.buf.len() {
             return err(format!(
@@ -198,6 +288,19 @@ impl LedgerCommand {
                 batch.iter().for_each(|t| put_transfer(&mut out, t));
             }
             LedgerCommand::ExpirePending => out.push(3),
+            LedgerCommand::BeginCross(t) => {
+                out.push(4);
+                put_cross_transfer(&mut out, t);
+            }
+            LedgerCommand::DecideCross { id, decision } => {
+                out.push(5);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&decision_bytes(Some(*decision)));
+            }
+            LedgerCommand::CompleteCross { id } => {
+                out.push(6);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
         }
         out
     }
@@ -208,6 +311,9 @@ impl LedgerCommand {
             LedgerCommand::CreateAccounts(batch) => 6 + batch.len() * ACCOUNT_BYTES,
             LedgerCommand::CreateTransfers(batch) => 6 + batch.len() * TRANSFER_BYTES,
             LedgerCommand::ExpirePending => 2,
+            LedgerCommand::BeginCross(_) => 2 + CROSS_TRANSFER_BYTES,
+            LedgerCommand::DecideCross { .. } => 2 + 18,
+            LedgerCommand::CompleteCross { .. } => 2 + 16,
         }
     }
 
@@ -235,6 +341,19 @@ impl LedgerCommand {
                 )
             }
             3 => LedgerCommand::ExpirePending,
+            4 => LedgerCommand::BeginCross(Box::new(r.cross_transfer()?)),
+            5 => {
+                let id = r.u128("decide id")?;
+                let d = r.u8("decision")?;
+                let reason = r.u8("reason")?;
+                match decision_of(d, reason)? {
+                    Some(decision) => LedgerCommand::DecideCross { id, decision },
+                    None => return err("a decide command without a decision"),
+                }
+            }
+            6 => LedgerCommand::CompleteCross {
+                id: r.u128("complete id")?,
+            },
             k => return err(format!("unknown command kind {k}")),
         };
         r.end()?;
@@ -254,7 +373,11 @@ impl LedgerState {
                 + self.history.len() * BALANCE_BYTES,
         );
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.push(SNAPSHOT_VERSION);
+        out.push(if self.cross.is_empty() {
+            1
+        } else {
+            SNAPSHOT_VERSION
+        });
         out.extend_from_slice(&self.last_timestamp.to_le_bytes());
         out.extend_from_slice(&(self.accounts.len() as u64).to_le_bytes());
         self.accounts
@@ -280,6 +403,16 @@ impl LedgerState {
             out.extend_from_slice(&b.debits_posted.to_le_bytes());
             out.extend_from_slice(&b.credits_pending.to_le_bytes());
             out.extend_from_slice(&b.credits_posted.to_le_bytes());
+        }
+        if !self.cross.is_empty() {
+            out.extend_from_slice(&(self.cross.len() as u64).to_le_bytes());
+            for rec in self.cross.values() {
+                put_cross_transfer(&mut out, &rec.transfer);
+                out.extend_from_slice(&rec.begun_at.to_le_bytes());
+                out.extend_from_slice(&decision_bytes(rec.decision));
+                out.extend_from_slice(&rec.decided_at.to_le_bytes());
+                out.extend_from_slice(&rec.completed_at.to_le_bytes());
+            }
         }
         out
     }
@@ -309,7 +442,7 @@ impl LedgerState {
             return err("not a ledger snapshot (bad magic)");
         }
         let version = r.u8("version")?;
-        if version != SNAPSHOT_VERSION {
+        if version != 1 && version != SNAPSHOT_VERSION {
             return err(format!("unknown snapshot version {version}"));
         }
         let mut s = LedgerState {
@@ -411,6 +544,44 @@ impl LedgerState {
                 return err(format!("balance of missing account {id}"));
             }
             s.history.insert((id, ts), b);
+        }
+        if version >= 2 {
+            let n = r.count(true, CROSS_RECORD_BYTES, "cross transfers")?;
+            if n == 0 {
+                return err("a version 2 snapshot with an empty cross-shard table");
+            }
+            for _ in 0..n {
+                let transfer = r.cross_transfer()?;
+                let id = transfer.id;
+                let begun_at = r.u64("begun_at")?;
+                let d = r.u8("decision")?;
+                let reason = r.u8("reason")?;
+                let rec = CrossRecord {
+                    transfer,
+                    begun_at,
+                    decision: decision_of(d, reason)?,
+                    decided_at: r.u64("decided_at")?,
+                    completed_at: r.u64("completed_at")?,
+                };
+                if s.cross.last_key_value().is_some_and(|(k, _)| *k >= id) {
+                    return err(format!("cross transfer {id} out of order"));
+                }
+                if rec.decision.is_some() != (rec.decided_at != 0)
+                    || (rec.completed_at != 0 && rec.decision.is_none())
+                {
+                    return err(format!("cross transfer {id} has an inconsistent decision"));
+                }
+                if [rec.begun_at, rec.decided_at, rec.completed_at]
+                    .iter()
+                    .any(|t| *t > s.last_timestamp)
+                {
+                    return err(format!("cross transfer {id} is after last_timestamp"));
+                }
+                if rec.completed_at == 0 {
+                    s.open_cross.insert(id);
+                }
+                s.cross.insert(id, rec);
+            }
         }
         r.end()?;
         s.check_consistency().map_err(DecodeError)?;

@@ -7,6 +7,8 @@
 //! - [`types`]: [`Account`], [`Transfer`], their flags, [`Hold`]s and the result codes
 //!   [`CreateAccountResult`] / [`CreateTransferResult`].
 //! - [`state`]: [`LedgerState`], its commands and its reads.
+//! - [`cross`]: the transaction table of cross-shard transfers (two-phase commit): begin,
+//!   write-once decide, complete; and the clearing accounts the state machine creates.
 //! - [`codec`]: the binary encodings of snapshots (and the state hash) and of commands.
 //!
 //! `docs/ledger.md` describes the semantics in full; in short:
@@ -45,6 +47,7 @@
 //! - **Timeouts are `u64` milliseconds** after the hold's timestamp.
 
 pub mod codec;
+pub mod cross;
 pub mod state;
 pub mod types;
 
@@ -54,6 +57,7 @@ mod model_tests;
 mod tests;
 
 pub use codec::DecodeError;
+pub use cross::{CrossLeg, CrossRecord, CrossResult, CrossTransfer, Decision};
 pub use state::{LedgerState, NS_PER_MS};
 pub use types::{
     Account, AccountBalance, AccountFlags, CreateAccountResult, CreateTransferResult, Hold,
@@ -71,6 +75,20 @@ pub enum LedgerCommand {
     /// [`LedgerState::expire_pending`]: a leader proposes it periodically so that holds are
     /// released when no transfers arrive.
     ExpirePending,
+    /// [`LedgerState::begin_cross`]: record a cross-shard transfer this shard coordinates.
+    BeginCross(Box<CrossTransfer>),
+    /// [`LedgerState::decide_cross`]: write-once decision of a cross-shard transfer.
+    DecideCross {
+        /// The cross-shard transfer's id.
+        id: u128,
+        /// Commit or abort (with the reason).
+        decision: Decision,
+    },
+    /// [`LedgerState::complete_cross`]: both legs resolved as decided.
+    CompleteCross {
+        /// The cross-shard transfer's id.
+        id: u128,
+    },
 }
 
 /// What [`LedgerState::apply`] answers, by command.
@@ -82,6 +100,12 @@ pub enum LedgerReply {
     Transfers(Vec<(u32, CreateTransferResult)>),
     /// Ids of the holds that expired, in order of deadline.
     Expired(Vec<u128>),
+    /// The result of [`LedgerCommand::BeginCross`] and the record as it is now (`None` when
+    /// refused).
+    Begun(CreateTransferResult, Option<Box<CrossRecord>>),
+    /// The result of [`LedgerCommand::DecideCross`] or [`LedgerCommand::CompleteCross`] and
+    /// the record as it is now (`None` when not found).
+    Cross(CrossResult, Option<Box<CrossRecord>>),
 }
 
 impl LedgerState {
@@ -97,6 +121,18 @@ impl LedgerState {
                 LedgerReply::Transfers(self.create_transfers(batch, now_ns))
             }
             LedgerCommand::ExpirePending => LedgerReply::Expired(self.expire_pending(now_ns)),
+            LedgerCommand::BeginCross(t) => {
+                let (r, rec) = self.begin_cross(t, now_ns);
+                LedgerReply::Begun(r, rec.map(Box::new))
+            }
+            LedgerCommand::DecideCross { id, decision } => {
+                let (r, rec) = self.decide_cross(*id, *decision, now_ns);
+                LedgerReply::Cross(r, rec.map(Box::new))
+            }
+            LedgerCommand::CompleteCross { id } => {
+                let (r, rec) = self.complete_cross(*id, now_ns);
+                LedgerReply::Cross(r, rec.map(Box::new))
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
 use super::*;
+use std::collections::BTreeMap;
 
 /// Batch times start here (nanoseconds).
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -910,4 +911,128 @@ fn the_model_test_sees_every_interesting_result() {
     assert_eq!(m.create_transfers(&[h2], T0), vec![R::Ok]);
     assert_eq!(m.expire(T0 + 10 * NS_PER_MS), vec![4]);
     assert_eq!(m.balances_at(1, u64::MAX), [0, 10, 0, 0]);
+}
+
+/// One command on the cross-shard transaction table.
+#[derive(Debug, Clone)]
+enum CrossStep {
+    Begin(Box<CrossTransfer>),
+    Decide(u128, Decision),
+    Complete(u128),
+}
+
+fn cross_step() -> impl Strategy<Value = (i64, CrossStep)> {
+    let id = 0u128..6;
+    let begin = (id.clone(), 0u128..3, 1u128..4, 0u128..3).prop_map(|(id, cr, amount, ud)| {
+        CrossStep::Begin(Box::new(CrossTransfer {
+            id,
+            debit_account_id: 1,
+            credit_account_id: cr,
+            amount,
+            user_data: ud,
+            ledger: 1,
+            code: 1,
+            prepare_deadline_ns: T0,
+            ..CrossTransfer::default()
+        }))
+    });
+    let decide = (id.clone(), any::<bool>()).prop_map(|(id, commit)| {
+        CrossStep::Decide(
+            id,
+            if commit {
+                Decision::Commit
+            } else {
+                Decision::Abort {
+                    reason: CreateTransferResult::ExceedsCredits,
+                }
+            },
+        )
+    });
+    let step = prop_oneof![begin, decide, id.prop_map(CrossStep::Complete)];
+    (-3i64..5, step)
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Begin, decide and complete in any order against a model that keeps the first begin,
+    /// the first decision and whether completed: the same results and records, timestamps
+    /// that only grow, and encode → decode giving an equal state.
+    #[test]
+    fn the_cross_table_agrees_with_a_write_once_model(
+        steps in prop::collection::vec(cross_step(), 1..40),
+    ) {
+        // id → (transfer, decision, completed)
+        let mut model: BTreeMap<u128, (CrossTransfer, Option<Decision>, bool)> = BTreeMap::new();
+        let mut s = LedgerState::new();
+        let mut now = T0;
+        for (dt, step) in &steps {
+            now = now.saturating_add_signed(*dt);
+            let before = s.last_timestamp();
+            match step {
+                CrossStep::Begin(t) => {
+                    let (r, rec) = s.begin_cross(t, now);
+                    let want = if t.id == 0 {
+                        CreateTransferResult::IdMustNotBeZero
+                    } else if let Some((f, _, _)) = model.get(&t.id) {
+                        if f.credit_account_id != t.credit_account_id {
+                            CreateTransferResult::ExistsWithDifferentCreditAccountId
+                        } else if f.amount != t.amount {
+                            CreateTransferResult::ExistsWithDifferentAmount
+                        } else if f.user_data != t.user_data {
+                            CreateTransferResult::ExistsWithDifferentUserData
+                        } else {
+                            CreateTransferResult::Exists
+                        }
+                    } else if t.credit_account_id == 0 {
+                        CreateTransferResult::CreditAccountIdMustNotBeZero
+                    } else if t.credit_account_id == 1 {
+                        CreateTransferResult::AccountsMustBeDifferent
+                    } else {
+                        model.insert(t.id, (**t, None, false));
+                        CreateTransferResult::Ok
+                    };
+                    prop_assert_eq!(r, want);
+                    prop_assert_eq!(rec.map(|r| r.transfer), model.get(&t.id).map(|m| m.0));
+                }
+                CrossStep::Decide(id, d) => {
+                    let (r, rec) = s.decide_cross(*id, *d, now);
+                    let want = match model.get_mut(id) {
+                        None => CrossResult::NotFound,
+                        Some(m) => match m.1 {
+                            None => {
+                                m.1 = Some(*d);
+                                CrossResult::Ok
+                            }
+                            Some(first) if std::mem::discriminant(&first) == std::mem::discriminant(d) => CrossResult::Exists,
+                            Some(_) => CrossResult::AlreadyDecided,
+                        },
+                    };
+                    prop_assert_eq!(r, want);
+                    prop_assert_eq!(rec.and_then(|r| r.decision), model.get(id).and_then(|m| m.1));
+                }
+                CrossStep::Complete(id) => {
+                    let (r, rec) = s.complete_cross(*id, now);
+                    let want = match model.get_mut(id) {
+                        None => CrossResult::NotFound,
+                        Some((_, None, _)) => CrossResult::NotDecided,
+                        Some((_, Some(_), true)) => CrossResult::Exists,
+                        Some(m) => {
+                            m.2 = true;
+                            CrossResult::Ok
+                        }
+                    };
+                    prop_assert_eq!(r, want);
+                    prop_assert_eq!(rec.map(|r| r.completed_at != 0), model.get(id).map(|m| m.2));
+                }
+            }
+            prop_assert!(s.last_timestamp() > before, "every command takes a timestamp");
+            let open: Vec<u128> = model.iter().filter(|(_, m)| !m.2).map(|(id, _)| *id).collect();
+            let got: Vec<u128> = s.open_cross(0, 100).iter().map(|r| r.transfer.id).collect();
+            prop_assert_eq!(got, open);
+            prop_assert_eq!(s.cross_count(), model.len());
+            let back = LedgerState::decode(&s.encode()).map_err(|e| TestCaseError::fail(e.0))?;
+            prop_assert_eq!(&back, &s);
+        }
+    }
 }

@@ -7,6 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use txpipe_client::ledger::{CLEARING_ACCOUNT_CODE, clearing_ledger};
+
+use super::cross::CrossRecord;
 use super::types::{
     Account, AccountBalance, AccountFlags, CreateAccountResult, CreateTransferResult, Hold,
     HoldStatus, Transfer, TransferFlags,
@@ -65,6 +68,10 @@ pub struct LedgerState {
     pub(super) history: BTreeMap<(u128, u64), AccountBalance>,
     /// The greatest timestamp handed out so far (0: none).
     pub(super) last_timestamp: u64,
+    /// The transaction table of cross-shard transfers this shard coordinates, by id.
+    pub(super) cross: BTreeMap<u128, CrossRecord>,
+    /// Ids of the incomplete ones (an index over `cross`, rebuilt on decode).
+    pub(super) open_cross: BTreeSet<u128>,
 }
 
 /// Runs `n` events as linked chains: an event with the linked flag is chained to the next.
@@ -155,6 +162,37 @@ impl LedgerState {
             self.last_timestamp = base.saturating_add(n as u64 - 1);
         }
         base
+    }
+
+    /// Reserves one timestamp for a single command at `now_ns` and returns it.
+    pub(super) fn reserve_one(&mut self, now_ns: u64) -> u64 {
+        self.reserve_timestamps(now_ns, 1)
+    }
+
+    /// The account `id`, or, when `id` is a clearing account
+    /// ([`txpipe_client::ledger::clearing_account`]) that does not exist yet, that clearing
+    /// account created now (no limits, `code` [`CLEARING_ACCOUNT_CODE`], the ledger taken
+    /// from the id), with an undo entry so that a failed event leaves nothing behind.
+    fn account_or_clearing(
+        &mut self,
+        id: u128,
+        timestamp: u64,
+        undo: &mut Vec<Undo>,
+    ) -> Option<Account> {
+        if let Some(a) = self.accounts.get(&id) {
+            return Some(*a);
+        }
+        let ledger = clearing_ledger(id)?;
+        let a = Account {
+            id,
+            ledger,
+            code: CLEARING_ACCOUNT_CODE,
+            timestamp,
+            ..Account::default()
+        };
+        self.accounts.insert(id, a);
+        undo.push(Undo::AccountCreated(id));
+        Some(a)
     }
 
     /// Creates a batch of accounts at `now_ns` (nanoseconds since the Unix epoch, the
@@ -377,10 +415,10 @@ impl LedgerState {
         if t.code == 0 {
             return R::CodeMustNotBeZero;
         }
-        let Some(&dr) = self.accounts.get(&t.debit_account_id) else {
+        let Some(dr) = self.account_or_clearing(t.debit_account_id, timestamp, undo) else {
             return R::DebitAccountNotFound;
         };
-        let Some(&cr) = self.accounts.get(&t.credit_account_id) else {
+        let Some(cr) = self.account_or_clearing(t.credit_account_id, timestamp, undo) else {
             return R::CreditAccountNotFound;
         };
         if dr.ledger != cr.ledger {

@@ -259,6 +259,8 @@ macro_rules! result_enum {
     };
 }
 
+pub(crate) use result_enum;
+
 result_enum! {
     /// The result of one account of a [`super::LedgerState::create_accounts`] batch.
     ///
