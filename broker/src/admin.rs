@@ -32,14 +32,34 @@ pub struct AdminState {
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let r = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status.json", get(status_json))
         .route("/cluster/voters", post(set_voters))
-        .route("/", get(|| async { Html(PAGE) }))
-        .with_state(state)
+        .route("/", get(|| async { Html(PAGE) }));
+    #[cfg(feature = "failpoints")]
+    let r = r.route("/failpoints/{name}", axum::routing::put(set_failpoint));
+    r.with_state(state)
+}
+
+/// `PUT /failpoints/<name>` with an action as the body (e.g. `return`, `off`): configures crash
+/// point `name` at run time, so a test can arm it only once its cluster has formed. Only in
+/// builds with the `failpoints` feature (tests); 404 for a name not in
+/// [`crate::failpoints::POINTS`], 400 for an action the `fail` crate rejects.
+#[cfg(feature = "failpoints")]
+async fn set_failpoint(
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: String,
+) -> Response {
+    if !crate::failpoints::POINTS.contains(&name.as_str()) {
+        return (StatusCode::NOT_FOUND, format!("no crash point {name:?}\n")).into_response();
+    }
+    match fail::cfg(name.clone(), body.trim()) {
+        Ok(()) => (StatusCode::OK, format!("{name} = {}\n", body.trim())).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

@@ -151,16 +151,75 @@ async fn fresh_cluster(
 ) -> ProcCluster {
     for attempt in 0..3 {
         let mut c = ProcCluster::new(&dir.join(format!("try-{attempt}")), replicas, FLAGS);
-        c.start_all(armed.then(|| format!("{point}=return")).as_deref());
+        // Started unarmed: the snapshots of the cluster's own formation (bootstrap, joins,
+        // membership changes) would otherwise reach the snapshot crash points before anything
+        // is acknowledged. The point is armed over the admin port once the cluster serves and
+        // those snapshots are written.
+        c.start_all(None);
         if c.try_wait_serving(STREAM, Duration::from_secs(30))
             .await
             .is_some()
         {
+            if armed {
+                snapshots_settled(&c).await;
+                for n in &c.nodes {
+                    let code = common::http_put(n.admin, &format!("/failpoints/{point}"), "return")
+                        .await
+                        .expect("arming the crash point");
+                    assert_eq!(code, 200, "arming {point} on {}", n.admin);
+                }
+            }
             return c;
         }
-        eprintln!("{point}: cluster did not form on attempt {attempt}; retrying on new ports");
+        eprintln!(
+            "{point}: cluster did not form on attempt {attempt}; retrying on new ports; last log lines:\n{}",
+            (0..replicas)
+                .map(|i| {
+                    let log = c.log(i);
+                    let lines: Vec<&str> = log.lines().collect();
+                    format!(
+                        "--- node {i}\n{}\n",
+                        lines[lines.len().saturating_sub(8)..].join("\n")
+                    )
+                })
+                .collect::<String>()
+        );
     }
     panic!("{point}: a fresh {replicas}-replica cluster did not form in 3 attempts");
+}
+
+/// `txpipe_broker_snapshots_total` summed over the streams of the node at `admin`.
+async fn snapshots_total(admin: std::net::SocketAddr) -> Option<f64> {
+    let (_, body) = common::try_http_get(admin, "/metrics").await?;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with("txpipe_broker_snapshots_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// Waits until no node has written a snapshot for three polls 250 ms apart (more than twice
+/// the 100 ms snapshot interval): every entry applied so far is covered, so the next snapshot
+/// is one of the test's own records. At most 30 s.
+async fn snapshots_settled(c: &ProcCluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last: Vec<Option<f64>> = Vec::new();
+    let mut steady = 0;
+    while steady < 3 {
+        assert!(Instant::now() < deadline, "snapshots never settled");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut now = Vec::new();
+        for n in &c.nodes {
+            now.push(snapshots_total(n.admin).await);
+        }
+        steady = if now == last && now.iter().all(Option::is_some) {
+            steady + 1
+        } else {
+            0
+        };
+        last = now;
+    }
 }
 
 async fn crash_at(point: &str, replicas: usize) {

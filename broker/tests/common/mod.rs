@@ -458,6 +458,29 @@ pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)>
         .ok()
 }
 
+/// One HTTP/1.1 PUT of `body` with `Connection: close`: the status code (0 when the status
+/// line does not parse).
+pub async fn http_put(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
 /// Raw HTTP/1.1 GET: (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     raw_get(addr, path).await.unwrap()
