@@ -10,26 +10,13 @@ use common::pki::Ca;
 use common::{TestBroker, cluster_configs, rec};
 use txpipe_client::produce::{Producer, ProducerConfig};
 
+/// End offset of `stream` as the node at `admin` reports it in `/status.json`; 0 while it
+/// does not answer.
 async fn end_offset(admin: std::net::SocketAddr, stream: &str) -> u64 {
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(admin).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"GET /status.json HTTP/1.0\r\nHost: x\r\n\r\n")
-            .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_default();
-    let json: serde_json::Value = body
-        .split("\r\n\r\n")
-        .nth(1)
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default();
+    let Some((_, body)) = common::try_http_get(admin, "/status.json").await else {
+        return 0;
+    };
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     json["streams"]
         .as_array()
         .and_then(|a| a.iter().find(|x| x["name"] == stream))

@@ -8,6 +8,7 @@
 //! when the cluster serves: every replica is ready and every stream has a leader. The leader
 //! of a stream is the running replica that says it leads, with the highest term.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -366,11 +367,73 @@ pub(crate) fn leader_in(views: &[Option<NodeView>], stream: &str) -> Option<(usi
     best
 }
 
+/// Every stream's (leader node, term) in `views`.
+pub(crate) fn leaders(views: &[Option<NodeView>]) -> BTreeMap<String, (usize, u64)> {
+    let names: std::collections::BTreeSet<String> = views
+        .iter()
+        .flatten()
+        .filter_map(|v| v.status.as_ref())
+        .flat_map(|s| s.raft.keys().cloned())
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|s| leader_in(views, &s).map(|l| (s, l)))
+        .collect()
+}
+
+/// Among nodes `0..n` other than `leader` (the leader of `transactions`, if any), one that
+/// leads the fewest streams of `leaders`, so that a follower fault hits as few leaders as it
+/// can; ties are broken in turn by `k`, so successive faults spread over the replicas. Used by
+/// `txpipe bench failover` and the nemesis.
+pub(crate) fn pick_follower(
+    leaders: &BTreeMap<String, (usize, u64)>,
+    n: usize,
+    leader: Option<usize>,
+    k: u64,
+) -> usize {
+    let led = |i: usize| leaders.values().filter(|(l, _)| *l == i).count();
+    let candidates: Vec<usize> = (0..n).filter(|&i| Some(i) != leader).collect();
+    let fewest = candidates.iter().map(|&i| led(i)).min().unwrap_or(0);
+    let best: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| led(i) == fewest)
+        .collect();
+    best[(k % best.len() as u64) as usize]
+}
+
 #[cfg(test)]
 mod tests {
     use txpipe_client::status::RaftStatus;
 
     use super::*;
+
+    fn led(pairs: &[(&str, usize)]) -> BTreeMap<String, (usize, u64)> {
+        pairs
+            .iter()
+            .map(|(s, l)| (s.to_string(), (*l, 3)))
+            .collect()
+    }
+
+    #[test]
+    fn the_follower_picked_leads_the_fewest_streams() {
+        let l = led(&[
+            ("transactions", 0),
+            ("decisions", 1),
+            ("labels", 1),
+            ("transactions-dlq", 2),
+        ]);
+        for k in 0..4 {
+            assert_eq!(pick_follower(&l, 3, Some(0), k), 2);
+        }
+    }
+
+    #[test]
+    fn ties_between_followers_are_taken_in_turn() {
+        let l = led(&[("transactions", 0), ("decisions", 0)]);
+        assert_eq!(pick_follower(&l, 3, Some(0), 0), 1);
+        assert_eq!(pick_follower(&l, 3, Some(0), 1), 2);
+        assert_eq!(pick_follower(&l, 3, Some(0), 2), 1);
+    }
 
     /// A ready node whose `transactions` group is in `term`, led by `leader`.
     fn view(term: u64, leader: Option<u64>, is_leader: bool) -> Option<NodeView> {

@@ -461,24 +461,9 @@ pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)>
 /// One HTTP/1.1 PUT of `body` with `Connection: close`: the status code (0 when the status
 /// line does not parse).
 pub async fn http_put(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!(
-            "PUT {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    Ok(text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0))
+    raw_request(addr, "PUT", path, body)
+        .await
+        .map(|(code, _)| code)
 }
 
 /// Raw HTTP/1.1 GET: (status code, body).
@@ -489,10 +474,29 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// One HTTP/1.1 GET with `Connection: close`: (status code, body); code 0 when the status
 /// line does not parse.
 async fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    raw_request(addr, "GET", path, "").await
+}
+
+/// One HTTP/1.1 request with `Connection: close` and `body` (sent with its length when not
+/// empty): (status code, body); code 0 when the status line does not parse.
+async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{length}\r\n{body}"
+        )
+        .as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();

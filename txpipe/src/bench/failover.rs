@@ -23,7 +23,6 @@
 //! fault: a changed pair is a leader change. Changes in streams the victim only followed are
 //! counted apart: with pre-vote and the leader lease a follower's fault must cause none.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use txpipe_client::produce::{Producer, ProducerConfig};
 use txpipe_client::streams;
 
 use super::percentile;
-use crate::cluster::{BrokerCluster, NodeView, every_stream_led, leader_in};
+use crate::cluster::{BrokerCluster, every_stream_led, leader_in, leaders, pick_follower};
 use crate::nemesis::net::{self, Net};
 use crate::nemesis::schedule::Direction;
 
@@ -184,38 +183,6 @@ pub struct FailoverReport {
     pub leader_changes: u64,
     /// Leader changes in streams the victim did not lead, summed over the faults.
     pub follower_stream_changes: u64,
-}
-
-/// Every stream's (leader node, term) in `views`.
-fn leaders(views: &[Option<NodeView>]) -> BTreeMap<String, (usize, u64)> {
-    let names: std::collections::BTreeSet<String> = views
-        .iter()
-        .flatten()
-        .filter_map(|v| v.status.as_ref())
-        .flat_map(|s| s.raft.keys().cloned())
-        .collect();
-    names
-        .into_iter()
-        .filter_map(|s| leader_in(views, &s).map(|l| (s, l)))
-        .collect()
-}
-
-/// The follower of `transactions` (not `leader`) that leads the fewest streams; ties are
-/// broken in turn by `k`, so successive faults spread over the replicas.
-fn pick_follower(
-    leaders: &BTreeMap<String, (usize, u64)>,
-    n: usize,
-    leader: usize,
-    k: u32,
-) -> usize {
-    let led = |i: usize| leaders.values().filter(|(l, _)| *l == i).count();
-    let candidates: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
-    let fewest = candidates.iter().map(|&i| led(i)).min().unwrap_or(0);
-    let best: Vec<usize> = candidates
-        .into_iter()
-        .filter(|&i| led(i) == fewest)
-        .collect();
-    best[k as usize % best.len()]
 }
 
 /// The leader of `transactions` and its term as the replicas other than `victim` report it.
@@ -370,7 +337,7 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
         let victim = if fault.hits_leader() {
             tx_leader
         } else {
-            pick_follower(&before, n, tx_leader, k)
+            pick_follower(&before, n, Some(tx_leader), u64::from(k))
         };
         let victim_led: Vec<String> = before
             .iter()
@@ -594,34 +561,6 @@ fn summarize(args: &FailoverBenchArgs, samples: Vec<FailoverSample>) -> Failover
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn led(pairs: &[(&str, usize)]) -> BTreeMap<String, (usize, u64)> {
-        pairs
-            .iter()
-            .map(|(s, l)| (s.to_string(), (*l, 3)))
-            .collect()
-    }
-
-    #[test]
-    fn the_follower_picked_leads_the_fewest_streams() {
-        let l = led(&[
-            ("transactions", 0),
-            ("decisions", 1),
-            ("labels", 1),
-            ("transactions-dlq", 2),
-        ]);
-        for k in 0..4 {
-            assert_eq!(pick_follower(&l, 3, 0, k), 2);
-        }
-    }
-
-    #[test]
-    fn ties_between_followers_are_taken_in_turn() {
-        let l = led(&[("transactions", 0), ("decisions", 0)]);
-        assert_eq!(pick_follower(&l, 3, 0, 0), 1);
-        assert_eq!(pick_follower(&l, 3, 0, 1), 2);
-        assert_eq!(pick_follower(&l, 3, 0, 2), 1);
-    }
 
     #[test]
     fn only_partitions_need_namespaces_and_only_leader_faults_hit_the_leader() {

@@ -31,7 +31,7 @@ use txpipe_client::leader::LeaderRouter;
 use txpipe_client::status::BrokerStatus;
 use txpipe_client::streams;
 
-use crate::cluster::{NodeView, every_stream_led, leader_in};
+use crate::cluster::{NodeView, every_stream_led, leader_in, leaders, pick_follower};
 use crate::supervisor::{Proc, free_port, service_binary};
 use checker::{CheckerReport, PipelineReport, Workload};
 use net::Net;
@@ -484,13 +484,12 @@ impl Run {
 
     /// Streams broker `i` leads now, as last polled.
     fn led_by(&self, i: usize) -> Vec<String> {
-        self.leadership
-            .keys()
-            .filter(|s| leader_in(&self.views, s).is_some_and(|(l, _)| l == i))
-            .cloned()
+        leaders(&self.views)
+            .into_iter()
+            .filter(|(_, (l, _))| *l == i)
+            .map(|(s, _)| s)
             .collect()
     }
-
     /// Starts the brokers and waits until every stream has a leader every broker knows.
     async fn start_brokers(&mut self) -> Result<()> {
         for b in &mut self.brokers {
@@ -582,22 +581,12 @@ impl Run {
         let leader = |stream: &str| leader_in(&self.views, stream).map(|(i, _)| i);
         match role {
             Role::Leader { stream } => leader(stream).unwrap_or(0),
-            Role::Follower { pick } => {
-                // Among the followers of `transactions`, one that leads the fewest streams, so
-                // that a follower fault hits as few leaders as it can.
-                let l = leader(streams::TRANSACTIONS);
-                let followers: Vec<usize> = (0..n).filter(|&i| Some(i) != l).collect();
-                let fewest = followers
-                    .iter()
-                    .map(|&i| self.led_by(i).len())
-                    .min()
-                    .unwrap_or(0);
-                let best: Vec<usize> = followers
-                    .into_iter()
-                    .filter(|&i| self.led_by(i).len() == fewest)
-                    .collect();
-                best[(*pick % best.len() as u64) as usize]
-            }
+            Role::Follower { pick } => pick_follower(
+                &leaders(&self.views),
+                n,
+                leader(streams::TRANSACTIONS),
+                *pick,
+            ),
             Role::Any { pick } => (*pick % n as u64) as usize,
         }
     }
