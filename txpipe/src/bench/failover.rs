@@ -185,21 +185,6 @@ pub struct FailoverReport {
     pub follower_stream_changes: u64,
 }
 
-/// The leader of `transactions` and its term as the replicas other than `victim` report it.
-/// The victim is not asked: a paused or cut-off replica answers nothing, and waiting for its
-/// admin timeout (500 ms) would make every poll that long.
-async fn leader_among_others(cluster: &BrokerCluster, victim: usize) -> Option<(usize, u64)> {
-    let views = futures::future::join_all((0..cluster.nodes.len()).map(|i| async move {
-        if i == victim {
-            None
-        } else {
-            Some(cluster.view(i).await)
-        }
-    }))
-    .await;
-    leader_in(&views, streams::TRANSACTIONS)
-}
-
 /// Sends `sig` to replica `i`.
 fn signal(cluster: &BrokerCluster, i: usize, sig: nix::sys::signal::Signal) -> Result<()> {
     let pid = nix::unistd::Pid::from_raw(cluster.nodes[i].proc.pid() as i32);
@@ -382,7 +367,10 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
             if Instant::now() >= next_poll {
                 next_poll = Instant::now() + POLL;
                 if elected.is_none()
-                    && let Some((_, term)) = leader_among_others(&cluster, victim).await
+                    && let Some((_, term)) = leader_in(
+                        &cluster.views_except(Some(victim)).await,
+                        streams::TRANSACTIONS,
+                    )
                     && term > old_term
                 {
                     elected = Some(hit.elapsed());
