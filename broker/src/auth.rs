@@ -6,9 +6,10 @@
 //!
 //! | role                 | may                                                              |
 //! |----------------------|------------------------------------------------------------------|
-//! | `producer`           | Produce (and InitProducer) on `transactions` and `labels`        |
+//! | `producer`           | Produce (and InitProducer) on `transactions` and `labels`;       |
+//! |                      | GetStream on them (the producer's leader probe)                  |
 //! | `worker`             | Consume `transactions` (with its acks and nacks); Produce on     |
-//! |                      | `decisions` and `transactions.dlq`                               |
+//! |                      | `decisions` and `transactions.dlq`; GetStream on these three     |
 //! | `reader`, `audit`    | Fetch, GetStream, ListStreams on every stream                    |
 //! | `ledger`             | every `txpipe.ledger.v1` call                                    |
 //! | `broker`             | every `txpipe.raft.v1.RaftPeer` call; Produce on dead-letter     |
@@ -117,11 +118,17 @@ pub fn allowed(role: Role, op: Operation, stream: &str) -> bool {
     match role {
         Role::Operator => true,
         Role::Producer => {
-            op == O::Produce && (stream == streams::TRANSACTIONS || stream == streams::LABELS)
+            matches!(op, O::Produce | O::GetStream)
+                && (stream == streams::TRANSACTIONS || stream == streams::LABELS)
         }
         Role::Worker => match op {
             O::Consume => stream == streams::TRANSACTIONS,
             O::Produce => stream == streams::DECISIONS || stream == streams::TRANSACTIONS_DLQ,
+            O::GetStream => {
+                stream == streams::TRANSACTIONS
+                    || stream == streams::DECISIONS
+                    || stream == streams::TRANSACTIONS_DLQ
+            }
             _ => false,
         },
         Role::Reader => matches!(op, O::Fetch | O::GetStream | O::ListStreams),
@@ -219,6 +226,10 @@ mod tests {
             (Role::Producer, O::Produce, "decisions", false),
             (Role::Producer, O::Consume, "transactions", false),
             (Role::Producer, O::Fetch, "transactions", false),
+            (Role::Producer, O::GetStream, "transactions", true),
+            (Role::Producer, O::GetStream, "decisions", false),
+            (Role::Worker, O::GetStream, "decisions", true),
+            (Role::Worker, O::GetStream, "labels", false),
             (Role::Worker, O::Consume, "transactions", true),
             (Role::Worker, O::Produce, "decisions", true),
             (Role::Worker, O::Produce, "transactions.dlq", true),

@@ -377,6 +377,54 @@ impl LeaderRouter {
         }
     }
 
+    /// Asks every configured address other than `current`, concurrently, whether it leads
+    /// `stream` now, with a `GetStream` call limited to `timeout` (connection included).
+    /// A broker answers `GetStream` only while it leads the stream with a valid quorum lease,
+    /// so an answer is proof that `current` no longer does (at most one node holds the lease
+    /// at a time). Returns the first address that answered, or `None` when none did before
+    /// `timeout` (every other node is a follower, unreachable, or refused the call).
+    ///
+    /// The producer calls this while acknowledgements are late (see [`crate::produce`]): a
+    /// paused leader, or one cut off from its followers, keeps its connections open, and this
+    /// tells "slow" from "deposed" without waiting for the acknowledgement timeout.
+    pub async fn probe_leader(
+        &self,
+        stream: &str,
+        current: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        use futures::StreamExt;
+        let mut calls: futures::stream::FuturesUnordered<_> = self
+            .inner
+            .addrs
+            .iter()
+            .filter(|a| *a != current)
+            .map(|addr| {
+                let (router, addr) = (self.clone(), addr.clone());
+                let req = crate::broker::v1::GetStreamRequest {
+                    stream: stream.to_string(),
+                };
+                async move {
+                    let answered = tokio::time::timeout(timeout, async {
+                        let ch = router.channel(&addr, timeout).await.ok()?;
+                        BrokerClient::new(ch).get_stream(req).await.ok()
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some();
+                    answered.then_some(addr)
+                }
+            })
+            .collect();
+        while let Some(r) = calls.next().await {
+            if r.is_some() {
+                return r;
+            }
+        }
+        None
+    }
+
     /// Records that `target` answered a call about `stream` successfully: it is the stream's
     /// leader until a failure says otherwise.
     pub fn confirm(&self, stream: &str, target: &Target) {

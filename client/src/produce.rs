@@ -34,9 +34,20 @@
 //! or with the error that stopped the producer.
 //!
 //! A leader that keeps the call open but answers nothing (paused, or cut off from its
-//! followers so that it can commit nothing) is left the same way once no acknowledgement has
-//! come for `ack_timeout` (default 2 s) while batches are unacknowledged: the call ends with
-//! `DEADLINE_EXCEEDED` and the producer fails over to the next broker.
+//! followers so that it can commit nothing) is left in two ways:
+//!
+//! - **Leader probe** (`leader_probe_after`, default 500 ms): once acknowledgements are that
+//!   late, the producer asks the other brokers `GetStream`, every 200 ms while they stay late
+//!   ([`LeaderRouter::probe_leader`]). A broker answers it only while it leads the stream with
+//!   a quorum lease, so an answer means a new leader was elected: the call ends with a "not the
+//!   leader" status hinting at it and the producer moves there at once, about when the
+//!   election ends (p50 about 0.7 s after a SIGSTOP of the leader with the broker's default
+//!   timers, `txpipe bench failover --fault leader-pause`). A leader that is only slow is not
+//!   left: the followers still name it.
+//! - **Ack timeout** (`ack_timeout`, default 2 s): once no acknowledgement has come for that
+//!   long while batches are unacknowledged, the call ends with `DEADLINE_EXCEEDED` and the
+//!   producer fails over to the next broker, whatever the others say (the fallback when no
+//!   other broker can be asked, e.g. a single address behind a load balancer).
 //!
 //! A failover lasts from the failure to the first acknowledgement on the new leader and is
 //! bounded by `reconnect_deadline` (default 60 s); past it the producer stops with
@@ -118,9 +129,26 @@ pub struct ProducerConfig {
     /// nothing) or cut off from its followers (it can commit nothing). Default
     /// [`DEFAULT_ACK_TIMEOUT`]; zero disables it.
     pub ack_timeout: Duration,
+    /// How long acknowledgements may be late (batches unacknowledged, none acknowledged) before
+    /// the producer asks the other brokers whether one of them now leads the stream
+    /// ([`LeaderRouter::probe_leader`]), and again every [`LEADER_PROBE_INTERVAL`] while they
+    /// stay late. When another broker answers as the leader, the call is ended at once and the
+    /// producer moves there: a paused or cut-off leader is left about when the new one is
+    /// elected instead of after `ack_timeout`, and a leader that is only slow is not left (no
+    /// other node answers as leader while it holds its lease). Default
+    /// [`DEFAULT_LEADER_PROBE_AFTER`]; zero disables probing.
+    pub leader_probe_after: Duration,
     /// Mutual TLS towards the brokers; `None` (the default): plaintext.
     pub tls: Option<crate::tls::TlsOptions>,
 }
+
+/// Default [`ProducerConfig::leader_probe_after`]: 500 ms, about one election timeout of the
+/// broker's default timers (300-450 ms) plus a heartbeat: a new leader can exist by then.
+pub const DEFAULT_LEADER_PROBE_AFTER: Duration = Duration::from_millis(500);
+
+/// Interval between two leader probes while acknowledgements stay late, and the time limit of
+/// one probe (connection and call): 200 ms.
+pub const LEADER_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Default [`ProducerConfig::ack_timeout`]: 2 s, several times the time a healthy leader
 /// takes (a quorum fsync, tens of milliseconds) and about two elections (300-450 ms each with
@@ -137,6 +165,7 @@ impl ProducerConfig {
             max_in_flight: 16,
             reconnect_deadline: Duration::from_secs(60),
             ack_timeout: DEFAULT_ACK_TIMEOUT,
+            leader_probe_after: DEFAULT_LEADER_PROBE_AFTER,
             tls: None,
         }
     }
@@ -383,6 +412,26 @@ async fn next_response(
     }
 }
 
+/// The status that ends a Produce call on `current` when `leader` answered a leader probe: a
+/// "not the leader" answer with `leader` as the hint, so the failover goes there at once.
+fn moved_leader(stream: &str, current: &str, leader: &str, late: Duration) -> tonic::Status {
+    let mut status = tonic::Status::unavailable(format!(
+        "{} of stream {stream:?}: {current} sent no acknowledgement for {} ms and {leader} answers as the leader",
+        crate::leader::NOT_LEADER_PREFIX,
+        late.as_millis()
+    ));
+    let hint = leader
+        .strip_prefix("http://")
+        .or_else(|| leader.strip_prefix("https://"))
+        .unwrap_or(leader);
+    if let Ok(v) = hint.parse() {
+        status
+            .metadata_mut()
+            .insert(crate::leader::LEADER_METADATA_KEY, v);
+    }
+    status
+}
+
 /// The producer error for a failover that ended with `e`.
 fn failover_error(stream: &str, sequence: u64, e: LeaderError) -> ProduceError {
     match e {
@@ -462,6 +511,12 @@ async fn run(
             // progress for `ack_timeout`, the call is given up.
             let mut progress = tokio::time::Instant::now();
             let ack_timeout = config.ack_timeout;
+            let probe_after = config.leader_probe_after;
+            // The leader probe in flight, and when the last one ended.
+            let mut probe: Option<
+                std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>,
+            > = None;
+            let mut probed = progress;
             loop {
                 if !input_open && unacked.is_empty() {
                     return Ok(stats);
@@ -488,6 +543,21 @@ async fn run(
                             ack_timeout.as_millis(),
                             unacked.len()
                         ));
+                    }
+                    _ = tokio::time::sleep_until((progress + probe_after).max(probed + LEADER_PROBE_INTERVAL)),
+                        if !probe_after.is_zero() && !unacked.is_empty() && probe.is_none() =>
+                    {
+                        let (router, stream, current) = (router.clone(), config.stream.clone(), target.addr.clone());
+                        probe = Some(Box::pin(async move {
+                            router.probe_leader(&stream, &current, LEADER_PROBE_INTERVAL).await
+                        }));
+                    }
+                    found = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                        probe = None;
+                        probed = tokio::time::Instant::now();
+                        if let Some(leader) = found {
+                            break moved_leader(&config.stream, &target.addr, &leader, probed - progress);
+                        }
                     }
                     msg = rx.recv(), if room => match msg {
                         None => input_open = false,

@@ -432,3 +432,71 @@ async fn a_leader_that_stops_acknowledging_is_left_after_the_ack_timeout() {
     assert_eq!(stats.batches_acked, 12);
     assert!(stats.reconnects >= 1);
 }
+
+#[tokio::test]
+async fn a_leader_that_stops_acknowledging_is_left_once_another_broker_answers_as_leader() {
+    // a acknowledges batches 1..=3 and then nothing (paused, or cut off); b leads now. The ack
+    // timeout is far away: only the leader probe can move the producer in time.
+    let a = FakeBroker::new("a");
+    a.st().ack_limit = Some(3);
+    let a = Node::start(a).await;
+    let b = Node::start(FakeBroker::new("b")).await;
+    let cfg = ProducerConfig {
+        ack_timeout: Duration::from_secs(60),
+        leader_probe_after: Duration::from_millis(200),
+        ..config(vec![a.uri(), b.uri()], 99, 4)
+    };
+    let p = Producer::connect(cfg).await.unwrap();
+    let started = Instant::now();
+    let acks = tokio::time::timeout(Duration::from_secs(20), async {
+        resolved(send_all(&p, 12).await).await
+    })
+    .await
+    .expect("the producer stayed on a leader that acknowledged nothing");
+    assert_eq!(acks.len(), 12);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "left by the probe, not by the 60 s ack timeout"
+    );
+    assert_eq!(b.fake.sequences(99), (4..=12).collect::<Vec<_>>());
+    assert!(
+        b.fake.st().read_calls.get(S).copied().unwrap_or(0) >= 1,
+        "b was probed"
+    );
+    assert_eq!(
+        a.fake.produce_calls(S),
+        1,
+        "the hint led to b, not back to a"
+    );
+    let stats = p.close().await.unwrap();
+    assert_eq!(stats.batches_acked, 12);
+    assert!(stats.reconnects >= 1);
+}
+
+#[tokio::test]
+async fn a_slow_leader_is_not_left_while_the_other_brokers_still_follow_it() {
+    // a withholds acknowledgements, but b still names a as the leader: a is slow, not
+    // deposed, so the probe must not move the producer before the ack timeout.
+    let a = FakeBroker::new("a");
+    a.st().ack_limit = Some(0);
+    let a = Node::start(a).await;
+    let b = FakeBroker::new("b");
+    b.set_role(S, Role::NotLeader(Some(a.addr.clone())));
+    let b = Node::start(b).await;
+    let cfg = ProducerConfig {
+        ack_timeout: Duration::from_secs(30),
+        leader_probe_after: Duration::from_millis(100),
+        ..config(vec![a.uri(), b.uri()], 99, 4)
+    };
+    let p = Producer::connect(cfg).await.unwrap();
+    let receipts = send_all(&p, 4).await;
+    wait_for("three leader probes of b", || {
+        b.fake.st().read_calls.get(S).copied().unwrap_or(0) >= 3
+    })
+    .await;
+    assert_eq!(a.fake.produce_calls(S), 1, "still on the first call to a");
+    assert_eq!(b.fake.produce_calls(S), 0, "nothing sent to a follower");
+    assert_eq!(a.fake.sequences(99), vec![1, 2, 3, 4]);
+    drop(receipts);
+    drop(p);
+}

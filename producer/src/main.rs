@@ -131,6 +131,9 @@ struct Args {
     /// Fail over to another broker when no acknowledgement has come for this long while batches are unacknowledged (a paused or cut-off leader keeps the call open and answers nothing), milliseconds; 0 disables.
     #[arg(long, env = "PRODUCER_ACK_TIMEOUT_MS", default_value_t = 2_000)]
     ack_timeout_ms: u64,
+    /// Ask the other brokers who leads the stream once acknowledgements are this late, and move to one that answers as the leader (leaves a paused or cut-off leader about when a new one is elected), milliseconds; 0 disables.
+    #[arg(long, env = "PRODUCER_LEADER_PROBE_AFTER_MS", default_value_t = 500)]
+    leader_probe_after_ms: u64,
     /// Name the producer registers under on each stream (1-256 bytes). A restart with the same name resumes after the last acknowledged record and fences the previous instance. Default: derived from the settings that decide the records (generator: seed and the other generator flags; file: its absolute path, format and column settings; not --count).
     #[arg(long, env = "PRODUCER_NAME")]
     producer_name: Option<String>,
@@ -231,6 +234,7 @@ fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
     config.summary_json = args.summary_json;
     config.reconnect_deadline = Duration::from_millis(args.reconnect_deadline_ms);
     config.ack_timeout = Duration::from_millis(args.ack_timeout_ms);
+    config.leader_probe_after = Duration::from_millis(args.leader_probe_after_ms);
     config.producer_name = args.producer_name;
     config.tls = args.tls.options().map_err(anyhow::Error::msg)?;
     config.validate()?;

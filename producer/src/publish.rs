@@ -109,6 +109,8 @@ pub struct Config {
     pub reconnect_deadline: Duration,
     /// See [`txpipe_client::produce::ProducerConfig::ack_timeout`].
     pub ack_timeout: Duration,
+    /// See [`txpipe_client::produce::ProducerConfig::leader_probe_after`].
+    pub leader_probe_after: Duration,
     /// Stream names (defaults: `transactions`, `labels`).
     pub transactions_stream: String,
     /// See `transactions_stream`.
@@ -139,6 +141,7 @@ impl Config {
             summary_json: None,
             reconnect_deadline: Duration::from_secs(60),
             ack_timeout: txpipe_client::produce::DEFAULT_ACK_TIMEOUT,
+            leader_probe_after: txpipe_client::produce::DEFAULT_LEADER_PROBE_AFTER,
             transactions_stream: streams::TRANSACTIONS.to_string(),
             labels_stream: streams::LABELS.to_string(),
             producer_name: None,
@@ -495,6 +498,7 @@ fn producer_config(config: &Config, stream: &str) -> ProducerConfig {
         max_in_flight: config.max_in_flight,
         reconnect_deadline: config.reconnect_deadline,
         ack_timeout: config.ack_timeout,
+        leader_probe_after: config.leader_probe_after,
         tls: config.tls.clone(),
         ..ProducerConfig::named(
             config.brokers.clone(),

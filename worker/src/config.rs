@@ -91,6 +91,13 @@ pub struct Config {
     /// Fail the decision producer over to another broker when no acknowledgement has come for this long while decisions are unacknowledged (a paused or cut-off leader), milliseconds; 0 disables.
     #[arg(long, env = "WORKER_PRODUCE_ACK_TIMEOUT_MS", default_value_t = 2_000)]
     pub produce_ack_timeout_ms: u64,
+    /// Ask the other brokers who leads `decisions` once acknowledgements are this late, and move the decision producer to one that answers as the leader, milliseconds; 0 disables.
+    #[arg(
+        long,
+        env = "WORKER_PRODUCE_LEADER_PROBE_AFTER_MS",
+        default_value_t = 500
+    )]
+    pub produce_leader_probe_after_ms: u64,
     /// Decision produce batches in flight, at most: 1-16 (the broker remembers 16 recent
     /// batches per producer to answer a resend after a failover as a duplicate).
     #[arg(long, env = "WORKER_PRODUCE_IN_FLIGHT", default_value_t = 16)]
@@ -125,6 +132,7 @@ impl Config {
             nack_delay_ms: 0,
             reconnect_deadline_ms: 60_000,
             produce_ack_timeout_ms: 2_000,
+            produce_leader_probe_after_ms: 500,
             produce_in_flight: 16,
             tls: txpipe_client::tls::TlsArgs::default(),
         }

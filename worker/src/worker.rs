@@ -331,6 +331,7 @@ where
         max_in_flight: config.produce_in_flight,
         reconnect_deadline: Duration::from_millis(config.reconnect_deadline_ms),
         ack_timeout: Duration::from_millis(config.produce_ack_timeout_ms),
+        leader_probe_after: Duration::from_millis(config.produce_leader_probe_after_ms),
         tls,
         ..ProducerConfig::new(addrs, streams::DECISIONS)
     })

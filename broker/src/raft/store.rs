@@ -945,11 +945,19 @@ const OLD_TRANSFER_FILES: &[&str] = &["snapshot.send", "snapshot.empty"];
 /// Errors: [`crate::Error::Snapshot`] on I/O failure.
 pub async fn build_snapshot_file(sh: &Arc<Shared>) -> crate::Result<SnapMeta> {
     let (meta, body, index) = {
-        let c = lock(&sh.core);
+        let mut c = lock(&sh.core);
         if let Some(s) = &c.snapshot
             && s.meta.last_log_id == c.applied
         {
             return Ok(s.clone());
+        }
+        // The index must hold every key the captured state counts: write the memtable
+        // (crate::dedupe, "Memtable") before the state is encoded.
+        if let Err(reason) = c.state.dedupe_mut().flush() {
+            return Err(crate::Error::Snapshot {
+                path: sh.dir.join(dedupe::FILE_NAME),
+                reason,
+            });
         }
         let next = c.applied_next();
         let last = c.applied;

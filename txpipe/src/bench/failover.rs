@@ -108,6 +108,10 @@ pub struct FailoverBenchArgs {
     /// answers nothing; the producer's default).
     #[arg(long, default_value_t = 2_000)]
     pub ack_timeout_ms: u64,
+    /// The producer's leader probe, milliseconds: how late acknowledgements may be before it
+    /// asks the other brokers who leads (the producer's default); 0 disables it.
+    #[arg(long, default_value_t = 500)]
+    pub leader_probe_after_ms: u64,
     /// Broker replicas: 3 or 5.
     #[arg(long, default_value_t = 3)]
     pub replicas: u32,
@@ -258,6 +262,7 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
     cfg.max_in_flight = 1;
     cfg.reconnect_deadline = Duration::from_secs(60);
     cfg.ack_timeout = Duration::from_millis(args.ack_timeout_ms);
+    cfg.leader_probe_after = Duration::from_millis(args.leader_probe_after_ms);
     let batch = args.batch;
     let mut task: tokio::task::JoinHandle<Result<()>> = tokio::spawn(async move {
         let producer = Producer::connect(cfg).await?;
@@ -282,7 +287,7 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
     });
 
     println!(
-        "failover benchmark: {} replicas{}, {} x {}{}, batches of {} x 200 B, one in flight, producer ack timeout {} ms",
+        "failover benchmark: {} replicas{}, {} x {}{}, batches of {} x 200 B, one in flight, producer ack timeout {} ms, leader probe after {} ms",
         args.replicas,
         if net.is_some() {
             " in network namespaces"
@@ -297,7 +302,8 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
             format!(" of at least {} ms", args.fault_ms)
         },
         args.batch,
-        args.ack_timeout_ms
+        args.ack_timeout_ms,
+        args.leader_probe_after_ms
     );
     let mut samples = Vec::new();
     for k in 0..args.faults {
@@ -570,6 +576,7 @@ mod tests {
             faults: 2,
             fault_ms: 3000,
             ack_timeout_ms: 2000,
+            leader_probe_after_ms: 500,
             replicas: 3,
             batch: 10,
             broker_args: vec![],
