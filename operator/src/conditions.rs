@@ -160,6 +160,48 @@ pub fn desired_conditions(o: &Observed) -> Vec<Condition> {
     vec![ready, progressing, degraded]
 }
 
+/// Type of the condition about `spec.tls` certificates.
+pub const CERTIFICATES_READY: &str = "CertificatesReady";
+
+/// State of the certificates as the certificates phase found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertsCondition {
+    /// Every certificate is issued and valid.
+    pub ready: bool,
+    /// CamelCase reason: `Issued`, `Renewed`, `Valid`, `WaitingForCertManager`,
+    /// `CertManagerNotInstalled`.
+    pub reason: String,
+    /// What, with expiry or the names still missing.
+    pub message: String,
+}
+
+/// The `CertificatesReady` condition: from `state` when TLS is on; when it is off, `True`
+/// `TlsDisabled` only if the pipeline had the condition before (so a stale one does not
+/// linger), else none.
+pub fn certificates_condition(
+    state: Option<&CertsCondition>,
+    had_condition: bool,
+    generation: Option<i64>,
+) -> Option<Condition> {
+    match state {
+        Some(c) => Some(condition(
+            CERTIFICATES_READY,
+            c.ready,
+            &c.reason,
+            c.message.clone(),
+            generation,
+        )),
+        None if had_condition => Some(condition(
+            CERTIFICATES_READY,
+            true,
+            "TlsDisabled",
+            "spec.tls is off: no certificates".into(),
+            generation,
+        )),
+        None => None,
+    }
+}
+
 /// Conditions for a spec the operator refuses (`reason` from [`Error::InvalidSpec`]): `Ready`
 /// and `Degraded` carry the reason, `Progressing` is False (nothing is applied).
 pub fn invalid_spec_conditions(
@@ -364,6 +406,27 @@ mod tests {
                     .all(|c| c.observed_generation == Some(4))
             );
         }
+    }
+
+    #[test]
+    fn certificates_condition_follows_the_state_and_clears_when_tls_is_turned_off() {
+        let waiting = CertsCondition {
+            ready: false,
+            reason: "WaitingForCertManager".into(),
+            message: "demo-worker-tls".into(),
+        };
+        let c = certificates_condition(Some(&waiting), false, Some(3)).expect("condition");
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            (CERTIFICATES_READY, "False", "WaitingForCertManager")
+        );
+        assert_eq!(c.observed_generation, Some(3));
+        let off = certificates_condition(None, true, Some(3)).expect("condition");
+        assert_eq!(
+            (off.status.as_str(), off.reason.as_str()),
+            ("True", "TlsDisabled")
+        );
+        assert_eq!(certificates_condition(None, false, Some(3)), None);
     }
 
     #[test]

@@ -51,7 +51,8 @@ use serde::de::DeserializeOwned;
 
 use crate::broker_admin::BrokerAdmin;
 pub use crate::conditions::{
-    Observed, WorkersObservation, desired_conditions, invalid_spec_conditions, merge_conditions,
+    CERTIFICATES_READY, CertsCondition, Observed, WorkersObservation, certificates_condition,
+    desired_conditions, invalid_spec_conditions, merge_conditions,
 };
 use crate::crd::{TransactionPipeline, TransactionPipelineStatus};
 use crate::membership::leader_views;
@@ -94,6 +95,16 @@ pub struct Context {
     pub metrics: Metrics,
     /// Publishes Kubernetes Events (`events.k8s.io/v1`) about pipelines.
     pub recorder: Recorder,
+    /// Wall clock, Unix seconds (certificate issuance and renewal; tests fix it).
+    pub clock: Clock,
+}
+
+/// A wall clock in Unix seconds.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| k8s_openapi::jiff::Timestamp::now().as_second())
 }
 
 impl Context {
@@ -117,7 +128,14 @@ impl Context {
             admin,
             metrics,
             recorder,
+            clock: system_clock(),
         }
+    }
+
+    /// The same context with another clock (Unix seconds).
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 }
 
@@ -224,7 +242,7 @@ where
 
 /// Server-side apply of one child (forced, field manager [`FIELD_MANAGER`]); returns the
 /// object as stored (with its status).
-async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+pub(crate) async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
@@ -473,11 +491,18 @@ async fn patch_status(
             "observedGeneration": status.observed_generation,
             "conditions": status.conditions,
         });
-    } else if status.broker.leader.is_none()
-        && let Some(b) = s.get_mut("broker").and_then(|b| b.as_object_mut())
-    {
+    } else {
         // A merge patch must name a field to clear it.
-        b.insert("leader".into(), serde_json::Value::Null);
+        if status.broker.leader.is_none()
+            && let Some(b) = s.get_mut("broker").and_then(|b| b.as_object_mut())
+        {
+            b.insert("leader".into(), serde_json::Value::Null);
+        }
+        if status.tls.is_none()
+            && let Some(o) = s.as_object_mut()
+        {
+            o.insert("tls".into(), serde_json::Value::Null);
+        }
     }
     let patch = serde_json::json!({ "status": s });
     let pp = PatchParams {
@@ -489,11 +514,11 @@ async fn patch_status(
 }
 
 /// One pipeline's identity and the context, for the phases of a reconcile.
-struct Scope<'a> {
-    p: &'a TransactionPipeline,
-    ctx: &'a Context,
-    ns: String,
-    name: String,
+pub(crate) struct Scope<'a> {
+    pub(crate) p: &'a TransactionPipeline,
+    pub(crate) ctx: &'a Context,
+    pub(crate) ns: String,
+    pub(crate) name: String,
     uid: String,
 }
 
@@ -515,7 +540,7 @@ impl<'a> Scope<'a> {
     }
 
     /// The namespaced API of `K` in the pipeline's namespace.
-    fn api<K>(&self) -> Api<K>
+    pub(crate) fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = NamespaceResourceScope>,
         K::DynamicType: Default,
@@ -531,7 +556,7 @@ impl<'a> Scope<'a> {
             .unwrap_or_default()
     }
 
-    async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
+    pub(crate) async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
         publish(self.ctx, self.p, type_, reason, action, note).await;
     }
 }
@@ -564,7 +589,8 @@ async fn reconcile_inner(p: &TransactionPipeline, ctx: &Context) -> Result<Actio
     let s = Scope::new(p, ctx)?;
     let obs = observe(&s).await?;
     let plan = membership_step(p.spec.broker.replicas, obs.current, &obs.brokers);
-    let Some(children) = render_children(&s, &obs, &plan).await? else {
+    let certs = crate::tls_phase::ensure_certificates(&s).await?;
+    let Some(children) = render_children(&s, &obs, &plan, &certs).await? else {
         return Ok(Action::requeue(REQUEUE_INVALID));
     };
     let applied = apply_children(&s, &children, &plan, obs.service_monitor_available).await?;
@@ -572,14 +598,19 @@ async fn reconcile_inner(p: &TransactionPipeline, ctx: &Context) -> Result<Actio
     let mut soon = step_membership(&s, &plan).await;
     let restart = roll_one_broker(&s, &plan, &applied.sts, &obs.brokers).await?;
     soon |= matches!(restart, Some(RestartStep::Restart { .. }));
-    let progressing = write_status(&s, &plan, &obs.brokers, applied, restart).await?;
-    Ok(Action::requeue(if soon {
+    let renew_in = certs.renew_in;
+    let progressing = write_status(&s, &plan, &obs.brokers, applied, restart, certs).await?;
+    let requeue = if soon {
         REQUEUE_SOON
     } else if progressing {
         REQUEUE_PROGRESSING
     } else {
         REQUEUE_READY
-    }))
+    };
+    // Come back when the next certificate is due for renewal.
+    Ok(Action::requeue(renew_in.map_or(requeue, |r| {
+        requeue.min(r.max(Duration::from_secs(1)))
+    })))
 }
 
 /// Phase 1: the live StatefulSet, whether the ServiceMonitor CRD exists, the PVCs and every
@@ -630,11 +661,14 @@ async fn render_children(
     s: &Scope<'_>,
     obs: &Observation,
     plan: &MembershipPlan,
+    certs: &crate::tls_phase::CertsOutcome,
 ) -> Result<Option<Children>> {
     let render_ctx = RenderContext {
         service_monitor_available: obs.service_monitor_available,
         existing_volume_size: obs.existing_volume_size.clone(),
         broker_replicas: Some(plan.replicas),
+        cert_hashes: certs.hashes.clone(),
+        tls_secrets_preview: false,
     };
     let mut children = match render::render(s.p, &render_ctx) {
         Ok(c) => c,
@@ -916,13 +950,15 @@ async fn write_status(
     brokers: &[BrokerObservation],
     applied: Applied,
     restart: Option<RestartStep>,
+    certs: crate::tls_phase::CertsOutcome,
 ) -> Result<bool> {
     let p = s.p;
     let Applied {
         sts,
         deployment,
-        degraded,
+        mut degraded,
     } = applied;
+    degraded.extend(certs.degraded);
     let sts_status = sts.status.unwrap_or_default();
     let (voters, leader) = broker_voters_and_leader(p, plan.replicas, brokers);
     let desired_brokers = p.spec.broker.replicas;
@@ -939,7 +975,16 @@ async fn write_status(
         workers: workers.clone(),
         degraded,
     };
-    let conditions = merge_conditions(&s.old_conditions(), desired_conditions(&observed));
+    let mut wanted = desired_conditions(&observed);
+    let old = s.old_conditions();
+    if let Some(c) = certificates_condition(
+        certs.condition.as_ref(),
+        old.iter().any(|c| c.type_ == CERTIFICATES_READY),
+        p.metadata.generation,
+    ) {
+        wanted.push(c);
+    }
+    let conditions = merge_conditions(&old, wanted);
     let progressing = conditions
         .iter()
         .any(|c| c.type_ == "Progressing" && c.status == "True");
@@ -959,6 +1004,7 @@ async fn write_status(
             selector: render::worker_selector(p),
             summary: format!("{}/{desired_workers}", workers.ready),
         },
+        tls: certs.status,
     };
     patch_status(&s.api(), &s.name, &status, false).await?;
     Ok(progressing)

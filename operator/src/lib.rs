@@ -12,12 +12,15 @@
 //!   membership, roll one broker, write status) and its error policy.
 //! - [`membership`], [`rolling`], [`conditions`]: the controller's pure decisions (Raft
 //!   membership steps, which broker pod to restart, status conditions).
+//! - [`certs`]: certificates of `spec.tls` (managed CA issuance and renewal decisions,
+//!   cert-manager Certificates).
 //! - [`broker_admin`]: the brokers' admin HTTP API (`/status.json`, `POST /cluster/voters`).
 //! - [`lease`]: leader election through a `coordination.k8s.io` Lease.
 //! - [`telemetry`]: Prometheus metrics, `/metrics` and `/healthz`, logging.
 //! - [`error`]: the error type.
 
 pub mod broker_admin;
+pub mod certs;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
@@ -28,5 +31,6 @@ pub mod render;
 pub mod rolling;
 pub mod run;
 pub mod telemetry;
+mod tls_phase;
 
 pub use error::{Error, Result};

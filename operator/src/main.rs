@@ -111,6 +111,10 @@ struct RenderArgs {
     /// Render as if the ServiceMonitor CRD (monitoring.coreos.com) were installed.
     #[arg(long)]
     service_monitor_available: bool,
+    /// With `spec.tls.mode: managed`, also print the CA and certificate Secrets, issued from a
+    /// throw-away CA (to show and validate their shape; the operator issues its own).
+    #[arg(long)]
+    tls_secrets: bool,
 }
 
 #[tokio::main]
@@ -159,6 +163,7 @@ fn print_render(args: &RenderArgs) -> anyhow::Result<()> {
     };
     let ctx = render::RenderContext {
         service_monitor_available: args.service_monitor_available,
+        tls_secrets_preview: args.tls_secrets,
         ..Default::default()
     };
     let yaml = render::render_manifests_yaml(&input, &ctx)?;
