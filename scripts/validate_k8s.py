@@ -12,10 +12,14 @@
    bad/expected.json are rejected by that schema with the expected message; those marked
    `"layer": "cel"` must pass the schema (their CEL rules are evaluated by
    `cargo test -p txpipe-operator --test crd`).
-4. Every object `txpipe-operator render -f FILE --service-monitor-available` prints for each example passes
-   kubernetes-validate in strict mode for Kubernetes 1.30 and for the newest version
-   kubernetes-validate knows. ServiceMonitors (a CRD of the Prometheus Operator, not in the
-   Kubernetes schemas) get a minimal shape check instead.
+4. Every object `txpipe-operator render -f FILE --service-monitor-available --tls-secrets`
+   prints for each example passes kubernetes-validate in strict mode for Kubernetes 1.30 and
+   for the newest version kubernetes-validate knows; with `spec.tls.mode: managed` that includes
+   the CA and certificate Secrets (issued from a throw-away CA). ServiceMonitors (a CRD of the
+   Prometheus Operator) and cert-manager `Certificate`s (cert-manager.io/v1), which are not in
+   the Kubernetes schemas, get a shape check instead: required fields, types, allowed values
+   and no unknown spec field (`check_certificate`, written from the cert-manager v1 API
+   reference).
 6. Every environment variable the operator renders into a container is one that the container's
    program accepts: each name must appear as `[env: NAME=...]` (or `[env: NAME]`, value hidden)
    in `<program> --help` (the
@@ -79,19 +83,36 @@ def run(binary: Path, *args: str) -> str:
     return proc.stdout
 
 
+RENDER_FLAGS = ["--service-monitor-available", "--tls-secrets"]
+
+
 def render(binary: Path, path: Path) -> str:
-    """`render -f PATH`, as if the ServiceMonitor CRD were installed (so its shape is checked
-    too); falls back to plain `render -f` for a binary without that flag."""
-    try:
-        return run(binary, "render", "-f", str(path), "--service-monitor-available")
-    except RuntimeError as e:
-        if "--service-monitor-available" not in str(e):
-            raise
-        return run(binary, "render", "-f", str(path))
+    """`render -f PATH`, as if the ServiceMonitor CRD were installed and with the managed TLS
+    Secrets (so their shapes are checked too); drops a flag an older binary does not know."""
+    flags = list(RENDER_FLAGS)
+    while True:
+        try:
+            return run(binary, "render", "-f", str(path), *flags)
+        except RuntimeError as e:
+            unknown = [f for f in flags if f in str(e)]
+            if not unknown:
+                raise
+            flags.remove(unknown[0])
+
+
+class K8sLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1 timestamps: like the Kubernetes YAML reader
+    (sigs.k8s.io/yaml), it keeps `2027-01-19T12:00:00Z` (e.g. an annotation) a string."""
+
+
+K8sLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def load_docs(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if d is not None]
+    return [d for d in yaml.load_all(text, Loader=K8sLoader) if d is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,10 +229,71 @@ def check_service_monitor(obj: dict[str, Any]) -> list[str]:
     return problems
 
 
+CERT_USAGES = {"signing", "digital signature", "content commitment", "key encipherment",
+               "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+               "decipher only", "any", "server auth", "client auth", "code signing",
+               "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+               "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"}
+CERT_SPEC_FIELDS = {"secretName", "secretTemplate", "issuerRef", "commonName", "subject",
+                    "dnsNames", "uris", "ipAddresses", "emailAddresses", "duration",
+                    "renewBefore", "renewBeforePercentage", "privateKey", "usages", "isCA",
+                    "keystores", "literalSubject", "revisionHistoryLimit",
+                    "additionalOutputFormats", "nameConstraints", "otherNames",
+                    "encodeUsagesInRequest", "signatureAlgorithm"}
+
+
+def check_certificate(obj: dict[str, Any]) -> list[str]:
+    """Shape of a cert-manager.io/v1 Certificate (kubernetes-validate has no schema for it)."""
+    problems = []
+    if obj.get("apiVersion") != "cert-manager.io/v1":
+        problems.append(f"apiVersion {obj.get('apiVersion')!r}")
+    meta = obj.get("metadata") or {}
+    if not meta.get("name") or not meta.get("namespace"):
+        problems.append("metadata.name and metadata.namespace are required")
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return problems + ["spec must be an object"]
+    unknown = set(spec) - CERT_SPEC_FIELDS
+    if unknown:
+        problems.append(f"unknown spec fields {sorted(unknown)}")
+    if not isinstance(spec.get("secretName"), str) or not spec["secretName"]:
+        problems.append("spec.secretName must be a non-empty string")
+    issuer = spec.get("issuerRef") or {}
+    if not isinstance(issuer.get("name"), str) or not issuer["name"]:
+        problems.append("spec.issuerRef.name must be a non-empty string")
+    if issuer.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+        problems.append(f"spec.issuerRef.kind {issuer.get('kind')!r}")
+    for key in ("dnsNames", "uris"):
+        if key in spec and not (isinstance(spec[key], list)
+                                and all(isinstance(v, str) and v for v in spec[key])):
+            problems.append(f"spec.{key} must be a list of non-empty strings")
+    if not any(spec.get(k) for k in ("commonName", "dnsNames", "uris")):
+        problems.append("one of spec.commonName, spec.dnsNames, spec.uris is required")
+    duration = spec.get("duration")
+    if duration is not None and not (isinstance(duration, str) and duration[:-1].isdigit()
+                                     and duration[-1] in "hms"):
+        problems.append(f"spec.duration {duration!r} is not a Go duration like 2160h")
+    pct = spec.get("renewBeforePercentage")
+    if pct is not None and not (isinstance(pct, int) and 0 < pct < 100):
+        problems.append("spec.renewBeforePercentage must be an integer between 1 and 99")
+    key = spec.get("privateKey") or {}
+    if key.get("algorithm", "RSA") not in ("RSA", "ECDSA", "Ed25519"):
+        problems.append(f"spec.privateKey.algorithm {key.get('algorithm')!r}")
+    if key.get("rotationPolicy", "Always") not in ("Always", "Never"):
+        problems.append(f"spec.privateKey.rotationPolicy {key.get('rotationPolicy')!r}")
+    bad_usages = [u for u in spec.get("usages") or [] if u not in CERT_USAGES]
+    if bad_usages:
+        problems.append(f"unknown spec.usages {bad_usages}")
+    return problems
+
+
 def validate_object(obj: dict[str, Any], versions: list[str]) -> list[tuple[str, bool, str]]:
     """[(version, ok, detail)] for one rendered object."""
     if obj.get("kind") == "ServiceMonitor":
         problems = check_service_monitor(obj)
+        return [("shape", not problems, "; ".join(problems))]
+    if obj.get("kind") == "Certificate":
+        problems = check_certificate(obj)
         return [("shape", not problems, "; ".join(problems))]
     results = []
     for version in versions:
@@ -236,8 +318,9 @@ def object_name(obj: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-# Variables a container reads that are not flags of its program (none today).
-ENV_NOT_FLAGS: set[str] = set()
+# Variables rendered into a container that are not flags of its program: the broker's pod name,
+# only referenced as $(TXPIPE_POD_NAME) in its BROKER_TLS_* paths (spec.tls).
+ENV_NOT_FLAGS: set[str] = {"TXPIPE_POD_NAME"}
 _HELP: dict[str, str] = {}
 
 
