@@ -11,11 +11,13 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use kube::{Client, CustomResourceExt};
 use tracing::{error, info};
+use txpipe_operator::broker_admin::HttpBrokerAdmin;
 use txpipe_operator::crd::TransactionPipeline;
 use txpipe_operator::lease::{self, LeaseConfig, StopSignal};
 use txpipe_operator::render;
@@ -206,6 +208,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .or_else(|_| std::env::var("HOSTNAME"))
             .ok()
             .filter(|n| !n.is_empty()),
+        admin: Arc::new(HttpBrokerAdmin::new()),
     };
     let client = Client::try_default()
         .await

@@ -1967,4 +1967,206 @@ mod tests {
             other => panic!("expected an error, got {other:?}"),
         }
     }
+
+    fn with_tls(mode: &str) -> TransactionPipeline {
+        let mut p = pipeline("demo");
+        p.spec.producer = Some(ProducerSpec {
+            count: 10,
+            rate: 0,
+            seed: 1,
+        });
+        p.spec.tls = Some(crate::crd::TlsSpec {
+            mode: mode.into(),
+            issuer_ref: Some(crate::crd::IssuerRef {
+                name: "ca".into(),
+                kind: "Issuer".into(),
+                group: "cert-manager.io".into(),
+            }),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn container_env(pod: &PodSpec) -> BTreeMap<String, Option<String>> {
+        pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn tls_off_renders_no_tls_files_and_the_grpc_readiness_probe() {
+        let c = render(&pipeline("demo"), &RenderContext::default()).expect("render");
+        let pod = c.broker.spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.is_none());
+        assert!(!container_env(&pod).contains_key("BROKER_TLS_CERT_FILE"));
+        let probe = pod.containers[0].readiness_probe.clone().unwrap();
+        assert!(probe.grpc.is_some());
+        assert_eq!(
+            pod.containers[0]
+                .liveness_probe
+                .clone()
+                .unwrap()
+                .http_get
+                .unwrap()
+                .scheme,
+            None
+        );
+        assert!(c.certificates.is_empty());
+    }
+
+    #[test]
+    fn tls_mounts_each_workload_its_certificate_and_probes_the_admin_port_over_https() {
+        let c = render(&with_tls("managed"), &RenderContext::default()).expect("render");
+        let broker = c.broker.spec.unwrap().template.spec.unwrap();
+        let env = container_env(&broker);
+        assert_eq!(
+            env["BROKER_TLS_CERT_FILE"].as_deref(),
+            Some("/etc/txpipe/tls/$(TXPIPE_POD_NAME)/tls.crt")
+        );
+        assert!(env.contains_key(POD_NAME_ENV));
+        let projected = broker.volumes.as_ref().unwrap()[0]
+            .projected
+            .clone()
+            .unwrap();
+        let sources = projected.sources.unwrap();
+        assert_eq!(sources.len(), certs::MAX_BROKERS as usize);
+        let s3 = sources[3].secret.clone().unwrap();
+        assert_eq!(s3.name, "demo-broker-3-tls");
+        assert_eq!(s3.optional, Some(true));
+        assert_eq!(s3.items.unwrap()[0].path, "demo-broker-3/tls.crt");
+        assert_eq!(
+            broker.security_context.as_ref().unwrap().fs_group,
+            Some(RUN_AS_USER)
+        );
+        let c0 = &broker.containers[0];
+        let ready = c0.readiness_probe.clone().unwrap();
+        assert!(
+            ready.grpc.is_none(),
+            "the kubelet's gRPC probe cannot do TLS"
+        );
+        let ready = ready.http_get.unwrap();
+        assert_eq!(
+            (ready.path.as_deref(), ready.scheme.as_deref()),
+            (Some("/readyz"), Some("HTTPS"))
+        );
+        for probe in [c0.liveness_probe.clone(), c0.startup_probe.clone()] {
+            assert_eq!(
+                probe.unwrap().http_get.unwrap().scheme.as_deref(),
+                Some("HTTPS")
+            );
+        }
+        assert_eq!(
+            c0.volume_mounts
+                .as_ref()
+                .unwrap()
+                .last()
+                .unwrap()
+                .mount_path,
+            certs::TLS_MOUNT
+        );
+
+        let worker = c.worker.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            container_env(&worker)["TXPIPE_TLS_CERT_FILE"].as_deref(),
+            Some("/etc/txpipe/tls/tls.crt")
+        );
+        let secret = worker.volumes.as_ref().unwrap()[0].secret.clone().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("demo-worker-tls"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        assert_eq!(
+            worker.security_context.as_ref().unwrap().fs_group,
+            Some(RUN_AS_USER)
+        );
+        let producer = c.producer.unwrap().spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            producer.volumes.as_ref().unwrap()[0]
+                .secret
+                .clone()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some("demo-producer-tls")
+        );
+        assert!(
+            c.certificates.is_empty(),
+            "managed mode makes Secrets, not Certificates"
+        );
+        assert!(
+            c.tls_secrets_preview.is_empty(),
+            "only with the preview flag"
+        );
+    }
+
+    #[test]
+    fn the_tls_files_do_not_depend_on_the_broker_replicas() {
+        let p = with_tls("managed");
+        let tls_parts = |replicas| {
+            let ctx = RenderContext {
+                broker_replicas: Some(replicas),
+                ..Default::default()
+            };
+            let pod = render(&p, &ctx)
+                .unwrap()
+                .broker
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            let env: Vec<EnvVar> = pod.containers[0]
+                .env
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.name.contains("TLS") || e.name == POD_NAME_ENV)
+                .collect();
+            (pod.volumes, env)
+        };
+        assert_eq!(tls_parts(1), tls_parts(5));
+    }
+
+    #[test]
+    fn certificate_hashes_become_pod_template_annotations() {
+        let ctx = RenderContext {
+            cert_hashes: CertHashes {
+                broker: Some("b1".into()),
+                worker: Some("w1".into()),
+            },
+            ..Default::default()
+        };
+        let c = render(&with_tls("managed"), &ctx).expect("render");
+        let ann = |t: &PodTemplateSpec| {
+            t.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[certs::CERT_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(ann(&c.broker.spec.unwrap().template), "b1");
+        assert_eq!(ann(&c.worker.spec.unwrap().template), "w1");
+    }
+
+    #[test]
+    fn cert_manager_mode_renders_a_certificate_per_identity_and_the_preview_only_for_managed() {
+        let ctx = RenderContext {
+            tls_secrets_preview: true,
+            ..Default::default()
+        };
+        let c = render(&with_tls("certManager"), &ctx).expect("render");
+        assert_eq!(
+            c.certificates.len(),
+            certs::identities(&with_tls("certManager")).len()
+        );
+        assert!(c.tls_secrets_preview.is_empty());
+        let m = render(&with_tls("managed"), &ctx).expect("render");
+        assert_eq!(
+            m.tls_secrets_preview.len(),
+            1 + certs::identities(&with_tls("managed")).len()
+        );
+        let values = m.to_values().expect("values");
+        assert_eq!(
+            values[0]["kind"], "Secret",
+            "Secrets come first in apply order"
+        );
+    }
 }

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::broker_admin::BrokerAdmin;
+#[cfg(doc)]
 use crate::broker_admin::HttpBrokerAdmin;
 use crate::controller;
 use crate::crd::TransactionPipeline;
@@ -39,7 +41,7 @@ const LEASE_RETRY: Duration = Duration::from_secs(5);
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of [`run`] (the binary fills them from flags and the pod's environment).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunConfig {
     /// Watch only this namespace (`None`: all namespaces).
     pub namespace: Option<String>,
@@ -51,6 +53,9 @@ pub struct RunConfig {
     pub apply_crd: bool,
     /// Reporting instance of the Events (the operator's pod name).
     pub instance: Option<String>,
+    /// Client of the brokers' admin API (e.g. [`HttpBrokerAdmin`], with the operator's TLS
+    /// identity when the brokers require one).
+    pub admin: Arc<dyn BrokerAdmin>,
 }
 
 /// Runs the operator until `terminate` fires (SIGTERM/SIGINT in the binary): applies and/or
@@ -89,6 +94,7 @@ pub async fn run(config: RunConfig, client: Client, terminate: StopSignal) -> an
         namespace: config.namespace.clone(),
         metrics: metrics.clone(),
         instance: config.instance.clone(),
+        admin: Arc::clone(&config.admin),
     };
     let result = match &config.lease {
         Some(lease_config) => {
@@ -121,6 +127,7 @@ struct ControllerRunner {
     namespace: Option<String>,
     metrics: Metrics,
     instance: Option<String>,
+    admin: Arc<dyn BrokerAdmin>,
 }
 
 impl ControllerRunner {
@@ -128,7 +135,7 @@ impl ControllerRunner {
     async fn run(self, stop: StopSignal) -> anyhow::Result<()> {
         let ctx = Arc::new(controller::Context::new(
             self.client,
-            Arc::new(HttpBrokerAdmin::new()),
+            self.admin,
             self.metrics,
             self.instance,
         ));
