@@ -124,8 +124,8 @@ pub fn secret_name(p: &TransactionPipeline, role: Role) -> String {
     )
 }
 
-/// DNS names of broker `ordinal`: its pod (short, headless, `.svc`, `.svc.cluster.local`) and
-/// the client Service (same forms).
+/// DNS names of broker `ordinal`: its pod (short, headless, `.svc`, `.svc.cluster.local`), the
+/// client Service (same forms) and `localhost`.
 pub fn broker_dns_names(p: &TransactionPipeline, ordinal: i32) -> Vec<String> {
     let ns = render::namespace(p);
     let pod = render::broker_pod_name(p, ordinal);
@@ -140,6 +140,8 @@ pub fn broker_dns_names(p: &TransactionPipeline, ordinal: i32) -> Vec<String> {
         format!("{client}.{ns}.svc.cluster.local"),
         format!("{client}.{ns}"),
         client,
+        // For tools run inside the pod (`kubectl exec ... grpcurl localhost:9100`).
+        "localhost".into(),
     ]
 }
 
