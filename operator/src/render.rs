@@ -836,6 +836,66 @@ fn broker_volume_size(p: &TransactionPipeline, ctx: &RenderContext) -> Result<St
     }
 }
 
+/// Readiness, liveness and start-up probes of the broker. Without TLS readiness is the gRPC
+/// health check of the client port; with TLS it is the admin port's `/readyz` over HTTPS (the
+/// kubelet's gRPC probe cannot speak TLS), and every admin probe uses HTTPS.
+fn broker_probes(https: bool) -> (Probe, Probe, Probe) {
+    let readiness = if https {
+        Probe {
+            http_get: Some(admin_probe("/readyz", true)),
+            period_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }
+    } else {
+        Probe {
+            grpc: Some(GRPCAction {
+                port: BROKER_CLIENT_PORT,
+                service: None,
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }
+    };
+    let liveness = Probe {
+        http_get: Some(admin_probe("/healthz", https)),
+        period_seconds: Some(10),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(6),
+        ..Default::default()
+    };
+    // Opening a large log can take a while: give it up to 5 minutes before liveness counts.
+    let startup = Probe {
+        http_get: Some(admin_probe("/healthz", https)),
+        period_seconds: Some(5),
+        failure_threshold: Some(60),
+        ..Default::default()
+    };
+    (readiness, liveness, startup)
+}
+
+/// The broker StatefulSet's volumeClaimTemplate `data` of `size`.
+fn broker_claim(p: &TransactionPipeline, size: String) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(BROKER_VOLUME_NAME.into()),
+            labels: Some(labels(p, "broker")),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: p.spec.broker.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<StatefulSet> {
     let b = &p.spec.broker;
     let replicas = ctx.broker_replicas.unwrap_or(b.replicas);
@@ -859,26 +919,7 @@ fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Statefu
     if let Some(h) = &ctx.cert_hashes.broker {
         annotations.insert(certs::CERT_HASH_ANNOTATION.into(), h.clone());
     }
-    let https = tls.is_some();
-    // The kubelet's gRPC probe cannot speak TLS: with TLS, readiness is the admin /readyz.
-    let readiness = if https {
-        Probe {
-            http_get: Some(admin_probe("/readyz", true)),
-            period_seconds: Some(5),
-            failure_threshold: Some(3),
-            ..Default::default()
-        }
-    } else {
-        Probe {
-            grpc: Some(GRPCAction {
-                port: BROKER_CLIENT_PORT,
-                service: None,
-            }),
-            period_seconds: Some(5),
-            failure_threshold: Some(3),
-            ..Default::default()
-        }
-    };
+    let (readiness, liveness, startup) = broker_probes(tls.is_some());
 
     let container = Container {
         name: "broker".into(),
@@ -892,20 +933,8 @@ fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Statefu
             port("admin", BROKER_ADMIN_PORT),
         ]),
         readiness_probe: Some(readiness),
-        liveness_probe: Some(Probe {
-            http_get: Some(admin_probe("/healthz", https)),
-            period_seconds: Some(10),
-            timeout_seconds: Some(5),
-            failure_threshold: Some(6),
-            ..Default::default()
-        }),
-        // Opening a large log can take a while: give it up to 5 minutes before liveness counts.
-        startup_probe: Some(Probe {
-            http_get: Some(admin_probe("/healthz", https)),
-            period_seconds: Some(5),
-            failure_threshold: Some(60),
-            ..Default::default()
-        }),
+        liveness_probe: Some(liveness),
+        startup_probe: Some(startup),
         resources: Some(resources),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![VolumeMount {
@@ -937,23 +966,7 @@ fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Statefu
         ..Default::default()
     });
 
-    let claim = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(BROKER_VOLUME_NAME.into()),
-            labels: Some(labels(p, "broker")),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: b.storage.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let claim = broker_claim(p, size);
 
     Ok(StatefulSet {
         metadata: meta(p, broker_statefulset_name(p), "broker"),
