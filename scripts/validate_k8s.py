@@ -199,11 +199,12 @@ def schema_errors(validator: jsonschema.Validator, doc: dict[str, Any]) -> list[
 # --------------------------------------------------------------------------------------------
 
 
-def monitor_header(obj: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
-    """Problems in the apiVersion/metadata of a monitoring.coreos.com/v1 object, and its spec
-    (None when it is not an object)."""
+def monitor_header(obj: dict[str, Any], api_version: str = "monitoring.coreos.com/v1"
+                   ) -> tuple[list[str], dict[str, Any] | None]:
+    """Problems in the apiVersion/metadata of a custom object of `api_version` (default
+    monitoring.coreos.com/v1), and its spec (None when it is not an object)."""
     problems = []
-    if obj.get("apiVersion") != "monitoring.coreos.com/v1":
+    if obj.get("apiVersion") != api_version:
         problems.append(f"apiVersion {obj.get('apiVersion')!r}")
     meta = obj.get("metadata") or {}
     if not meta.get("name") or not meta.get("namespace"):
@@ -256,15 +257,9 @@ CERT_SPEC_FIELDS = {"secretName", "secretTemplate", "issuerRef", "commonName", "
 
 def check_certificate(obj: dict[str, Any]) -> list[str]:
     """Shape of a cert-manager.io/v1 Certificate (kubernetes-validate has no schema for it)."""
-    problems = []
-    if obj.get("apiVersion") != "cert-manager.io/v1":
-        problems.append(f"apiVersion {obj.get('apiVersion')!r}")
-    meta = obj.get("metadata") or {}
-    if not meta.get("name") or not meta.get("namespace"):
-        problems.append("metadata.name and metadata.namespace are required")
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        return problems + ["spec must be an object"]
+    problems, spec = monitor_header(obj, "cert-manager.io/v1")
+    if spec is None:
+        return problems
     unknown = set(spec) - CERT_SPEC_FIELDS
     if unknown:
         problems.append(f"unknown spec fields {sorted(unknown)}")

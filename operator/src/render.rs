@@ -695,6 +695,7 @@ fn tls_on(p: &TransactionPipeline) -> bool {
     p.spec.tls_mode() != TlsMode::Off
 }
 
+/// Variable `name` set to the pod's name (downward API).
 fn pod_name_env(name: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -840,12 +841,15 @@ fn broker_volume_size(p: &TransactionPipeline, ctx: &RenderContext) -> Result<St
 /// health check of the client port; with TLS it is the admin port's `/readyz` over HTTPS (the
 /// kubelet's gRPC probe cannot speak TLS), and every admin probe uses HTTPS.
 fn broker_probes(https: bool) -> (Probe, Probe, Probe) {
+    let probe = |period: i32, failures: i32| Probe {
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
     let readiness = if https {
         Probe {
             http_get: Some(admin_probe("/readyz", true)),
-            period_seconds: Some(5),
-            failure_threshold: Some(3),
-            ..Default::default()
+            ..probe(5, 3)
         }
     } else {
         Probe {
@@ -853,24 +857,18 @@ fn broker_probes(https: bool) -> (Probe, Probe, Probe) {
                 port: BROKER_CLIENT_PORT,
                 service: None,
             }),
-            period_seconds: Some(5),
-            failure_threshold: Some(3),
-            ..Default::default()
+            ..probe(5, 3)
         }
     };
     let liveness = Probe {
         http_get: Some(admin_probe("/healthz", https)),
-        period_seconds: Some(10),
         timeout_seconds: Some(5),
-        failure_threshold: Some(6),
-        ..Default::default()
+        ..probe(10, 6)
     };
     // Opening a large log can take a while: give it up to 5 minutes before liveness counts.
     let startup = Probe {
         http_get: Some(admin_probe("/healthz", https)),
-        period_seconds: Some(5),
-        failure_threshold: Some(60),
-        ..Default::default()
+        ..probe(5, 60)
     };
     (readiness, liveness, startup)
 }
@@ -1021,17 +1019,7 @@ fn render_worker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Deploym
             "WORKER_BROKERS",
             broker_client_addrs(p, p.spec.broker.replicas).join(","),
         ),
-        EnvVar {
-            name: "WORKER_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        pod_name_env("WORKER_NAME"),
         env(
             "WORKER_ADMIN_LISTEN",
             format!("0.0.0.0:{WORKER_ADMIN_PORT}"),
