@@ -63,6 +63,12 @@ pub fn default_image() -> String {
         json_path = ".status.broker.leader"
     ),
     printcolumn(
+        name = "Certs-Expire",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.tls.notAfter"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
