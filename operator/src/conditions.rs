@@ -202,7 +202,7 @@ pub fn certificates_condition(
     }
 }
 
-/// Conditions for a spec the operator refuses (`reason` from [`Error::InvalidSpec`]): `Ready`
+/// Conditions for a spec the operator refuses (`reason` from [`crate::Error::InvalidSpec`]): `Ready`
 /// and `Degraded` carry the reason, `Progressing` is False (nothing is applied).
 pub fn invalid_spec_conditions(
     generation: Option<i64>,

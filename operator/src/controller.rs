@@ -1,19 +1,24 @@
 //! The reconcile loop of `TransactionPipeline`.
 //!
-//! [`reconcile`] reads as its phases, each a function of this module:
+//! [`reconcile`] reads as its phases, each a function of this module (the certificates phase
+//! lives in `tls_phase.rs`):
 //! 1. **observe**: the live broker StatefulSet, its PVCs and pods, every broker's
 //!    `/status.json` and whether the ServiceMonitor CRD exists (to apply, or clean up, a
 //!    ServiceMonitor); then decide the broker replicas of this step
 //!    ([`crate::membership::membership_step`]: Raft membership changes one member at a time);
-//! 2. **apply children**: render every child ([`crate::render`]) and apply it server-side
+//! 2. **certificates** (with `spec.tls` only, before anything mounts them): issue or renew the
+//!    managed CA's certificates into Secrets, or apply cert-manager Certificates; their hash
+//!    goes on the pod templates, so a renewal rolls the pods through phase 6 (see
+//!    [`crate::certs`]);
+//! 3. **apply children**: render every child ([`crate::render`]) and apply it server-side
 //!    (field manager [`render::FIELD_MANAGER`], forced); an invalid spec (e.g. a volume shrink)
 //!    applies nothing and reports `Ready=False` with the reason, plus a Warning Event;
-//! 3. **grow volumes**: PVCs whose requested size is below `spec.broker.storage.size`;
-//! 4. **step membership**: `POST /cluster/voters` when the plan says so;
-//! 5. **roll one broker**: delete at most one broker pod whose revision is outdated (the
+//! 4. **grow volumes**: PVCs whose requested size is below `spec.broker.storage.size`;
+//! 5. **step membership**: `POST /cluster/voters` when the plan says so;
+//! 6. **roll one broker**: delete at most one broker pod whose revision is outdated (the
 //!    StatefulSet uses `OnDelete`), only when every broker is ready and caught up, followers
 //!    first and leaders last ([`crate::rolling::restart_step`]);
-//! 6. **write status**: conditions ([`crate::conditions`], merged by type) through the status
+//! 7. **write status**: conditions ([`crate::conditions`], merged by type) through the status
 //!    subresource.
 //!
 //! Deleting a pipeline needs no finalizer: every child carries a controller ownerReference, so
@@ -584,7 +589,8 @@ struct Applied {
     degraded: Vec<(String, String)>,
 }
 
-/// observe → apply children → grow volumes → step membership → roll one broker → write status.
+/// observe → certificates → apply children → grow volumes → step membership → roll one broker
+/// → write status.
 async fn reconcile_inner(p: &TransactionPipeline, ctx: &Context) -> Result<Action> {
     let s = Scope::new(p, ctx)?;
     let obs = observe(&s).await?;
@@ -724,7 +730,7 @@ async fn report_invalid_spec(s: &Scope<'_>, reason: &str, message: &str) -> Resu
     Ok(())
 }
 
-/// Phase 2: server-side applies every child in dependency order and deletes the optional ones
+/// Phase 3: server-side applies every child in dependency order and deletes the optional ones
 /// the spec no longer wants (HPA, ServiceMonitor, producer Job).
 async fn apply_children(
     s: &Scope<'_>,
@@ -835,7 +841,7 @@ async fn apply_producer(s: &Scope<'_>, job: Option<&Job>) -> Result<Option<(Stri
     }
 }
 
-/// Phase 3: requests `spec.broker.storage.size` for every PVC that is smaller.
+/// Phase 4: requests `spec.broker.storage.size` for every PVC that is smaller.
 async fn grow_volumes(s: &Scope<'_>, pvcs: &[PersistentVolumeClaim]) -> Result<()> {
     let size = &s.p.spec.broker.storage.size;
     let Some(wanted) = render::parse_quantity(size) else {
@@ -873,7 +879,7 @@ async fn grow_volumes(s: &Scope<'_>, pvcs: &[PersistentVolumeClaim]) -> Result<(
     Ok(())
 }
 
-/// Phase 4: posts the voters when the plan says so. Returns whether the effect must be
+/// Phase 5: posts the voters when the plan says so. Returns whether the effect must be
 /// observed soon (a voter change was attempted).
 async fn step_membership(s: &Scope<'_>, plan: &MembershipPlan) -> bool {
     let MembershipStep::SetVoters { ordinals } = &plan.step else {
@@ -896,7 +902,7 @@ async fn step_membership(s: &Scope<'_>, plan: &MembershipPlan) -> bool {
     true
 }
 
-/// Phase 5: once membership is steady, deletes at most one outdated broker pod
+/// Phase 6: once membership is steady, deletes at most one outdated broker pod
 /// ([`restart_step`]). `None` when not evaluated (a membership change is under way).
 async fn roll_one_broker(
     s: &Scope<'_>,
@@ -942,7 +948,7 @@ async fn roll_one_broker(
     Ok(Some(step))
 }
 
-/// Phase 6: conditions and replica counts through the status subresource. Returns whether
+/// Phase 7: conditions and replica counts through the status subresource. Returns whether
 /// `Progressing` is True.
 async fn write_status(
     s: &Scope<'_>,
