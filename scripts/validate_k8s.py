@@ -12,15 +12,26 @@
    bad/expected.json are rejected by that schema with the expected message; those marked
    `"layer": "cel"` must pass the schema (their CEL rules are evaluated by
    `cargo test -p txpipe-operator --test crd`).
-4. Every object `txpipe-operator render -f FILE --service-monitor-available` prints for each example passes
-   kubernetes-validate in strict mode for Kubernetes 1.30 and for the newest version
-   kubernetes-validate knows. ServiceMonitors (a CRD of the Prometheus Operator, not in the
-   Kubernetes schemas) get a minimal shape check instead.
+4. Every object `txpipe-operator render -f FILE --service-monitor-available --tls-secrets`
+   prints for each example passes kubernetes-validate in strict mode for Kubernetes 1.30 and
+   for the newest version kubernetes-validate knows; with `spec.tls.mode: managed` that includes
+   the CA and certificate Secrets (issued from a throw-away CA). ServiceMonitors (a CRD of the
+   Prometheus Operator) and cert-manager `Certificate`s (cert-manager.io/v1), which are not in
+   the Kubernetes schemas, get a shape check instead: required fields, types, allowed values
+   and no unknown spec field (`check_certificate`, written from the cert-manager v1 API
+   reference).
 6. Every environment variable the operator renders into a container is one that the container's
    program accepts: each name must appear as `[env: NAME=...]` (or `[env: NAME]`, value hidden)
    in `<program> --help` (the
    programs are looked up next to the operator binary; `cargo build --workspace`), so a renamed
    flag cannot leave a pipeline silently running on a default.
+
+7. The certificates of `spec.tls.mode: managed` work with the real programs: the Secrets that
+   `render --tls-secrets` prints for manifests/examples/tls-managed.yaml (issued by the
+   operator's code from a throw-away CA) start a TLS broker with broker-0's certificate; a
+   producer with the producer certificate produces (dialling `localhost`, one of the broker's
+   DNS names), one with the worker certificate is refused PermissionDenied (its principal
+   `spiffe://txpipe/worker` may not produce transactions).
 
 Prints one PASS/FAIL row per check and exits 1 on any failure (2 on usage errors).
 
@@ -31,10 +42,15 @@ Requires: kubernetes-validate, jsonschema, PyYAML (scripts/requirements.txt).
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import json
+import os
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,19 +95,36 @@ def run(binary: Path, *args: str) -> str:
     return proc.stdout
 
 
+RENDER_FLAGS = ["--service-monitor-available", "--tls-secrets"]
+
+
 def render(binary: Path, path: Path) -> str:
-    """`render -f PATH`, as if the ServiceMonitor CRD were installed (so its shape is checked
-    too); falls back to plain `render -f` for a binary without that flag."""
-    try:
-        return run(binary, "render", "-f", str(path), "--service-monitor-available")
-    except RuntimeError as e:
-        if "--service-monitor-available" not in str(e):
-            raise
-        return run(binary, "render", "-f", str(path))
+    """`render -f PATH`, as if the ServiceMonitor CRD were installed and with the managed TLS
+    Secrets (so their shapes are checked too); drops a flag an older binary does not know."""
+    flags = list(RENDER_FLAGS)
+    while True:
+        try:
+            return run(binary, "render", "-f", str(path), *flags)
+        except RuntimeError as e:
+            unknown = [f for f in flags if f in str(e)]
+            if not unknown:
+                raise
+            flags.remove(unknown[0])
+
+
+class K8sLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1 timestamps: like the Kubernetes YAML reader
+    (sigs.k8s.io/yaml), it keeps `2027-01-19T12:00:00Z` (e.g. an annotation) a string."""
+
+
+K8sLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def load_docs(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if d is not None]
+    return [d for d in yaml.load_all(text, Loader=K8sLoader) if d is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,11 +199,12 @@ def schema_errors(validator: jsonschema.Validator, doc: dict[str, Any]) -> list[
 # --------------------------------------------------------------------------------------------
 
 
-def monitor_header(obj: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
-    """Problems in the apiVersion/metadata of a monitoring.coreos.com/v1 object, and its spec
-    (None when it is not an object)."""
+def monitor_header(obj: dict[str, Any], api_version: str = "monitoring.coreos.com/v1"
+                   ) -> tuple[list[str], dict[str, Any] | None]:
+    """Problems in the apiVersion/metadata of a custom object of `api_version` (default
+    monitoring.coreos.com/v1), and its spec (None when it is not an object)."""
     problems = []
-    if obj.get("apiVersion") != "monitoring.coreos.com/v1":
+    if obj.get("apiVersion") != api_version:
         problems.append(f"apiVersion {obj.get('apiVersion')!r}")
     meta = obj.get("metadata") or {}
     if not meta.get("name") or not meta.get("namespace"):
@@ -208,10 +242,65 @@ def check_service_monitor(obj: dict[str, Any]) -> list[str]:
     return problems
 
 
+CERT_USAGES = {"signing", "digital signature", "content commitment", "key encipherment",
+               "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+               "decipher only", "any", "server auth", "client auth", "code signing",
+               "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+               "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"}
+CERT_SPEC_FIELDS = {"secretName", "secretTemplate", "issuerRef", "commonName", "subject",
+                    "dnsNames", "uris", "ipAddresses", "emailAddresses", "duration",
+                    "renewBefore", "renewBeforePercentage", "privateKey", "usages", "isCA",
+                    "keystores", "literalSubject", "revisionHistoryLimit",
+                    "additionalOutputFormats", "nameConstraints", "otherNames",
+                    "encodeUsagesInRequest", "signatureAlgorithm"}
+
+
+def check_certificate(obj: dict[str, Any]) -> list[str]:
+    """Shape of a cert-manager.io/v1 Certificate (kubernetes-validate has no schema for it)."""
+    problems, spec = monitor_header(obj, "cert-manager.io/v1")
+    if spec is None:
+        return problems
+    unknown = set(spec) - CERT_SPEC_FIELDS
+    if unknown:
+        problems.append(f"unknown spec fields {sorted(unknown)}")
+    if not isinstance(spec.get("secretName"), str) or not spec["secretName"]:
+        problems.append("spec.secretName must be a non-empty string")
+    issuer = spec.get("issuerRef") or {}
+    if not isinstance(issuer.get("name"), str) or not issuer["name"]:
+        problems.append("spec.issuerRef.name must be a non-empty string")
+    if issuer.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+        problems.append(f"spec.issuerRef.kind {issuer.get('kind')!r}")
+    for key in ("dnsNames", "uris"):
+        if key in spec and not (isinstance(spec[key], list)
+                                and all(isinstance(v, str) and v for v in spec[key])):
+            problems.append(f"spec.{key} must be a list of non-empty strings")
+    if not any(spec.get(k) for k in ("commonName", "dnsNames", "uris")):
+        problems.append("one of spec.commonName, spec.dnsNames, spec.uris is required")
+    duration = spec.get("duration")
+    if duration is not None and not (isinstance(duration, str) and duration[:-1].isdigit()
+                                     and duration[-1] in "hms"):
+        problems.append(f"spec.duration {duration!r} is not a Go duration like 2160h")
+    pct = spec.get("renewBeforePercentage")
+    if pct is not None and not (isinstance(pct, int) and 0 < pct < 100):
+        problems.append("spec.renewBeforePercentage must be an integer between 1 and 99")
+    key = spec.get("privateKey") or {}
+    if key.get("algorithm", "RSA") not in ("RSA", "ECDSA", "Ed25519"):
+        problems.append(f"spec.privateKey.algorithm {key.get('algorithm')!r}")
+    if key.get("rotationPolicy", "Always") not in ("Always", "Never"):
+        problems.append(f"spec.privateKey.rotationPolicy {key.get('rotationPolicy')!r}")
+    bad_usages = [u for u in spec.get("usages") or [] if u not in CERT_USAGES]
+    if bad_usages:
+        problems.append(f"unknown spec.usages {bad_usages}")
+    return problems
+
+
 def validate_object(obj: dict[str, Any], versions: list[str]) -> list[tuple[str, bool, str]]:
     """[(version, ok, detail)] for one rendered object."""
     if obj.get("kind") == "ServiceMonitor":
         problems = check_service_monitor(obj)
+        return [("shape", not problems, "; ".join(problems))]
+    if obj.get("kind") == "Certificate":
+        problems = check_certificate(obj)
         return [("shape", not problems, "; ".join(problems))]
     results = []
     for version in versions:
@@ -236,8 +325,9 @@ def object_name(obj: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-# Variables a container reads that are not flags of its program (none today).
-ENV_NOT_FLAGS: set[str] = set()
+# Variables rendered into a container that are not flags of its program: the broker's pod name,
+# only referenced as $(TXPIPE_POD_NAME) in its BROKER_TLS_* paths (spec.tls).
+ENV_NOT_FLAGS: set[str] = {"TXPIPE_POD_NAME"}
 _HELP: dict[str, str] = {}
 
 
@@ -273,6 +363,78 @@ def check_env(bin_dir: Path, rel: Path, obj: dict[str, Any]) -> None:
         record("env", subject, not unknown,
                f"not accepted by {program}: {unknown}" if unknown
                else f"{len(names)} variables accepted by {program}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_managed_tls(binary: Path, example: Path) -> None:
+    """Check 7: the managed-mode certificates against a real broker and producer."""
+    bin_dir = binary.parent
+    broker, producer = bin_dir / "txpipe-broker", bin_dir / "txpipe-producer"
+    subject = f"{example.name}: broker-0 + producer certificates"
+    if not broker.exists() or not producer.exists():
+        record("tls", subject, False, f"{broker} or {producer} not found (cargo build --workspace)")
+        return
+    secrets = {o["metadata"]["name"]: o for o in load_docs(render(binary, example))
+               if o.get("kind") == "Secret"}
+    name = next(iter(secrets.values()))["metadata"]["name"].removesuffix("-ca")
+    with tempfile.TemporaryDirectory() as tmp:
+        files: dict[str, dict[str, str]] = {}
+        for secret_name, obj in secrets.items():
+            for key, b64 in (obj.get("data") or {}).items():
+                path = Path(tmp) / f"{secret_name}.{key}"
+                path.write_bytes(base64.b64decode(b64))
+                path.chmod(0o600)
+                files.setdefault(secret_name, {})[key] = str(path)
+        b = files[f"{name}-broker-0-tls"]
+        port = free_port()
+        log_path = Path(tmp) / "broker.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [str(broker), "--listen", f"127.0.0.1:{port}",
+                 "--admin-listen", f"127.0.0.1:{free_port()}",
+                 "--peer-listen", f"127.0.0.1:{free_port()}", "--data-dir", f"{tmp}/data",
+                 "--tls-cert-file", b["tls.crt"], "--tls-key-file", b["tls.key"],
+                 "--tls-ca-file", b["ca.crt"]],
+                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while "leader changed" not in log_path.read_text():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    record("tls", subject, False, "broker did not start: "
+                           + log_path.read_text()[-300:])
+                    return
+                time.sleep(0.2)
+
+            def produce(identity: str) -> subprocess.CompletedProcess[str]:
+                c = files[f"{name}-{identity}-tls"]
+                return subprocess.run(
+                    [str(producer), "--brokers", f"localhost:{port}", "--count", "20",
+                     "--progress", "never", "--tls-ca-file", c["ca.crt"],
+                     "--tls-cert-file", c["tls.crt"], "--tls-key-file", c["tls.key"]],
+                    capture_output=True, text=True, timeout=60, check=False,
+                    # A throw-away PAN key (64 hex characters): producers refuse to run
+                    # without one.
+                    env={**os.environ, "TXPIPE_PAN_KEY": "7e" * 32})
+
+            ok = produce("producer")
+            record("tls", f"{example.name}: producer certificate produces", ok.returncode == 0,
+                   ok.stderr[-300:] if ok.returncode else "20 transactions acknowledged")
+            refused = produce("worker")
+            denied = refused.returncode != 0 and "PermissionDenied" in refused.stderr
+            record("tls", f"{example.name}: worker certificate may not produce", denied,
+                   refused.stderr.strip().splitlines()[-1][-200:] if refused.stderr.strip()
+                   else f"exit {refused.returncode}")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def main() -> int:
@@ -338,6 +500,11 @@ def main() -> int:
             for version, ok, detail in validate_object(obj, versions):
                 record("k8s-schema", f"{rel}: {object_name(obj)}", ok, detail, version)
             check_env(binary.parent, rel, obj)
+
+    # 7. Managed-mode certificates against the real broker and producer.
+    tls_example = examples_dir / "tls-managed.yaml"
+    if tls_example.exists():
+        check_managed_tls(binary, tls_example)
 
     # 5. The operator's own install manifests (RBAC, Deployment), also strict.
     for path in sorted((repo / "manifests" / "rbac").glob("*.yaml")) + sorted(

@@ -63,6 +63,12 @@ pub fn default_image() -> String {
         json_path = ".status.broker.leader"
     ),
     printcolumn(
+        name = "Certs-Expire",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.tls.notAfter"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -95,6 +101,17 @@ pub struct TransactionPipelineSpec {
     /// and log a warning. Never put a real key in the pipeline spec itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pan_key_secret: Option<SecretKeyRef>,
+    /// Mutual TLS between every component (docs/security.md): certificates from a CA the
+    /// operator manages, or from a cert-manager issuer. Default: off (plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+impl TransactionPipelineSpec {
+    /// The TLS mode (`Off` without a `tls` section).
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls.as_ref().map_or(TlsMode::Off, TlsSpec::mode)
+    }
 }
 
 fn default_pull_policy() -> String {
@@ -424,6 +441,112 @@ pub struct MonitoringSpec {
     pub service_monitor: bool,
 }
 
+/// Where the certificates come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plaintext (today's default).
+    Off,
+    /// The operator's own CA issues and renews every certificate (Secrets `<n>-ca`,
+    /// `<n>-<identity>-tls`).
+    Managed,
+    /// cert-manager issues them from `issuerRef` (`cert-manager.io/v1` Certificates).
+    CertManager,
+}
+
+/// TLS settings: mutual TLS on every broker port, a certificate per identity (broker `<i>`,
+/// worker, producer, audit, operator) whose URI SAN `spiffe://txpipe/<role>[/<instance>]` is its
+/// principal.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'certManager' || has(self.issuerRef)").message("tls.issuerRef is required when tls.mode is certManager"),
+    validation = Rule::new("self.caValidityHours >= 2 * self.certValidityHours").message("tls.caValidityHours must be at least twice certValidityHours")
+)]
+pub struct TlsSpec {
+    /// `off` (plaintext), `managed` (the operator's CA) or `certManager` (cert-manager
+    /// Certificates from `issuerRef`). Default `off`.
+    #[serde(default = "default_tls_mode")]
+    #[x_kube(validation = Rule::new("self in ['off', 'managed', 'certManager']").message("tls.mode must be off, managed or certManager"))]
+    pub mode: String,
+    /// Validity of each issued certificate, hours. Default 2160 (90 days).
+    #[serde(default = "default_cert_validity_hours")]
+    #[x_kube(validation = Rule::new("self >= 2 && self <= 87600").message("tls.certValidityHours must be between 2 and 87600"))]
+    pub cert_validity_hours: i64,
+    /// Validity of the managed CA, hours (`managed` only). Default 43800 (5 years). The CA is
+    /// not rotated by the operator (docs/security.md).
+    #[serde(default = "default_ca_validity_hours")]
+    #[x_kube(validation = Rule::new("self >= 4 && self <= 876000").message("tls.caValidityHours must be between 4 and 876000"))]
+    pub ca_validity_hours: i64,
+    /// Renew a certificate once less than this percentage of its validity remains (both
+    /// modes; cert-manager's `renewBeforePercentage`). Default 33.
+    #[serde(default = "default_renew_before_percentage")]
+    #[x_kube(validation = Rule::new("self >= 5 && self <= 90").message("tls.renewBeforePercentage must be between 5 and 90"))]
+    pub renew_before_percentage: i32,
+    /// cert-manager issuer (`certManager` only). It must put `ca.crt` into the Secrets it
+    /// writes (a CA or Vault issuer does; ACME does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+impl TlsSpec {
+    /// The mode; an unknown string (refused by the CEL rule) counts as `Off`.
+    pub fn mode(&self) -> TlsMode {
+        match self.mode.as_str() {
+            "managed" => TlsMode::Managed,
+            "certManager" => TlsMode::CertManager,
+            _ => TlsMode::Off,
+        }
+    }
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self {
+            mode: default_tls_mode(),
+            cert_validity_hours: default_cert_validity_hours(),
+            ca_validity_hours: default_ca_validity_hours(),
+            renew_before_percentage: default_renew_before_percentage(),
+            issuer_ref: None,
+        }
+    }
+}
+
+fn default_tls_mode() -> String {
+    "off".into()
+}
+fn default_cert_validity_hours() -> i64 {
+    2160
+}
+fn default_ca_validity_hours() -> i64 {
+    43_800
+}
+fn default_renew_before_percentage() -> i32 {
+    33
+}
+
+/// A cert-manager `Issuer` or `ClusterIssuer`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Issuer name.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("tls.issuerRef.name must not be empty"))]
+    pub name: String,
+    /// `Issuer` (default, in the pipeline's namespace) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[x_kube(validation = Rule::new("self in ['Issuer', 'ClusterIssuer']").message("tls.issuerRef.kind must be Issuer or ClusterIssuer"))]
+    pub kind: String,
+    /// API group of the issuer. Default `cert-manager.io`.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
 /// Observed state, written by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -440,6 +563,27 @@ pub struct TransactionPipelineStatus {
     /// Worker replicas (`replicas` and `selector` back the `/scale` subresource).
     #[serde(default)]
     pub workers: WorkersStatus,
+    /// Certificates, when `spec.tls` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// TLS part of the status.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// `managed` or `certManager`.
+    #[serde(default)]
+    pub mode: String,
+    /// Earliest expiry of the pipeline's certificates (RFC 3339), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When the operator renews next (RFC 3339; `managed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<String>,
+    /// Expiry of the managed CA (RFC 3339; `managed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<String>,
 }
 
 /// Broker part of the status.

@@ -29,6 +29,9 @@ pub enum Error {
     /// The object lacks a field the operator needs (name, namespace, uid).
     #[error("missing object field: {0}")]
     MissingField(&'static str),
+    /// Making a key or certificate of the managed CA failed.
+    #[error("certificate issuance: {0}")]
+    Tls(String),
 }
 
 impl Error {
@@ -40,6 +43,7 @@ impl Error {
             Error::BrokerAdmin { .. } => "broker_admin",
             Error::Serde(_) => "serde",
             Error::MissingField(_) => "missing_field",
+            Error::Tls(_) => "tls",
         }
     }
 }

@@ -7,44 +7,26 @@
 //!
 //! Every `run` flag has an `OPERATOR_*` environment variable.
 
-use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{ArgAction, Args, Parser, Subcommand};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, CustomResourceExt};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 use txpipe_operator::broker_admin::HttpBrokerAdmin;
-use txpipe_operator::controller;
 use txpipe_operator::crd::TransactionPipeline;
-use txpipe_operator::lease::{self, LeadOutcome, LeaseConfig, StopSignal};
+use txpipe_operator::lease::{self, LeaseConfig, StopSignal};
 use txpipe_operator::render;
-use txpipe_operator::telemetry::{self, LogFormat, Metrics};
+use txpipe_operator::run::RunConfig;
+use txpipe_operator::telemetry::{self, LogFormat};
 
-/// Field manager of the operator's server-side applies.
-const FIELD_MANAGER: &str = "txpipe-operator";
-/// Shown (and the process exits 1) when the CRD is missing.
-const CRD_MISSING: &str = "the TransactionPipeline CRD is not installed: run `txpipe-operator crd | kubectl apply --server-side -f -` or start with --apply-crd";
 /// Namespace file of the pod's service account token mount.
 const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
-/// Bound of the startup API requests (CRD check), so a hanging API server fails the start.
-const STARTUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `--apply-crd` waits for the applied CRD to become `Established`.
-const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause before standing by again when the Lease cannot be read after a lost term.
-const LEASE_RETRY: Duration = Duration::from_secs(5);
-/// How long the HTTP server may take to finish in-flight requests at shutdown.
-const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -131,6 +113,10 @@ struct RenderArgs {
     /// Render as if the ServiceMonitor CRD (monitoring.coreos.com) were installed.
     #[arg(long)]
     service_monitor_available: bool,
+    /// With `spec.tls.mode: managed`, also print the CA and certificate Secrets, issued from a
+    /// throw-away CA (to show and validate their shape; the operator issues its own).
+    #[arg(long)]
+    tls_secrets: bool,
 }
 
 #[tokio::main]
@@ -179,6 +165,7 @@ fn print_render(args: &RenderArgs) -> anyhow::Result<()> {
     };
     let ctx = render::RenderContext {
         service_monitor_available: args.service_monitor_available,
+        tls_secrets_preview: args.tls_secrets,
         ..Default::default()
     };
     let yaml = render::render_manifests_yaml(&input, &ctx)?;
@@ -186,7 +173,8 @@ fn print_render(args: &RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `run`: startup checks, HTTP server, leader election, controller, graceful shutdown.
+/// `run`: reads the pod's environment into a [`RunConfig`], installs the signal handler and
+/// calls [`txpipe_operator::run::run`].
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
     let namespace = args.namespace.clone().filter(|n| !n.is_empty());
@@ -196,163 +184,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         leader_election = args.leader_election,
         "starting txpipe-operator"
     );
-
-    let client = Client::try_default()
-        .await
-        .context("building the Kubernetes client (in-cluster service account or KUBECONFIG)")?;
-    if args.apply_crd {
-        apply_crd(&client).await?;
-    }
-    ensure_crd_installed(&client, namespace.as_deref()).await?;
-
-    let terminate = spawn_signal_handler()?;
-    let metrics = Metrics::new();
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let (server_stop_tx, server_stop) = StopSignal::new();
-    let listener = TcpListener::bind(args.metrics_listen)
-        .await
-        .with_context(|| format!("binding the metrics listener {}", args.metrics_listen))?;
-    info!(addr = %args.metrics_listen, "serving /metrics, /healthz and /readyz");
-    let server = tokio::spawn(telemetry::serve(
-        listener,
-        metrics.clone(),
-        ready_rx,
-        server_stop.wait(),
-    ));
-
-    // Ready once the startup checks passed: this replica now either runs the controller or
-    // stands by for the Lease. A standby must be Ready too, or a rolling update of the
-    // Deployment (maxUnavailable 0) would wait forever for a pod that cannot lead while the
-    // old one holds the Lease.
-    let _ = ready_tx.send(true);
-    let result = if args.leader_election {
+    let lease = if args.leader_election {
         let lease_namespace = args
             .lease_namespace
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(own_namespace);
-        let config = LeaseConfig::new(&args.lease_name, lease_namespace, args.lease_duration_secs)?;
-        run_with_leader_election(&client, namespace, &metrics, &config, &terminate).await
+        Some(LeaseConfig::new(
+            &args.lease_name,
+            lease_namespace,
+            args.lease_duration_secs,
+        )?)
     } else {
-        run_controller(
-            client.clone(),
-            namespace,
-            metrics.clone(),
-            terminate.clone().wait(),
-        )
-        .await
-        .and_then(|()| expect_terminated(&terminate))
+        None
     };
-
-    let _ = ready_tx.send(false);
-    let _ = server_stop_tx.send(true);
-    match tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server failed"),
-        Ok(Err(e)) => warn!(error = %e, "the HTTP server task panicked"),
-        Err(_) => warn!("the HTTP server did not stop in time"),
-    }
-    if result.is_ok() {
-        info!("stopped");
-    }
-    result
-}
-
-/// Stands by for the Lease and runs the controller while leading; after a lost Lease, stands
-/// by again. Returns when the process is asked to stop or the controller fails.
-async fn run_with_leader_election(
-    client: &Client,
-    namespace: Option<String>,
-    metrics: &Metrics,
-    config: &LeaseConfig,
-    terminate: &StopSignal,
-) -> anyhow::Result<()> {
-    let mut first_term = true;
-    loop {
-        let outcome = lease::lead(
-            client.clone(),
-            config,
-            metrics,
-            terminate.clone().wait(),
-            |stop| {
-                run_controller(
-                    client.clone(),
-                    namespace.clone(),
-                    metrics.clone(),
-                    stop.wait(),
-                )
-            },
-        )
-        .await;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            // At startup a Lease error (missing RBAC, no API server) fails fast; after a lost
-            // term it is most likely the outage that cost the Lease: retry.
-            Err(e) if first_term => return Err(e.into()),
-            Err(e) => {
-                warn!(error = %e, retry_in_s = LEASE_RETRY.as_secs(), "leader election failed");
-                tokio::select! {
-                    () = terminate.clone().wait() => return Ok(()),
-                    () = tokio::time::sleep(LEASE_RETRY) => continue,
-                }
-            }
-        };
-        first_term = false;
-        match outcome {
-            LeadOutcome::NotLeader => return Ok(()),
-            LeadOutcome::Finished(result) => {
-                return result.and_then(|()| expect_terminated(terminate));
-            }
-            LeadOutcome::StopTimedOut => {
-                warn!("the controller did not stop in time");
-                return Ok(());
-            }
-            LeadOutcome::LeaseLost(result) => {
-                if let Some(Err(e)) = result {
-                    warn!(error = %format!("{e:#}"), "the controller failed while stopping");
-                }
-                if terminate.is_stopped() {
-                    return Ok(());
-                }
-                warn!("lost the leader Lease: standing by for the next term");
-            }
-        }
-    }
-}
-
-/// The controller returned `Ok`: fine when shutting down, an error otherwise.
-fn expect_terminated(terminate: &StopSignal) -> anyhow::Result<()> {
-    if terminate.is_stopped() {
-        Ok(())
-    } else {
-        bail!("the controller stopped unexpectedly")
-    }
-}
-
-// ============================================================================================
-// WIRING POINT: the only call into `txpipe_operator::controller`. Everything the controller
-// needs is passed here: the client, the watched namespace (None = all namespaces), the
-// metrics, and a future that completes when it must stop (SIGTERM/SIGINT or a lost Lease).
-// ============================================================================================
-/// Runs the reconcile controller until `shutdown` completes.
-async fn run_controller(
-    client: Client,
-    namespace: Option<String>,
-    metrics: Metrics,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow::Result<()> {
-    // Events name this pod as the reporting instance.
-    let instance = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .filter(|n| !n.is_empty());
-    let ctx = Arc::new(controller::Context::new(
-        client,
-        Arc::new(HttpBrokerAdmin::new()),
-        metrics,
-        instance,
-    ));
-    controller::run(ctx, namespace, shutdown).await
+    let config = RunConfig {
+        namespace,
+        metrics_listen: args.metrics_listen,
+        lease,
+        apply_crd: args.apply_crd,
+        // Events name this pod as the reporting instance.
+        instance: std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok()
+            .filter(|n| !n.is_empty()),
+        admin: Arc::new(HttpBrokerAdmin::new()),
+    };
+    let client = Client::try_default()
+        .await
+        .context("building the Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+    let terminate = spawn_signal_handler()?;
+    txpipe_operator::run::run(config, client, terminate).await
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
@@ -388,75 +250,4 @@ fn own_namespace() -> String {
                 .filter(|n| !n.is_empty())
         })
         .unwrap_or_else(|| "default".to_string())
-}
-
-/// Fails with [`CRD_MISSING`] when listing TransactionPipelines answers 404.
-async fn ensure_crd_installed(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
-    let api: Api<TransactionPipeline> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let listed = tokio::time::timeout(
-        STARTUP_REQUEST_TIMEOUT,
-        api.list_metadata(&ListParams::default().limit(1)),
-    )
-    .await
-    .context("listing TransactionPipelines to check the CRD: the API server did not answer")?;
-    match listed {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => bail!(CRD_MISSING),
-        Err(e) => Err(e).context("listing TransactionPipelines to check that the CRD is installed"),
-    }
-}
-
-/// Server-side applies the operator's CRD (field manager `txpipe-operator`, forced) and waits
-/// until the API server reports it `Established`.
-async fn apply_crd(client: &Client) -> anyhow::Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = TransactionPipeline::crd();
-    let name = crd
-        .metadata
-        .name
-        .clone()
-        .context("the generated CRD has no name")?;
-    tokio::time::timeout(
-        STARTUP_REQUEST_TIMEOUT,
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        ),
-    )
-    .await
-    .with_context(|| format!("applying CRD {name}: the API server did not answer"))?
-    .with_context(|| {
-        format!(
-            "applying CRD {name} (--apply-crd needs the txpipe-operator-crd-manage ClusterRole)"
-        )
-    })?;
-    info!(crd = %name, "applied the CRD; waiting until it is established");
-    let deadline = tokio::time::Instant::now() + CRD_ESTABLISHED_TIMEOUT;
-    loop {
-        let current = tokio::time::timeout(STARTUP_REQUEST_TIMEOUT, api.get(&name))
-            .await
-            .with_context(|| format!("reading CRD {name}: the API server did not answer"))?
-            .with_context(|| format!("reading CRD {name}"))?;
-        let established = current
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            info!(crd = %name, "the CRD is established");
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "CRD {name} was applied but is not Established after {} s",
-                CRD_ESTABLISHED_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }

@@ -25,11 +25,12 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource,
-    EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretProjection, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -40,7 +41,8 @@ use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{TransactionPipeline, TransactionPipelineSpec};
+use crate::certs;
+use crate::crd::{TlsMode, TransactionPipeline, TransactionPipelineSpec};
 use crate::{Error, Result};
 
 /// Field manager of every server-side apply the operator makes.
@@ -83,6 +85,20 @@ pub struct RenderContext {
     /// Broker replicas to render into the StatefulSet (the controller changes membership one
     /// step at a time; None = spec.broker.replicas).
     pub broker_replicas: Option<i32>,
+    /// Hashes of the certificates each workload mounts ([`crate::certs::cert_hash`]), put on
+    /// its pod template as [`crate::certs::CERT_HASH_ANNOTATION`] so a renewal rolls the pods.
+    pub cert_hashes: CertHashes,
+    /// `render -f` only: also print the Secrets of `managed` TLS, issued from a throw-away CA.
+    pub tls_secrets_preview: bool,
+}
+
+/// Certificate hashes per workload (`None`: no annotation, e.g. rendering from a file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertHashes {
+    /// Broker pods (every broker certificate, since each pod mounts them all).
+    pub broker: Option<String>,
+    /// Worker pods.
+    pub worker: Option<String>,
 }
 
 /// Every child object of one pipeline, ready for server-side apply.
@@ -110,15 +126,27 @@ pub struct Children {
     pub service_monitor: Option<DynamicObject>,
     /// `<n>-producer`: the producer Job, with `spec.producer` only.
     pub producer: Option<Job>,
+    /// `cert-manager.io/v1` Certificates, with `spec.tls.mode: certManager` only.
+    pub certificates: Vec<DynamicObject>,
+    /// `managed` TLS Secrets from a throw-away CA, with
+    /// [`RenderContext::tls_secrets_preview`] only (the controller issues its own).
+    pub tls_secrets_preview: Vec<k8s_openapi::api::core::v1::Secret>,
 }
 
 impl Children {
-    /// Every object as JSON, in apply order (config map, services, statefulset, pdbs,
-    /// deployment, hpa, service monitor, job).
+    /// Every object as JSON, in apply order (TLS Secrets or Certificates, config map, services,
+    /// statefulset, pdbs, deployment, hpa, service monitor, job).
     ///
     /// Errors: [`Error::Serde`] if an object cannot be serialized (not expected).
     pub fn to_values(&self) -> Result<Vec<serde_json::Value>> {
-        let mut out = vec![
+        let mut out = Vec::new();
+        for s in &self.tls_secrets_preview {
+            out.push(serde_json::to_value(s)?);
+        }
+        for c in &self.certificates {
+            out.push(serde_json::to_value(c)?);
+        }
+        out.extend([
             serde_json::to_value(&self.config_map)?,
             serde_json::to_value(&self.broker_headless)?,
             serde_json::to_value(&self.broker_client)?,
@@ -126,7 +154,7 @@ impl Children {
             serde_json::to_value(&self.broker_pdb)?,
             serde_json::to_value(&self.worker_pdb)?,
             serde_json::to_value(&self.worker)?,
-        ];
+        ]);
         if let Some(hpa) = &self.worker_hpa {
             out.push(serde_json::to_value(hpa)?);
         }
@@ -437,6 +465,12 @@ fn owner_refs(p: &TransactionPipeline) -> Option<Vec<OwnerReference>> {
     })
 }
 
+/// Metadata of a child: name, namespace, the pipeline's labels for `component`, and the
+/// controller ownerReference (when the pipeline has a uid).
+pub fn child_meta(p: &TransactionPipeline, name: String, component: &str) -> ObjectMeta {
+    meta(p, name, component)
+}
+
 fn meta(p: &TransactionPipeline, name: String, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
@@ -646,6 +680,134 @@ fn broker_env(p: &TransactionPipeline, replicas: i32) -> Vec<EnvVar> {
     ]
 }
 
+// ---------------------------------------------------------------------------------------------
+// TLS (spec.tls): volumes, environment, probe scheme
+// ---------------------------------------------------------------------------------------------
+
+/// Name of the TLS volume in every pod.
+const TLS_VOLUME: &str = "tls";
+/// Mode of the mounted key files: owner and group (the pods' fsGroup) read.
+const TLS_FILE_MODE: i32 = 0o440;
+/// Variable holding the pod name, only for `$(TXPIPE_POD_NAME)` in the broker's file paths.
+pub const POD_NAME_ENV: &str = "TXPIPE_POD_NAME";
+
+fn tls_on(p: &TransactionPipeline) -> bool {
+    p.spec.tls_mode() != TlsMode::Off
+}
+
+/// Variable `name` set to the pod's name (downward API).
+fn pod_name_env(name: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The broker's TLS files: every broker certificate Secret projected under
+/// `/etc/txpipe/tls/<pod>/`, and `BROKER_TLS_*` pointing at this pod's directory (through
+/// `$(TXPIPE_POD_NAME)`). Every possible ordinal is listed (optional Secrets), so the template
+/// does not change with the replicas.
+fn broker_tls(p: &TransactionPipeline) -> (Vec<EnvVar>, Volume) {
+    let dir = format!("{}/$({POD_NAME_ENV})", certs::TLS_MOUNT);
+    let env = vec![
+        pod_name_env(POD_NAME_ENV),
+        env("BROKER_TLS_CERT_FILE", format!("{dir}/tls.crt")),
+        env("BROKER_TLS_KEY_FILE", format!("{dir}/tls.key")),
+        env("BROKER_TLS_CA_FILE", format!("{dir}/ca.crt")),
+    ];
+    let sources = (0..certs::MAX_BROKERS)
+        .map(|i| {
+            let pod = broker_pod_name(p, i);
+            VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: certs::secret_name(p, certs::Role::Broker(i)),
+                    optional: Some(true),
+                    items: Some(
+                        ["tls.crt", "tls.key", "ca.crt"]
+                            .iter()
+                            .map(|k| KeyToPath {
+                                key: (*k).into(),
+                                path: format!("{pod}/{k}"),
+                                mode: None,
+                            })
+                            .collect(),
+                    ),
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let volume = Volume {
+        name: TLS_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(TLS_FILE_MODE),
+        }),
+        ..Default::default()
+    };
+    (env, volume)
+}
+
+/// A client's TLS files: Secret `<n>-<role>-tls` at `/etc/txpipe/tls`, `TXPIPE_TLS_*`.
+fn client_tls(p: &TransactionPipeline, role: certs::Role) -> (Vec<EnvVar>, Volume) {
+    let dir = certs::TLS_MOUNT;
+    let env = vec![
+        env("TXPIPE_TLS_CA_FILE", format!("{dir}/ca.crt")),
+        env("TXPIPE_TLS_CERT_FILE", format!("{dir}/tls.crt")),
+        env("TXPIPE_TLS_KEY_FILE", format!("{dir}/tls.key")),
+    ];
+    let volume = Volume {
+        name: TLS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(certs::secret_name(p, role)),
+            default_mode: Some(TLS_FILE_MODE),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (env, volume)
+}
+
+fn tls_mount() -> VolumeMount {
+    VolumeMount {
+        name: TLS_VOLUME.into(),
+        mount_path: certs::TLS_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+/// Adds the TLS volume and mount to a pod with one container, and the fsGroup that lets the
+/// non-root user read the keys.
+fn mount_tls(pod: &mut PodSpec, volume: Volume) {
+    pod.volumes.get_or_insert_with(Vec::new).push(volume);
+    if let Some(c) = pod.containers.first_mut() {
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(tls_mount());
+    }
+    if let Some(sc) = pod.security_context.as_mut() {
+        sc.fs_group = Some(RUN_AS_USER);
+    }
+}
+
+/// HTTP probe of the admin port: HTTPS when TLS is on (the broker's admin port then speaks
+/// TLS; the kubelet does not verify the certificate).
+fn admin_probe(path: &str, https: bool) -> HTTPGetAction {
+    HTTPGetAction {
+        scheme: https.then(|| "HTTPS".to_string()),
+        ..http_probe(path, "admin")
+    }
+}
+
 /// The volume size to render and refuse shrinking.
 fn broker_volume_size(p: &TransactionPipeline, ctx: &RenderContext) -> Result<String> {
     let wanted = &p.spec.broker.storage.size;
@@ -675,6 +837,63 @@ fn broker_volume_size(p: &TransactionPipeline, ctx: &RenderContext) -> Result<St
     }
 }
 
+/// Readiness, liveness and start-up probes of the broker. Without TLS readiness is the gRPC
+/// health check of the client port; with TLS it is the admin port's `/readyz` over HTTPS (the
+/// kubelet's gRPC probe cannot speak TLS), and every admin probe uses HTTPS.
+fn broker_probes(https: bool) -> (Probe, Probe, Probe) {
+    let probe = |period: i32, failures: i32| Probe {
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let readiness = if https {
+        Probe {
+            http_get: Some(admin_probe("/readyz", true)),
+            ..probe(5, 3)
+        }
+    } else {
+        Probe {
+            grpc: Some(GRPCAction {
+                port: BROKER_CLIENT_PORT,
+                service: None,
+            }),
+            ..probe(5, 3)
+        }
+    };
+    let liveness = Probe {
+        http_get: Some(admin_probe("/healthz", https)),
+        timeout_seconds: Some(5),
+        ..probe(10, 6)
+    };
+    // Opening a large log can take a while: give it up to 5 minutes before liveness counts.
+    let startup = Probe {
+        http_get: Some(admin_probe("/healthz", https)),
+        ..probe(5, 60)
+    };
+    (readiness, liveness, startup)
+}
+
+/// The broker StatefulSet's volumeClaimTemplate `data` of `size`.
+fn broker_claim(p: &TransactionPipeline, size: String) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(BROKER_VOLUME_NAME.into()),
+            labels: Some(labels(p, "broker")),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: p.spec.broker.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<StatefulSet> {
     let b = &p.spec.broker;
     let replicas = ctx.broker_replicas.unwrap_or(b.replicas);
@@ -687,10 +906,18 @@ fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Statefu
     let resources = b.resources.clone().unwrap_or_else(default_broker_resources);
     check_resources("spec.broker.resources", &resources)?;
     let size = broker_volume_size(p, ctx)?;
-    let env = broker_env(p, replicas);
+    let tls = tls_on(p).then(|| broker_tls(p));
+    let mut env = broker_env(p, replicas);
+    if let Some((tls_env, _)) = &tls {
+        env.extend(tls_env.iter().cloned());
+    }
     let hash = config_hash(&env)?;
     let mut annotations = prometheus_annotations(BROKER_ADMIN_PORT);
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), hash);
+    if let Some(h) = &ctx.cert_hashes.broker {
+        annotations.insert(certs::CERT_HASH_ANNOTATION.into(), h.clone());
+    }
+    let (readiness, liveness, startup) = broker_probes(tls.is_some());
 
     let container = Container {
         name: "broker".into(),
@@ -703,29 +930,9 @@ fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Statefu
             port("peer", BROKER_PEER_PORT),
             port("admin", BROKER_ADMIN_PORT),
         ]),
-        readiness_probe: Some(Probe {
-            grpc: Some(GRPCAction {
-                port: BROKER_CLIENT_PORT,
-                service: None,
-            }),
-            period_seconds: Some(5),
-            failure_threshold: Some(3),
-            ..Default::default()
-        }),
-        liveness_probe: Some(Probe {
-            http_get: Some(http_probe("/healthz", "admin")),
-            period_seconds: Some(10),
-            timeout_seconds: Some(5),
-            failure_threshold: Some(6),
-            ..Default::default()
-        }),
-        // Opening a large log can take a while: give it up to 5 minutes before liveness counts.
-        startup_probe: Some(Probe {
-            http_get: Some(http_probe("/healthz", "admin")),
-            period_seconds: Some(5),
-            failure_threshold: Some(60),
-            ..Default::default()
-        }),
+        readiness_probe: Some(readiness),
+        liveness_probe: Some(liveness),
+        startup_probe: Some(startup),
         resources: Some(resources),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![VolumeMount {
@@ -737,6 +944,9 @@ fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Statefu
     };
 
     let mut pod = pod_spec(vec![container], true);
+    if let Some((_, volume)) = tls {
+        mount_tls(&mut pod, volume);
+    }
     pod.affinity = Some(Affinity {
         pod_anti_affinity: Some(PodAntiAffinity {
             preferred_during_scheduling_ignored_during_execution: Some(vec![
@@ -754,23 +964,7 @@ fn render_broker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Statefu
         ..Default::default()
     });
 
-    let claim = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(BROKER_VOLUME_NAME.into()),
-            labels: Some(labels(p, "broker")),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: b.storage.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let claim = broker_claim(p, size);
 
     Ok(StatefulSet {
         metadata: meta(p, broker_statefulset_name(p), "broker"),
@@ -816,7 +1010,7 @@ fn pdb(p: &TransactionPipeline, name: String, component: &str) -> PodDisruptionB
     }
 }
 
-fn render_worker(p: &TransactionPipeline) -> Result<Deployment> {
+fn render_worker(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Deployment> {
     let w = &p.spec.workers;
     let resources = w.resources.clone().unwrap_or_else(default_worker_resources);
     check_resources("spec.workers.resources", &resources)?;
@@ -825,17 +1019,7 @@ fn render_worker(p: &TransactionPipeline) -> Result<Deployment> {
             "WORKER_BROKERS",
             broker_client_addrs(p, p.spec.broker.replicas).join(","),
         ),
-        EnvVar {
-            name: "WORKER_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        pod_name_env("WORKER_NAME"),
         env(
             "WORKER_ADMIN_LISTEN",
             format!("0.0.0.0:{WORKER_ADMIN_PORT}"),
@@ -843,11 +1027,18 @@ fn render_worker(p: &TransactionPipeline) -> Result<Deployment> {
         env("WORKER_LOG_FORMAT", "json"),
     ];
     env.extend(pan_key_env(&p.spec));
+    let tls = tls_on(p).then(|| client_tls(p, certs::Role::Worker));
+    if let Some((tls_env, _)) = &tls {
+        env.extend(tls_env.iter().cloned());
+    }
     // The ConfigMap reaches the pods through envFrom, which does not change the template:
     // hash its data too so a scoring change rolls the workers.
     let hash = config_hash(&(&env, config_data(&p.spec)))?;
     let mut annotations = prometheus_annotations(WORKER_ADMIN_PORT);
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), hash);
+    if let Some(h) = &ctx.cert_hashes.worker {
+        annotations.insert(certs::CERT_HASH_ANNOTATION.into(), h.clone());
+    }
 
     let container = Container {
         name: "worker".into(),
@@ -900,7 +1091,13 @@ fn render_worker(p: &TransactionPipeline) -> Result<Deployment> {
                     annotations: Some(annotations),
                     ..Default::default()
                 }),
-                spec: Some(pod_spec(vec![container], false)),
+                spec: Some({
+                    let mut pod = pod_spec(vec![container], false);
+                    if let Some((_, volume)) = tls {
+                        mount_tls(&mut pod, volume);
+                    }
+                    pod
+                }),
             },
             ..Default::default()
         }),
@@ -1023,6 +1220,12 @@ fn render_producer(p: &TransactionPipeline) -> Option<Job> {
         env("PRODUCER_LOG_FORMAT", "json"),
     ];
     env.extend(pan_key_env(&p.spec));
+    // No certificate hash on the Job's template (immutable): a renewed Secret reaches a
+    // running producer pod through the kubelet's Secret volume update.
+    let tls = tls_on(p).then(|| client_tls(p, certs::Role::Producer));
+    if let Some((tls_env, _)) = &tls {
+        env.extend(tls_env.iter().cloned());
+    }
     let container = Container {
         name: "producer".into(),
         image: Some(p.spec.image.clone()),
@@ -1038,6 +1241,9 @@ fn render_producer(p: &TransactionPipeline) -> Option<Job> {
         ..Default::default()
     };
     let mut pod = pod_spec(vec![container], false);
+    if let Some((_, volume)) = tls {
+        mount_tls(&mut pod, volume);
+    }
     pod.restart_policy = Some("OnFailure".into());
     Some(Job {
         metadata: meta(p, producer_job_name(p), "producer"),
@@ -1086,11 +1292,20 @@ pub fn render(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Children> 
         broker_client,
         broker: render_broker(p, ctx)?,
         broker_pdb: pdb(p, broker_pdb_name(p), "broker"),
-        worker: render_worker(p)?,
+        worker: render_worker(p, ctx)?,
         worker_hpa: render_hpa(p),
         worker_pdb: pdb(p, worker_pdb_name(p), "worker"),
         service_monitor: render_service_monitor(p, ctx),
         producer: render_producer(p),
+        certificates: match p.spec.tls_mode() {
+            TlsMode::CertManager => certs::certificates(p),
+            _ => Vec::new(),
+        },
+        tls_secrets_preview: if ctx.tls_secrets_preview && p.spec.tls_mode() == TlsMode::Managed {
+            certs::preview_secrets(p, k8s_openapi::jiff::Timestamp::now().as_second())?
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -1752,5 +1967,207 @@ mod tests {
             }
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    fn with_tls(mode: &str) -> TransactionPipeline {
+        let mut p = pipeline("demo");
+        p.spec.producer = Some(ProducerSpec {
+            count: 10,
+            rate: 0,
+            seed: 1,
+        });
+        p.spec.tls = Some(crate::crd::TlsSpec {
+            mode: mode.into(),
+            issuer_ref: Some(crate::crd::IssuerRef {
+                name: "ca".into(),
+                kind: "Issuer".into(),
+                group: "cert-manager.io".into(),
+            }),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn container_env(pod: &PodSpec) -> BTreeMap<String, Option<String>> {
+        pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn tls_off_renders_no_tls_files_and_the_grpc_readiness_probe() {
+        let c = render(&pipeline("demo"), &RenderContext::default()).expect("render");
+        let pod = c.broker.spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.is_none());
+        assert!(!container_env(&pod).contains_key("BROKER_TLS_CERT_FILE"));
+        let probe = pod.containers[0].readiness_probe.clone().unwrap();
+        assert!(probe.grpc.is_some());
+        assert_eq!(
+            pod.containers[0]
+                .liveness_probe
+                .clone()
+                .unwrap()
+                .http_get
+                .unwrap()
+                .scheme,
+            None
+        );
+        assert!(c.certificates.is_empty());
+    }
+
+    #[test]
+    fn tls_mounts_each_workload_its_certificate_and_probes_the_admin_port_over_https() {
+        let c = render(&with_tls("managed"), &RenderContext::default()).expect("render");
+        let broker = c.broker.spec.unwrap().template.spec.unwrap();
+        let env = container_env(&broker);
+        assert_eq!(
+            env["BROKER_TLS_CERT_FILE"].as_deref(),
+            Some("/etc/txpipe/tls/$(TXPIPE_POD_NAME)/tls.crt")
+        );
+        assert!(env.contains_key(POD_NAME_ENV));
+        let projected = broker.volumes.as_ref().unwrap()[0]
+            .projected
+            .clone()
+            .unwrap();
+        let sources = projected.sources.unwrap();
+        assert_eq!(sources.len(), certs::MAX_BROKERS as usize);
+        let s3 = sources[3].secret.clone().unwrap();
+        assert_eq!(s3.name, "demo-broker-3-tls");
+        assert_eq!(s3.optional, Some(true));
+        assert_eq!(s3.items.unwrap()[0].path, "demo-broker-3/tls.crt");
+        assert_eq!(
+            broker.security_context.as_ref().unwrap().fs_group,
+            Some(RUN_AS_USER)
+        );
+        let c0 = &broker.containers[0];
+        let ready = c0.readiness_probe.clone().unwrap();
+        assert!(
+            ready.grpc.is_none(),
+            "the kubelet's gRPC probe cannot do TLS"
+        );
+        let ready = ready.http_get.unwrap();
+        assert_eq!(
+            (ready.path.as_deref(), ready.scheme.as_deref()),
+            (Some("/readyz"), Some("HTTPS"))
+        );
+        for probe in [c0.liveness_probe.clone(), c0.startup_probe.clone()] {
+            assert_eq!(
+                probe.unwrap().http_get.unwrap().scheme.as_deref(),
+                Some("HTTPS")
+            );
+        }
+        assert_eq!(
+            c0.volume_mounts
+                .as_ref()
+                .unwrap()
+                .last()
+                .unwrap()
+                .mount_path,
+            certs::TLS_MOUNT
+        );
+
+        let worker = c.worker.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            container_env(&worker)["TXPIPE_TLS_CERT_FILE"].as_deref(),
+            Some("/etc/txpipe/tls/tls.crt")
+        );
+        let secret = worker.volumes.as_ref().unwrap()[0].secret.clone().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("demo-worker-tls"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        assert_eq!(
+            worker.security_context.as_ref().unwrap().fs_group,
+            Some(RUN_AS_USER)
+        );
+        let producer = c.producer.unwrap().spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            producer.volumes.as_ref().unwrap()[0]
+                .secret
+                .clone()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some("demo-producer-tls")
+        );
+        assert!(
+            c.certificates.is_empty(),
+            "managed mode makes Secrets, not Certificates"
+        );
+        assert!(
+            c.tls_secrets_preview.is_empty(),
+            "only with the preview flag"
+        );
+    }
+
+    #[test]
+    fn the_tls_files_do_not_depend_on_the_broker_replicas() {
+        let p = with_tls("managed");
+        let tls_parts = |replicas| {
+            let ctx = RenderContext {
+                broker_replicas: Some(replicas),
+                ..Default::default()
+            };
+            let pod = render(&p, &ctx)
+                .unwrap()
+                .broker
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            let env: Vec<EnvVar> = pod.containers[0]
+                .env
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.name.contains("TLS") || e.name == POD_NAME_ENV)
+                .collect();
+            (pod.volumes, env)
+        };
+        assert_eq!(tls_parts(1), tls_parts(5));
+    }
+
+    #[test]
+    fn certificate_hashes_become_pod_template_annotations() {
+        let ctx = RenderContext {
+            cert_hashes: CertHashes {
+                broker: Some("b1".into()),
+                worker: Some("w1".into()),
+            },
+            ..Default::default()
+        };
+        let c = render(&with_tls("managed"), &ctx).expect("render");
+        let ann = |t: &PodTemplateSpec| {
+            t.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[certs::CERT_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(ann(&c.broker.spec.unwrap().template), "b1");
+        assert_eq!(ann(&c.worker.spec.unwrap().template), "w1");
+    }
+
+    #[test]
+    fn cert_manager_mode_renders_a_certificate_per_identity_and_the_preview_only_for_managed() {
+        let ctx = RenderContext {
+            tls_secrets_preview: true,
+            ..Default::default()
+        };
+        let c = render(&with_tls("certManager"), &ctx).expect("render");
+        assert_eq!(
+            c.certificates.len(),
+            certs::identities(&with_tls("certManager")).len()
+        );
+        assert!(c.tls_secrets_preview.is_empty());
+        let m = render(&with_tls("managed"), &ctx).expect("render");
+        assert_eq!(
+            m.tls_secrets_preview.len(),
+            1 + certs::identities(&with_tls("managed")).len()
+        );
+        let values = m.to_values().expect("values");
+        assert_eq!(
+            values[0]["kind"], "Secret",
+            "Secrets come first in apply order"
+        );
     }
 }

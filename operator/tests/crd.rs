@@ -266,6 +266,7 @@ fn crd_metadata_columns_and_subresources() {
         ),
         ("Brokers", "string", ".status.broker.summary"),
         ("Workers", "string", ".status.workers.summary"),
+        ("Certs-Expire", "string", ".status.tls.notAfter"),
         ("Age", "date", ".metadata.creationTimestamp"),
     ];
     for (name, ty, path) in expect {

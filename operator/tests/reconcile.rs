@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use common::{FakeAdmin, FakeApi, Recorded, broker_status};
@@ -27,6 +28,8 @@ const SM_CRD: &str =
     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/txp/events";
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// The tests' fixed wall clock, Unix seconds (2027-01-15).
+const T0: i64 = 1_800_000_000;
 
 fn pipeline(generation: i64, spec: Value) -> TransactionPipeline {
     serde_json::from_value(json!({
@@ -47,15 +50,23 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_clock(Arc::new(AtomicI64::new(T0)))
+    }
+
+    /// A harness whose controller reads the time (Unix seconds) from `clock`.
+    fn with_clock(clock: Arc<AtomicI64>) -> Self {
         let api = FakeApi::default();
         let admin = FakeAdmin::default();
         let server = api.serve();
-        let ctx = Arc::new(Context::new(
-            server.client.clone(),
-            Arc::new(admin.clone()),
-            Metrics::new(),
-            Some("test".into()),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                server.client.clone(),
+                Arc::new(admin.clone()),
+                Metrics::new(),
+                Some("test".into()),
+            )
+            .with_clock(move || clock.load(Ordering::SeqCst)),
+        );
         Self {
             api,
             admin,
@@ -578,5 +589,336 @@ async fn a_larger_volume_size_grows_the_pvcs_and_keeps_the_immutable_claim_templ
     );
     assert!(sts["spec"]["volumeClaimTemplates"][0]["status"].is_null());
     assert!(events(&reqs).contains(&("Normal".into(), "VolumeExpansion".into())));
+    h.finish().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// spec.tls
+// ------------------------------------------------------------------------------------------
+
+const HOUR: i64 = 3600;
+const SECRETS: &str = "/api/v1/namespaces/txp/secrets";
+const CERTIFICATES: &str = "/apis/cert-manager.io/v1/namespaces/txp/certificates";
+const CERT_MANAGER_CRD: &str =
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/certificates.cert-manager.io";
+/// Secrets of every identity: brokers 0..7, worker, producer, audit, operator.
+const IDENTITIES: usize = 11;
+
+fn secret_applies(reqs: &[Recorded]) -> Vec<String> {
+    applies(reqs)
+        .iter()
+        .filter_map(|r| r.path.strip_prefix(&format!("{SECRETS}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn cert_hash(sts_or_deployment: &Value) -> String {
+    sts_or_deployment["spec"]["template"]["metadata"]["annotations"]["txpipe.io/cert-hash"]
+        .as_str()
+        .expect("cert-hash annotation")
+        .to_string()
+}
+
+fn env_names(obj: &Value) -> Vec<String> {
+    obj["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| e["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Three ready brokers on voters {0,1,2} (broker 0 leads), all on `revision`.
+fn steady_brokers(h: &Harness, p: &TransactionPipeline, revision: &str) {
+    let (admin, _) = addrs(p, 3);
+    h.api.put(STS, live_sts(3, "10Gi", revision));
+    for o in 0..3 {
+        h.api.put(&pod_path(o), pod(o, true, revision));
+        h.admin.set_status(
+            &admin[o as usize],
+            broker_status(o as u64, &[0, 1, 2], o == 0, 1000),
+        );
+    }
+}
+
+fn managed_tls(validity_hours: i64) -> Value {
+    json!({
+        "broker": {"replicas": 3},
+        "producer": {"count": 10},
+        "tls": {"mode": "managed", "certValidityHours": validity_hours, "renewBeforePercentage": 25},
+    })
+}
+
+#[tokio::test]
+async fn managed_tls_first_reconcile_issues_the_ca_and_every_certificate_and_mounts_them() {
+    let h = Harness::new();
+    let p = pipeline(1, managed_tls(100));
+
+    let action = h.reconcile(&p).await.expect("reconcile");
+    let reqs = h.api.requests();
+    let secrets = secret_applies(&reqs);
+    assert_eq!(secrets.len(), 1 + IDENTITIES, "{secrets:?}");
+    assert_eq!(secrets[0], "demo-ca");
+    assert!(secrets.contains(&"demo-broker-6-tls".to_string()));
+    assert!(secrets.contains(&"demo-operator-tls".to_string()));
+    let worker_secret = h
+        .api
+        .get(&format!("{SECRETS}/demo-worker-tls"))
+        .expect("stored");
+    assert_eq!(worker_secret["type"], "kubernetes.io/tls");
+    assert_eq!(worker_secret["metadata"]["ownerReferences"][0]["uid"], UID);
+    assert_eq!(
+        worker_secret["metadata"]["annotations"]["txpipe.io/not-after"], "2027-01-19T12:00:00Z",
+        "T0 + 100 h"
+    );
+
+    // The Secrets exist before the workloads that mount them are applied.
+    let first_workload = reqs.iter().position(|r| r.is_apply() && r.path == STS);
+    let last_secret = reqs
+        .iter()
+        .rposition(|r| r.is_apply() && r.path.starts_with(SECRETS));
+    assert!(last_secret < first_workload);
+
+    let sts = applied(&reqs, STS);
+    let env = env_names(sts);
+    for name in [
+        "TXPIPE_POD_NAME",
+        "BROKER_TLS_CERT_FILE",
+        "BROKER_TLS_KEY_FILE",
+        "BROKER_TLS_CA_FILE",
+    ] {
+        assert!(env.contains(&name.to_string()), "{name} in {env:?}");
+    }
+    let pod_spec = &sts["spec"]["template"]["spec"];
+    let sources = pod_spec["volumes"][0]["projected"]["sources"]
+        .as_array()
+        .expect("projected TLS volume");
+    assert_eq!(sources.len(), 7);
+    assert_eq!(sources[1]["secret"]["name"], "demo-broker-1-tls");
+    assert_eq!(
+        pod_spec["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
+        "HTTPS"
+    );
+    assert!(!cert_hash(sts).is_empty());
+    let dep = applied(&reqs, DEPLOYMENT);
+    assert!(env_names(dep).contains(&"TXPIPE_TLS_CERT_FILE".to_string()));
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        "demo-worker-tls"
+    );
+    let job = applied(&reqs, "/apis/batch/v1/namespaces/txp/jobs/demo-producer");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        "demo-producer-tls"
+    );
+
+    let stored = h.stored();
+    let tls = stored
+        .status
+        .as_ref()
+        .and_then(|s| s.tls.clone())
+        .expect("status.tls");
+    assert_eq!(tls.mode, "managed");
+    assert_eq!(tls.not_after.as_deref(), Some("2027-01-19T12:00:00Z"));
+    assert_eq!(
+        condition(&stored, "CertificatesReady"),
+        ("True".into(), "Issued".into())
+    );
+    assert!(events(&reqs).contains(&("Normal".into(), "CAIssued".into())));
+    assert!(events(&reqs).contains(&("Normal".into(), "CertificatesIssued".into())));
+    assert_eq!(action, Action::requeue(controller::REQUEUE_PROGRESSING));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn valid_certificates_are_not_issued_again() {
+    let clock = Arc::new(AtomicI64::new(T0));
+    let h = Harness::with_clock(Arc::clone(&clock));
+    let p = pipeline(1, managed_tls(100));
+    h.reconcile(&p).await.expect("first reconcile");
+    let hash = cert_hash(applied(&h.api.requests(), STS));
+    let ca_before = h.api.get(&format!("{SECRETS}/demo-ca")).expect("ca");
+
+    // 70 h later: 30 of 101 hours left, above the 25 % renewal threshold.
+    clock.store(T0 + 70 * HOUR, Ordering::SeqCst);
+    h.api.clear_requests();
+    h.reconcile(&p).await.expect("second reconcile");
+    let reqs = h.api.requests();
+    assert!(
+        secret_applies(&reqs).is_empty(),
+        "{:?}",
+        secret_applies(&reqs)
+    );
+    assert_eq!(cert_hash(applied(&reqs, STS)), hash, "no roll");
+    assert_eq!(h.api.get(&format!("{SECRETS}/demo-ca")), Some(ca_before));
+    assert_eq!(
+        condition(&h.stored(), "CertificatesReady"),
+        ("True".into(), "Valid".into())
+    );
+    // Renewal at T0 + 100 h - 25 % of 101 h = T0 + 74.75 h: ten seconds before, still kept,
+    // and the reconcile comes back right then (not after the usual requeue).
+    clock.store(T0 + 269_100 - 10, Ordering::SeqCst);
+    h.api.clear_requests();
+    let action = h.reconcile(&p).await.expect("third reconcile");
+    assert!(secret_applies(&h.api.requests()).is_empty());
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn renewal_before_expiry_writes_new_secrets_and_rolls_one_broker_at_a_time() {
+    let clock = Arc::new(AtomicI64::new(T0));
+    let h = Harness::with_clock(Arc::clone(&clock));
+    let p = pipeline(2, managed_tls(100));
+    steady_brokers(&h, &p, "rev-1");
+    h.reconcile(&p).await.expect("issuing reconcile");
+    let old_hash = cert_hash(applied(&h.api.requests(), STS));
+    let old_cert = h
+        .api
+        .get(&format!("{SECRETS}/demo-broker-0-tls"))
+        .expect("cert")["data"]["tls.crt"]
+        .clone();
+    assert!(deletes(&h.api.requests()).is_empty(), "nothing to roll yet");
+
+    // Inside the renewal window: every certificate is issued again, the CA is kept.
+    clock.store(T0 + 80 * HOUR, Ordering::SeqCst);
+    h.api.clear_requests();
+    h.reconcile(&p).await.expect("renewing reconcile");
+    let reqs = h.api.requests();
+    assert_eq!(secret_applies(&reqs).len(), IDENTITIES);
+    assert!(!secret_applies(&reqs).contains(&"demo-ca".to_string()));
+    let new_cert = h
+        .api
+        .get(&format!("{SECRETS}/demo-broker-0-tls"))
+        .expect("cert")["data"]["tls.crt"]
+        .clone();
+    assert_ne!(new_cert, old_cert);
+    let new_hash = cert_hash(applied(&reqs, STS));
+    assert_ne!(new_hash, old_hash, "the broker template changes");
+    assert_ne!(
+        cert_hash(applied(&reqs, DEPLOYMENT)),
+        "",
+        "the worker template carries the hash too"
+    );
+    assert!(events(&reqs).contains(&("Normal".into(), "CertificatesRenewed".into())));
+    assert_eq!(
+        condition(&h.stored(), "CertificatesReady"),
+        ("True".into(), "Renewed".into())
+    );
+
+    // The StatefulSet controller records the new template as revision rev-2: the operator
+    // deletes exactly one broker pod, a follower.
+    h.api.put(STS, live_sts(3, "10Gi", "rev-2"));
+    h.api.clear_requests();
+    let action = h.reconcile(&p).await.expect("rolling reconcile");
+    assert_eq!(action, Action::requeue(controller::REQUEUE_SOON));
+    let reqs = h.api.requests();
+    assert!(secret_applies(&reqs).is_empty(), "renewed once");
+    let del = deletes(&reqs);
+    assert_eq!(del.len(), 1, "{del:?}");
+    assert_eq!(del[0].path, pod_path(2));
+
+    // The new pod is not ready yet: nothing else is deleted.
+    h.api.put(&pod_path(2), pod(2, false, "rev-2"));
+    h.api.clear_requests();
+    h.reconcile(&p).await.expect("waiting reconcile");
+    assert!(deletes(&h.api.requests()).is_empty());
+
+    // Ready again: the next follower.
+    h.api.put(&pod_path(2), pod(2, true, "rev-2"));
+    h.api.clear_requests();
+    h.reconcile(&p).await.expect("next rolling reconcile");
+    let reqs = h.api.requests();
+    let del = deletes(&reqs);
+    assert_eq!(del.len(), 1, "{del:?}");
+    assert_eq!(del[0].path, pod_path(1));
+    h.finish().await;
+}
+
+fn cert_manager_tls() -> Value {
+    json!({
+        "tls": {"mode": "certManager", "issuerRef": {"name": "txpipe-ca", "kind": "ClusterIssuer"}},
+    })
+}
+
+#[tokio::test]
+async fn cert_manager_mode_applies_certificates_and_reports_them_ready_once_issued() {
+    let h = Harness::new();
+    h.api.put(
+        CERT_MANAGER_CRD,
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "certificates.cert-manager.io"}}),
+    );
+    let p = pipeline(1, cert_manager_tls());
+
+    h.reconcile(&p).await.expect("reconcile");
+    let reqs = h.api.requests();
+    let certificates: Vec<&Recorded> = applies(&reqs)
+        .into_iter()
+        .filter(|r| r.path.starts_with(CERTIFICATES))
+        .collect();
+    assert_eq!(certificates.len(), IDENTITIES);
+    let b1 = certificates[1].body.as_ref().expect("body");
+    assert_eq!(b1["spec"]["secretName"], "demo-broker-1-tls");
+    assert_eq!(b1["spec"]["issuerRef"]["name"], "txpipe-ca");
+    assert_eq!(b1["spec"]["uris"][0], "spiffe://txpipe/broker/1");
+    assert!(
+        secret_applies(&reqs).is_empty(),
+        "cert-manager writes the Secrets"
+    );
+    assert_eq!(
+        condition(&h.stored(), "CertificatesReady"),
+        ("False".into(), "WaitingForCertManager".into())
+    );
+    let sts = applied(&reqs, STS);
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"][0]["secret"]["name"],
+        "demo-broker-0-tls"
+    );
+
+    // cert-manager issued everything.
+    for name in reqs
+        .iter()
+        .filter(|r| r.is_apply() && r.path.starts_with(CERTIFICATES))
+        .map(|r| r.path.clone())
+    {
+        let mut c = h.api.get(&name).expect("certificate");
+        c["status"] = json!({
+            "notAfter": "2027-04-15T00:00:00Z",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        });
+        h.api.put(&name, c);
+    }
+    h.api.clear_requests();
+    h.reconcile(&p).await.expect("second reconcile");
+    let stored = h.stored();
+    assert_eq!(
+        condition(&stored, "CertificatesReady"),
+        ("True".into(), "Issued".into())
+    );
+    assert_eq!(
+        stored
+            .status
+            .and_then(|s| s.tls)
+            .and_then(|t| t.not_after)
+            .as_deref(),
+        Some("2027-04-15T00:00:00Z")
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn cert_manager_mode_without_cert_manager_is_degraded() {
+    let h = Harness::new();
+    let p = pipeline(1, cert_manager_tls());
+    h.reconcile(&p).await.expect("reconcile");
+    let stored = h.stored();
+    assert_eq!(
+        condition(&stored, "CertificatesReady"),
+        ("False".into(), "CertManagerNotInstalled".into())
+    );
+    assert_eq!(
+        condition(&stored, "Degraded"),
+        ("True".into(), "CertManagerNotInstalled".into())
+    );
     h.finish().await;
 }

@@ -109,15 +109,22 @@ object is also authorized as `create`.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "patch"]
+# spec.tls: the operator's CA and certificate Secrets (by name); cert-manager Certificates.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "create", "patch"]
 # Events about pipelines.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
 {{- define "txpipe.serviceMonitorCrdRule" -}}
-# Whether the ServiceMonitor CRD is installed (a GET of that one CRD).
+# Whether the ServiceMonitor and cert-manager Certificate CRDs are installed (a GET of each).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  resourceNames: ["servicemonitors.monitoring.coreos.com"]
+  resourceNames: ["servicemonitors.monitoring.coreos.com", "certificates.cert-manager.io"]
   verbs: ["get"]
 {{- end }}

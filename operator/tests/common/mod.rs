@@ -35,6 +35,8 @@ const KNOWN: &[&str] = &[
     "pods",
     "transactionpipelines",
     "events",
+    "secrets",
+    "certificates",
 ];
 
 /// One request as received.
