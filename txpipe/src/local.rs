@@ -7,6 +7,11 @@
 //! resolved, runs the [audit](crate::audit), stops everything and returns the
 //! [`RunReport`].
 //!
+//! Unless `--insecure`, every connection of the run is mutual TLS: the run's certificates
+//! ([`crate::certs`], a throw-away CA and one certificate per process in `<data dir>/tls/`)
+//! are issued before anything starts, each process is given its own, and the audit and the
+//! supervision loop's probes present the reader's.
+//!
 //! It is built from parts, each in its own module:
 //! - [`crate::supervisor`]: the processes: start, sample, restart on an unexpected exit, CPU
 //!   quotas, kill and restart on the chaos schedule's behalf;

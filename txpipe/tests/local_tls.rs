@@ -2,7 +2,11 @@
 //! certificate refuses a client without one, and each process's certificate gets that
 //! process's rights (the reader reads, the producer may not).
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::InProcessBroker;
 
 use tonic::Code;
 use txpipe::certs::RunCerts;
@@ -27,22 +31,13 @@ async fn list_streams(addr: &str, tls: Option<&TlsOptions>) -> Result<(), String
 async fn a_local_mode_broker_refuses_a_client_without_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let certs = RunCerts::issue(&dir.path().join("tls"), &[vec!["127.0.0.1".into()]], 1).unwrap();
-    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-    let listeners = txpipe_broker::Listeners {
-        grpc: bind().await.unwrap(),
-        peer: bind().await.unwrap(),
-        admin: bind().await.unwrap(),
-    };
-    let addr = listeners.grpc.local_addr().unwrap().to_string();
     let mut config = txpipe_broker::Config::new(dir.path().join("broker-0"));
     let tls = certs.broker(0);
     config.tls_cert_file = Some(tls.cert);
     config.tls_key_file = Some(tls.key);
     config.tls_ca_file = Some(tls.ca);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let broker = tokio::spawn(txpipe_broker::run(config, listeners, async move {
-        let _ = stopped.await;
-    }));
+    let broker = InProcessBroker::start(config).await;
+    let addr = broker.addr.clone();
 
     // The run's reader is served (waiting until the broker is up, at most 30 s).
     let reader = certs.reader();
@@ -90,6 +85,5 @@ async fn a_local_mode_broker_refuses_a_client_without_a_certificate() {
         "{denied:?}"
     );
 
-    let _ = stop.send(());
-    broker.await.unwrap().unwrap();
+    broker.stop().await;
 }
