@@ -3,6 +3,8 @@
 # per-case wall-clock timeout) and fails when the audit fails (lost, duplicated or unexpected
 # decisions). Cases with 1 and with 3 broker replicas, kill -9 of the broker (with 3 replicas:
 # of the current leader of `transactions`), of workers, of the producer, and seeded schedules.
+# Every case runs mutual TLS (local mode's default) and its report must say so, except
+# plain-1broker, which runs --insecure (plaintext) and must say that.
 #
 # Usage: scripts/e2e.sh [txpipe-binary]
 # Environment: E2E_OUT (report directory), E2E_COUNT (plain runs, default 200000),
@@ -38,6 +40,14 @@ run() {
       verdict="FAILED ($kills broker kills, expected at least $min_kills)"
     fi
   fi
+  # The report says which mode ran: plaintext with --insecure, mutual TLS otherwise.
+  if [ "$verdict" = passed ]; then
+    local want='"tls": true'
+    if [[ " $* " == *" --insecure "* ]]; then want='"tls": false'; fi
+    if ! grep -q "$want" "$OUT/$name.json"; then
+      verdict="FAILED (report lacks $want)"
+    fi
+  fi
   # MIN_PRODUCER_KILLS=<n> run ...: the report must also show n producer kills.
   if [ "$verdict" = passed ] && [ "${MIN_PRODUCER_KILLS:-0}" -gt 0 ]; then
     local pk
@@ -52,8 +62,8 @@ run() {
   summary+=$(printf '%-28s %-48s %5d s' "$name" "$verdict" "$took")$'\n'
 }
 
-# One broker (no replication).
-run plain-1broker 0 --brokers 1 --count "$COUNT"
+# One broker (no replication), plaintext.
+run plain-1broker 0 --brokers 1 --count "$COUNT" --insecure
 run kill-broker-1broker 2 --brokers 1 --count "$CHAOS_COUNT" --chaos --chaos-broker-only --chaos-events 2 --chaos-seed 11
 run chaos-seed-21-1broker 0 --brokers 1 --count "$CHAOS_COUNT" --chaos --chaos-events 5 --chaos-seed 21
 # Three replicas.

@@ -27,7 +27,7 @@ use txpipe_client::broker::v1::{
     broker_client::BrokerClient,
 };
 use txpipe_client::leader::LeaderRouter;
-use txpipe_client::pipeline::v1::{DeadLetter, Decision, Label, Outcome};
+use txpipe_client::pipeline::v1::{Decision, Label, Outcome};
 use txpipe_client::streams;
 
 /// Recall figures for one fraud scenario.
@@ -392,153 +392,221 @@ pub async fn run_audit_cluster(
     audit_with(LeaderReader { router, deadline }).await
 }
 
-/// Runs the audit, reading through `client`.
+/// Runs the audit, reading through `client`: the labels (what was produced), the decisions
+/// and the dead letters, then the `transactions` statistics.
+///
+/// Errors: a read fails (see [`fetch_all`]), or a record of `labels` or `decisions` is not a
+/// valid message.
 pub async fn audit_with(mut client: impl StreamReader) -> Result<AuditReport> {
-    let mut report = AuditReport::default();
-
-    // Ground truth.
-    let mut labels: HashMap<String, (bool, String, u32)> = HashMap::new();
-    let mut bad_labels = 0u64;
+    let mut labels = read_labels(&mut client).await?;
+    let mut tally = DecisionTally::new(labels.len())?;
+    let mut bad_decisions = 0u64;
     fetch_all(
         &mut client,
-        streams::LABELS,
-        |_, _, value| match Label::decode(value) {
-            Ok(l) => {
-                labels.insert(l.transaction_id, (l.is_fraud, l.scenario, 0));
-            }
-            Err(_) => bad_labels += 1,
+        streams::DECISIONS,
+        |_, _, value| match Decision::decode(value) {
+            Ok(d) => tally.add(d, &mut labels),
+            Err(_) => bad_decisions += 1,
         },
     )
-    .await?;
-    if bad_labels > 0 {
-        anyhow::bail!("{bad_labels} records of the labels stream are not valid Label messages");
-    }
-    report.produced = labels.len() as u64;
-
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-    let mut scoring = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-    let mut bad_decisions = 0u64;
-    let (mut first_decided, mut last_decided) = (i64::MAX, i64::MIN);
-    let mut unexpected: Vec<String> = Vec::new();
-    let mut unexpected_count = 0u64;
-    let mut flagged = Confusion::default();
-    let mut declined = Confusion::default();
-    let mut scenarios: BTreeMap<String, ScenarioRecall> = BTreeMap::new();
-    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut model_versions: BTreeMap<String, u64> = BTreeMap::new();
-    let mut scored: Vec<(f32, bool)> = Vec::with_capacity(labels.len());
-    fetch_all(&mut client, streams::DECISIONS, |_, _, value| {
-        let Ok(d) = Decision::decode(value) else {
-            bad_decisions += 1;
-            return;
-        };
-        let outcome = Outcome::try_from(d.outcome).unwrap_or(Outcome::Unspecified);
-        *outcomes
-            .entry(
-                outcome
-                    .as_str_name()
-                    .trim_start_matches("OUTCOME_")
-                    .to_lowercase(),
-            )
-            .or_default() += 1;
-        if let Some(n) = model_versions.get_mut(&d.model_version) {
-            *n += 1;
-        } else {
-            model_versions.insert(d.model_version.clone(), 1);
-        }
-        first_decided = first_decided.min(d.decided_at_us);
-        last_decided = last_decided.max(d.decided_at_us);
-        let _ = latency.record((d.decided_at_us - d.produced_at_us).max(1) as u64);
-        let _ = scoring.record(u64::from(d.scoring_us).max(1));
-        match labels.get_mut(&d.transaction_id) {
-            None => {
-                unexpected_count += 1;
-                if unexpected.len() < 10 {
-                    unexpected.push(d.transaction_id);
-                }
-            }
-            Some((fraud, scenario, seen)) => {
-                *seen += 1;
-                if *seen == 1 {
-                    let is_flagged = matches!(outcome, Outcome::Review | Outcome::Decline);
-                    let is_declined = outcome == Outcome::Decline;
-                    flagged.add(*fraud, is_flagged);
-                    declined.add(*fraud, is_declined);
-                    scored.push((d.score, *fraud));
-                    if *fraud {
-                        let s = scenarios.entry(scenario.clone()).or_default();
-                        s.total += 1;
-                        s.flagged += u64::from(is_flagged);
-                        s.declined += u64::from(is_declined);
-                    }
-                }
-            }
-        }
-        report.decisions += 1;
-    })
     .await?;
     if bad_decisions > 0 {
         anyhow::bail!(
             "{bad_decisions} records of the decisions stream are not valid Decision messages"
         );
     }
+    let dead = read_dead_letters(&mut client).await?;
+    let tx = stream_info(&mut client, streams::TRANSACTIONS).await?;
+    let mut report = tally.into_report(labels.len() as u64);
+    reconcile(&mut report, &labels, &dead);
+    report.transactions_stored = tx.end_offset;
+    report.pending = tx.pending;
+    Ok(report)
+}
 
-    let mut dead: HashMap<String, u32> = HashMap::new();
-    fetch_all(&mut client, streams::TRANSACTIONS_DLQ, |_, key, value| {
-        let id = match DeadLetter::decode(value) {
-            Ok(_) | Err(_) => String::from_utf8_lossy(key).into_owned(),
-        };
-        *dead.entry(id).or_default() += 1;
+/// What the labels stream says about one produced transaction, and how many decisions the
+/// audit has seen for it.
+struct Truth {
+    fraud: bool,
+    scenario: String,
+    decisions: u32,
+}
+
+/// The ground truth: every label, by transaction id. Errors: a record is not a `Label`.
+async fn read_labels(client: &mut impl StreamReader) -> Result<HashMap<String, Truth>> {
+    let mut labels = HashMap::new();
+    let mut bad = 0u64;
+    fetch_all(client, streams::LABELS, |_, _, value| {
+        match Label::decode(value) {
+            Ok(l) => {
+                let truth = Truth {
+                    fraud: l.is_fraud,
+                    scenario: l.scenario,
+                    decisions: 0,
+                };
+                labels.insert(l.transaction_id, truth);
+            }
+            Err(_) => bad += 1,
+        }
     })
     .await?;
+    if bad > 0 {
+        anyhow::bail!("{bad} records of the labels stream are not valid Label messages");
+    }
+    Ok(labels)
+}
 
-    for (id, (_, _, seen)) in &labels {
-        match *seen {
+/// Dead letters per transaction id (the record key).
+async fn read_dead_letters(client: &mut impl StreamReader) -> Result<HashMap<String, u32>> {
+    let mut dead: HashMap<String, u32> = HashMap::new();
+    fetch_all(client, streams::TRANSACTIONS_DLQ, |_, key, _| {
+        *dead
+            .entry(String::from_utf8_lossy(key).into_owned())
+            .or_default() += 1;
+    })
+    .await?;
+    Ok(dead)
+}
+
+/// At most this many example ids per kind of failure.
+const EXAMPLES: usize = 10;
+
+/// Pushes `id` to `examples` unless it holds [`EXAMPLES`] already.
+fn example(examples: &mut Vec<String>, id: &str) {
+    if examples.len() < EXAMPLES {
+        examples.push(id.to_string());
+    }
+}
+
+/// The decisions stream, tallied record by record as it is read.
+struct DecisionTally {
+    decisions: u64,
+    outcomes: BTreeMap<String, u64>,
+    model_versions: BTreeMap<String, u64>,
+    /// Decided-at time of the first and last decision, µs.
+    decided: (i64, i64),
+    latency: Histogram<u64>,
+    scoring: Histogram<u64>,
+    unexpected: u64,
+    unexpected_examples: Vec<String>,
+    flagged: Confusion,
+    declined: Confusion,
+    scenarios: BTreeMap<String, ScenarioRecall>,
+    /// (score, is fraud) of each labelled transaction's first decision.
+    scored: Vec<(f32, bool)>,
+}
+
+impl DecisionTally {
+    /// An empty tally for about `expected` transactions.
+    fn new(expected: usize) -> Result<Self> {
+        Ok(Self {
+            decisions: 0,
+            outcomes: BTreeMap::new(),
+            model_versions: BTreeMap::new(),
+            decided: (i64::MAX, i64::MIN),
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+            scoring: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+            unexpected: 0,
+            unexpected_examples: Vec::new(),
+            flagged: Confusion::default(),
+            declined: Confusion::default(),
+            scenarios: BTreeMap::new(),
+            scored: Vec::with_capacity(expected),
+        })
+    }
+
+    /// Counts decision `d`; a transaction's first decision is scored against its label.
+    fn add(&mut self, d: Decision, labels: &mut HashMap<String, Truth>) {
+        self.decisions += 1;
+        let outcome = Outcome::try_from(d.outcome).unwrap_or(Outcome::Unspecified);
+        let name = outcome.as_str_name().trim_start_matches("OUTCOME_");
+        *self.outcomes.entry(name.to_lowercase()).or_default() += 1;
+        if let Some(n) = self.model_versions.get_mut(&d.model_version) {
+            *n += 1;
+        } else {
+            self.model_versions.insert(d.model_version.clone(), 1);
+        }
+        self.decided = (
+            self.decided.0.min(d.decided_at_us),
+            self.decided.1.max(d.decided_at_us),
+        );
+        let _ = self
+            .latency
+            .record((d.decided_at_us - d.produced_at_us).max(1) as u64);
+        let _ = self.scoring.record(u64::from(d.scoring_us).max(1));
+        let Some(truth) = labels.get_mut(&d.transaction_id) else {
+            self.unexpected += 1;
+            example(&mut self.unexpected_examples, &d.transaction_id);
+            return;
+        };
+        truth.decisions += 1;
+        if truth.decisions > 1 {
+            return;
+        }
+        let is_flagged = matches!(outcome, Outcome::Review | Outcome::Decline);
+        let is_declined = outcome == Outcome::Decline;
+        self.flagged.add(truth.fraud, is_flagged);
+        self.declined.add(truth.fraud, is_declined);
+        self.scored.push((d.score, truth.fraud));
+        if truth.fraud {
+            let s = self.scenarios.entry(truth.scenario.clone()).or_default();
+            s.total += 1;
+            s.flagged += u64::from(is_flagged);
+            s.declined += u64::from(is_declined);
+        }
+    }
+
+    /// The report's figures about decisions, for `produced` transactions.
+    fn into_report(mut self, produced: u64) -> AuditReport {
+        let (first, last) = self.decided;
+        AuditReport {
+            produced,
+            decisions: self.decisions,
+            unexpected: self.unexpected,
+            unexpected_examples: self.unexpected_examples,
+            outcomes: self.outcomes,
+            flagged: self.flagged,
+            declined: self.declined,
+            auprc: average_precision(&mut self.scored),
+            model_versions: self.model_versions,
+            scenarios: self.scenarios,
+            latency: latency_of(&self.latency, 1000.0),
+            scoring: latency_of(&self.scoring, 1000.0),
+            decision_span_s: if last > first {
+                (last - first) as f64 / 1e6
+            } else {
+                0.0
+            },
+            ..AuditReport::default()
+        }
+    }
+}
+
+/// Sorts every produced transaction into decided once, dead-lettered, lost or duplicated,
+/// and counts dead letters of transactions never produced as unexpected.
+fn reconcile(
+    report: &mut AuditReport,
+    labels: &HashMap<String, Truth>,
+    dead: &HashMap<String, u32>,
+) {
+    for (id, truth) in labels {
+        match truth.decisions {
+            0 if dead.contains_key(id) => report.dead_lettered += 1,
             0 => {
-                if dead.contains_key(id) {
-                    report.dead_lettered += 1;
-                } else {
-                    report.lost += 1;
-                    if report.lost_examples.len() < 10 {
-                        report.lost_examples.push(id.clone());
-                    }
-                }
+                report.lost += 1;
+                example(&mut report.lost_examples, id);
             }
             1 => report.decided_once += 1,
             n => {
                 report.duplicated += u64::from(n - 1);
-                if report.duplicated_examples.len() < 10 {
-                    report.duplicated_examples.push(id.clone());
-                }
+                example(&mut report.duplicated_examples, id);
             }
         }
     }
-    for id in dead.keys() {
-        if !labels.contains_key(id) {
-            unexpected_count += 1;
-            if unexpected.len() < 10 {
-                unexpected.push(id.clone());
-            }
-        }
+    for id in dead.keys().filter(|id| !labels.contains_key(*id)) {
+        report.unexpected += 1;
+        example(&mut report.unexpected_examples, id);
     }
-    report.unexpected = unexpected_count;
-    report.unexpected_examples = unexpected;
-
-    let tx = stream_info(&mut client, streams::TRANSACTIONS).await?;
-    report.transactions_stored = tx.end_offset;
-    report.pending = tx.pending;
-    report.outcomes = outcomes;
-    report.flagged = flagged;
-    report.declined = declined;
-    report.auprc = average_precision(&mut scored);
-    report.model_versions = model_versions;
-    report.scenarios = scenarios;
-    report.latency = latency_of(&latency, 1000.0);
-    report.scoring = latency_of(&scoring, 1000.0);
-    if last_decided > first_decided {
-        report.decision_span_s = (last_decided - first_decided) as f64 / 1e6;
-    }
-    Ok(report)
 }
 
 /// Human-readable report of an audit.

@@ -7,6 +7,11 @@
 //! `/status.json` (with `reqwest`, into the typed [`BrokerStatus`] the broker writes) to tell
 //! when the cluster serves: every replica is ready and every stream has a leader. The leader
 //! of a stream is the running replica that says it leads, with the highest term.
+//!
+//! A cluster is plaintext until [`BrokerCluster::use_tls`] gives it a run's certificates
+//! ([`crate::certs`]): every replica then serves mutual TLS on its client and peer ports, and
+//! the cluster's own calls (GetStream, and the admin probes when [`ADMIN_HTTPS`] says the
+//! admin port speaks HTTPS) go out with the run's reader certificate, trusting the run's CA.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,11 +22,20 @@ use txpipe_client::broker::v1::{GetStreamRequest, StreamInfo};
 use txpipe_client::leader::{LeaderConfig, LeaderRouter};
 use txpipe_client::status::BrokerStatus;
 use txpipe_client::streams;
+use txpipe_client::tls::TlsOptions;
 
+use crate::certs::{RunCerts, tls_flags};
 use crate::supervisor::{Proc, free_port};
 
 /// Timeout of one admin HTTP request (`/readyz`, `/status.json`).
 const ADMIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether a broker with TLS on serves its admin port (`/readyz`, `/status.json`) over HTTPS.
+/// The one setting the probes' scheme follows: `false` while the broker's admin port stays
+/// plain HTTP even with TLS on; set it to `true` once the broker serves HTTPS there (its
+/// read-only endpoints open to any client that trusts the CA), and the probes of a TLS
+/// cluster use `https://` with the run's CA and reader certificate.
+pub(crate) const ADMIN_HTTPS: bool = false;
 
 /// What one node says about itself.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +70,8 @@ pub(crate) struct BrokerNode {
     pub proc: Proc,
     /// Client gRPC address `host:port` (`127.0.0.1` on loopback).
     pub client_addr: String,
+    /// Raft peer address `host:port`.
+    pub peer_addr: String,
     /// Admin HTTP address `host:port`.
     pub admin_addr: String,
 }
@@ -74,7 +90,10 @@ struct NodeAddrs {
 pub(crate) struct BrokerCluster {
     pub nodes: Vec<BrokerNode>,
     router: LeaderRouter,
-    http: reqwest::Client,
+    /// The admin probes' client and URL scheme (`http` or `https`).
+    http: (reqwest::Client, &'static str),
+    /// The reader's TLS files when the cluster runs mutual TLS.
+    tls: Option<TlsOptions>,
 }
 
 impl BrokerCluster {
@@ -153,27 +172,54 @@ impl BrokerCluster {
                 BrokerNode {
                     proc: Proc::new(&format!("broker-{i}"), program, args, dir),
                     client_addr: l.client.clone(),
+                    peer_addr: l.peer.clone(),
                     admin_addr: l.admin.clone(),
                 }
             })
             .collect();
-        let router = LeaderRouter::with_config(
-            clients.clone(),
-            LeaderConfig {
-                call_timeout: Duration::from_secs(2),
-                connect_timeout: Duration::from_millis(500),
-                ..LeaderConfig::default()
-            },
-        )?;
-        let http = reqwest::Client::builder()
-            .timeout(ADMIN_TIMEOUT)
-            .build()
-            .context("building the admin HTTP client")?;
         Ok(Self {
             nodes,
-            router,
-            http,
+            router: router(clients, None)?,
+            http: admin_client(None, false)?,
+            tls: None,
         })
+    }
+
+    /// Turns on mutual TLS before the replicas start: replica `i` serves `certs`'s
+    /// `broker-<i>` certificate (and dials its peers with it), and the cluster's own calls
+    /// present the reader certificate. Errors: the reader's files cannot be read.
+    pub fn use_tls(&mut self, certs: &RunCerts) -> Result<()> {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            n.proc.push_args(tls_flags(&certs.broker(i)));
+        }
+        let reader = certs.reader();
+        self.router = router(self.client_addrs(), Some(&reader))?;
+        self.http = admin_client(Some(&reader), ADMIN_HTTPS)?;
+        self.tls = Some(reader);
+        Ok(())
+    }
+
+    /// The TLS files of the cluster's own calls (the reader's), when it runs mutual TLS:
+    /// what the audit presents.
+    pub fn client_tls(&self) -> Option<&TlsOptions> {
+        self.tls.as_ref()
+    }
+
+    /// The hosts each replica is dialled by (of its client, peer and admin addresses), for
+    /// its certificate's names.
+    pub fn broker_hosts(&self) -> Vec<Vec<String>> {
+        let host = |a: &str| a.rsplit_once(':').map_or(a, |(h, _)| h).to_string();
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mut h: Vec<String> = [&n.client_addr, &n.peer_addr, &n.admin_addr]
+                    .iter()
+                    .map(|a| host(a))
+                    .collect();
+                h.dedup();
+                h
+            })
+            .collect()
     }
 
     /// Client addresses, comma-separated (what producer, workers and audit take).
@@ -201,11 +247,12 @@ impl BrokerCluster {
         }
     }
 
-    /// `GET http://<admin address of node i><path>` within [`ADMIN_TIMEOUT`]; the response
-    /// when it is a 2xx, `None` when the node is unreachable or answers otherwise.
+    /// `GET http(s)://<admin address of node i><path>` within [`ADMIN_TIMEOUT`]; the
+    /// response when it is a 2xx, `None` when the node is unreachable or answers otherwise.
     async fn admin_get(&self, i: usize, path: &str) -> Option<reqwest::Response> {
-        let url = format!("http://{}{path}", self.nodes[i].admin_addr);
-        let resp = self.http.get(url).send().await.ok()?;
+        let (client, scheme) = &self.http;
+        let url = format!("{scheme}://{}{path}", self.nodes[i].admin_addr);
+        let resp = client.get(url).send().await.ok()?;
         resp.status().is_success().then_some(resp)
     }
 
@@ -343,6 +390,45 @@ impl BrokerCluster {
     }
 }
 
+/// The leader router of the cluster's own GetStream calls (short timeouts: it is polled).
+fn router(clients: Vec<String>, tls: Option<&TlsOptions>) -> Result<LeaderRouter> {
+    Ok(LeaderRouter::with_config(
+        clients,
+        LeaderConfig {
+            call_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+            tls: tls.cloned(),
+            ..LeaderConfig::default()
+        },
+    )?)
+}
+
+/// The admin probes' HTTP client and scheme: `https` trusting only `tls`'s CA and presenting
+/// its certificate when `https` and `tls` are given, else plain `http`.
+/// Errors: the files cannot be read or are not PEM.
+fn admin_client(tls: Option<&TlsOptions>, https: bool) -> Result<(reqwest::Client, &'static str)> {
+    let builder = reqwest::Client::builder().timeout(ADMIN_TIMEOUT);
+    let (builder, scheme) = match tls {
+        Some(tls) if https => {
+            let read =
+                |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let ca = reqwest::Certificate::from_pem(&read(&tls.ca)?).context("the CA bundle")?;
+            let mut pem = read(&tls.cert)?;
+            pem.extend(read(&tls.key)?);
+            let id = reqwest::Identity::from_pem(&pem).context("the admin probes' certificate")?;
+            let b = builder
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca)
+                .identity(id);
+            (b, "https")
+        }
+        _ => (builder, "http"),
+    };
+    let client = builder.build().context("building the admin HTTP client")?;
+    Ok((client, scheme))
+}
+
 /// Whether every stream of the pipeline (transactions, decisions, labels, the dead-letter
 /// stream) has a leader among `views`.
 pub(crate) fn every_stream_led(views: &[Option<NodeView>]) -> bool {
@@ -409,6 +495,8 @@ pub(crate) fn pick_follower(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use txpipe_client::status::RaftStatus;
 
     use super::*;
@@ -488,35 +576,56 @@ mod tests {
         assert_eq!(leader_in(&[Some(unread)], "transactions"), None);
     }
 
-    #[tokio::test]
-    async fn a_node_view_is_read_over_http_and_an_unreachable_node_is_not_ready() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Serves a canned admin port on loopback (over TLS with `tls`, a rustls server config):
+    /// `/readyz` answers "ready", anything else a status in which node 0 leads
+    /// `transactions`. Returns its address.
+    async fn canned_admin(tls: Option<Arc<rustls::ServerConfig>>) -> String {
+        use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+        async fn answer(mut s: impl AsyncRead + AsyncWrite + Unpin) {
+            let body = r#"{"node_id": 0, "ready": true, "raft": {"transactions":
+                {"term": 2, "leader_id": 0, "is_leader": true}}, "streams": []}"#;
+            let mut req = [0u8; 1024];
+            let Ok(n) = s.read(&mut req).await else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&req[..n]).to_string();
+            let payload = if head.starts_with("GET /readyz") {
+                "ready\n"
+            } else {
+                body
+            };
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
+                payload.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_addr = listener.local_addr().unwrap().to_string();
-        let body = r#"{"node_id": 0, "ready": true, "raft": {"transactions":
-            {"term": 2, "leader_id": 0, "is_leader": true}}, "streams": []}"#;
+        let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut req = [0u8; 1024];
-                let n = s.read(&mut req).await.unwrap();
-                let head = String::from_utf8_lossy(&req[..n]).to_string();
-                let payload = if head.starts_with("GET /readyz") {
-                    "ready\n"
-                } else {
-                    body
-                };
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
-                    payload.len()
-                );
-                s.write_all(resp.as_bytes()).await.unwrap();
+                let (s, _) = listener.accept().await.unwrap();
+                match &tls {
+                    Some(cfg) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+                        if let Ok(s) = acceptor.accept(s).await {
+                            answer(s).await;
+                        }
+                    }
+                    None => answer(s).await,
+                }
             }
         });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_node_view_is_read_over_http_and_an_unreachable_node_is_not_ready() {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster =
             BrokerCluster::new(Path::new("/nonexistent"), 2, dir.path(), &[]).unwrap();
-        cluster.nodes[0].admin_addr = admin_addr;
+        cluster.nodes[0].admin_addr = canned_admin(None).await;
         let v = cluster.view(0).await;
         assert!(v.knows_all_leaders(), "{v:?}");
         assert_eq!(v.leads(), vec!["transactions"]);
@@ -524,5 +633,41 @@ mod tests {
         // Node 1's admin port has nothing listening.
         let down = cluster.view(1).await;
         assert!(!down.ready && down.status.is_none());
+    }
+
+    #[tokio::test]
+    async fn admin_probes_over_https_trust_the_run_ca_only() {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = [vec!["127.0.0.1".to_string()]];
+        let certs = RunCerts::issue(&dir.path().join("tls"), &hosts, 0).unwrap();
+        let b = certs.broker(0);
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&b.cert).unwrap()],
+            PrivateKeyDer::from_pem_file(&b.key).unwrap(),
+        )
+        .unwrap();
+        let admin = canned_admin(Some(Arc::new(server))).await;
+        let mut cluster =
+            BrokerCluster::new(Path::new("/nonexistent"), 1, dir.path(), &[]).unwrap();
+        cluster.nodes[0].admin_addr = admin;
+        // What `use_tls` sets up when the admin port speaks HTTPS.
+        cluster.http = admin_client(Some(&certs.reader()), true).unwrap();
+        assert_eq!(cluster.http.1, "https");
+        assert!(cluster.view(0).await.knows_all_leaders());
+        // Plain HTTP gets no answer from a TLS port.
+        cluster.http = admin_client(Some(&certs.reader()), false).unwrap();
+        assert!(!cluster.view(0).await.ready);
+        // Trusting another run's CA: the broker's certificate is refused.
+        let other = RunCerts::issue(&dir.path().join("other"), &hosts, 0).unwrap();
+        cluster.http = admin_client(Some(&other.reader()), true).unwrap();
+        assert!(!cluster.view(0).await.ready);
     }
 }

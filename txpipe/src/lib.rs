@@ -4,6 +4,7 @@
 //!   processes on one machine, optionally with seeded kill -9 chaos, and prints a
 //!   [`report::RunReport`]. Its parts: [`supervisor`] (the processes), [`chaos`] (the chaos
 //!   schedule, a pure state machine), [`progress`] (the display) and [`report`].
+//! - [`certs`]: the throw-away CA and certificates of a local run (mutual TLS by default).
 //! - [`cluster`]: a local cluster of broker replicas (ports, readiness, leader lookup from the
 //!   admin `/status.json`).
 //! - [`audit`]: reads the streams back and checks exactly-once decisions.
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod certs;
 pub mod cgroup;
 pub mod chaos;
 pub mod cluster;

@@ -7,6 +7,11 @@
 //! resolved, runs the [audit](crate::audit), stops everything and returns the
 //! [`RunReport`].
 //!
+//! Unless `--insecure`, every connection of the run is mutual TLS: the run's certificates
+//! ([`crate::certs`], a throw-away CA and one certificate per process in `<data dir>/tls/`)
+//! are issued before anything starts, each process is given its own, and the audit and the
+//! supervision loop's probes present the reader's.
+//!
 //! It is built from parts, each in its own module:
 //! - [`crate::supervisor`]: the processes: start, sample, restart on an unexpected exit, CPU
 //!   quotas, kill and restart on the chaos schedule's behalf;
@@ -34,8 +39,10 @@ use anyhow::{Context, Result, bail};
 use txpipe_client::broker::v1::StreamInfo;
 use txpipe_client::streams;
 use txpipe_client::summary::Summary;
+use txpipe_client::tls::TlsOptions;
 
-use crate::audit;
+use crate::audit::{self, AuditReport};
+use crate::certs::{RunCerts, tls_flags};
 use crate::chaos::{Action, Chaos, ChaosConfig, ChaosKill, ClusterView, Leader, Tick};
 use crate::cluster::{BrokerCluster, NodeView, leader_in};
 use crate::progress::Progress;
@@ -169,6 +176,11 @@ pub struct LocalArgs {
     /// Fail the run (exit 1) when the audit's AUPRC is below this (or cannot be computed).
     #[arg(long, env = "TXPIPE_MIN_AUPRC")]
     pub min_auprc: Option<f64>,
+    /// Run plaintext and unauthenticated (for benchmarks). By default every connection of the
+    /// run is mutual TLS with a throw-away CA and one certificate per process, in
+    /// `<data dir>/tls/` (see docs/security.md).
+    #[arg(long, env = "TXPIPE_INSECURE")]
+    pub insecure: bool,
 }
 
 impl LocalArgs {
@@ -250,8 +262,8 @@ impl LocalArgs {
         }
     }
 
-    /// Command line of worker `i`.
-    fn worker_command(&self, brokers: &str, i: u32) -> Vec<String> {
+    /// Command line of worker `i`, with its TLS files (`None`: plaintext).
+    fn worker_command(&self, brokers: &str, i: u32, tls: Option<&TlsOptions>) -> Vec<String> {
         let mut a = vec![
             format!("--brokers={brokers}"),
             format!("--name=worker-{i}"),
@@ -266,12 +278,19 @@ impl LocalArgs {
         if let Some(t) = self.decline_threshold {
             a.push(format!("--decline-threshold={t}"));
         }
+        a.extend(tls.map(tls_flags).unwrap_or_default());
         a.extend(self.worker_args.iter().cloned());
         a
     }
 
-    /// Command line of the producer, writing its summary to `summary`.
-    fn producer_command(&self, brokers: &str, summary: &Path) -> Vec<String> {
+    /// Command line of the producer, writing its summary to `summary`, with its TLS files
+    /// (`None`: plaintext).
+    fn producer_command(
+        &self,
+        brokers: &str,
+        summary: &Path,
+        tls: Option<&TlsOptions>,
+    ) -> Vec<String> {
         let mut a = vec![
             format!("--brokers={brokers}"),
             format!("--count={}", self.count),
@@ -292,6 +311,7 @@ impl LocalArgs {
         if let Some(t) = self.time_until {
             a.push(format!("--time-until={t}"));
         }
+        a.extend(tls.map(tls_flags).unwrap_or_default());
         a.extend(self.producer_args.iter().cloned());
         a
     }
@@ -364,22 +384,39 @@ impl Layout {
         self.dir.join("producer-summary.json")
     }
 
-    /// Every process of the run, laid out (ports picked), nothing started.
+    /// The run's certificates (`<dir>/tls`).
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// Every process of the run, laid out (ports picked, and without `--insecure` the run's
+    /// certificates issued), nothing started. Errors: no free port; a certificate cannot be
+    /// written.
     fn supervisor(&self, args: &LocalArgs) -> Result<Supervisor> {
-        let cluster = BrokerCluster::new(
+        let mut cluster = BrokerCluster::new(
             &self.broker,
             args.brokers as usize,
             &self.dir,
             &args.broker_args,
         )?;
+        let certs = if args.insecure {
+            None
+        } else {
+            let certs = RunCerts::issue(&self.tls_dir(), &cluster.broker_hosts(), args.workers)
+                .context("issuing the run's certificates")?;
+            cluster.use_tls(&certs)?;
+            Some(certs)
+        };
         let brokers = cluster.client_list();
         let workers = (0..args.workers)
             .map(|i| {
-                let a = args.worker_command(&brokers, i);
+                let tls = certs.as_ref().map(|c| c.worker(i));
+                let a = args.worker_command(&brokers, i, tls.as_ref());
                 Proc::new(&format!("worker-{i}"), self.worker.clone(), a, &self.dir)
             })
             .collect();
-        let a = args.producer_command(&brokers, &self.summary());
+        let tls = certs.as_ref().map(RunCerts::producer);
+        let a = args.producer_command(&brokers, &self.summary(), tls.as_ref());
         let producer = Proc::new("producer", self.producer.clone(), a, &self.dir);
         Ok(Supervisor::new(
             cluster,
@@ -392,26 +429,84 @@ impl Layout {
 
 /// Runs the pipeline locally. `exe` is this binary; the services are the `txpipe-broker`,
 /// `txpipe-worker` and `txpipe-producer` binaries beside it (or in `--bin-dir`).
+///
+/// The steps: check the arguments; lay out the run (binaries, data directory, ports,
+/// certificates); start the brokers and workers; start the producer and supervise until
+/// every transaction is resolved; stop the workers, audit, stop the brokers; build the
+/// report; write it (`--report-json`) and remove a passing run's temporary directory.
+///
+/// Errors: invalid arguments; a binary is missing; a process cannot be started or restarted;
+/// the producer fails; the run stalls; the audit cannot read the streams.
 pub async fn run_local(mut args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
     args.validate()?;
     let model_card = args.resolve_model()?;
     let layout = Layout::new(&args, &exe)?;
     let mut sup = layout.supervisor(&args)?;
+    announce_security(&args, &layout);
+    let outcome = supervise(&args, &layout, &mut sup).await?;
+    let audit = audit_and_stop(&mut sup).await?;
+    let report = build_report(&args, &layout, &sup, outcome, audit, model_card);
+    drop(sup); // removes the cgroups, now that every process has exited
+    if let Some(p) = &args.report_json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if report.audit.passed() && layout.temp && !args.keep_data {
+        let _ = std::fs::remove_dir_all(&layout.dir);
+    }
+    Ok(report)
+}
+
+/// Says on stderr whether the run is mutual TLS (and where its certificates are) or
+/// plaintext.
+fn announce_security(args: &LocalArgs, layout: &Layout) {
+    if args.insecure {
+        eprintln!("txpipe: --insecure: plaintext and unauthenticated connections");
+    } else {
+        eprintln!(
+            "txpipe: mutual TLS; CA and certificates in {} (reader.pem and reader-key.pem for grpcurl)",
+            layout.tls_dir().display()
+        );
+    }
+}
+
+/// Starts the brokers and workers, then the producer, and supervises until every transaction
+/// is resolved (see [`Monitor`]).
+async fn supervise(args: &LocalArgs, layout: &Layout, sup: &mut Supervisor) -> Result<Outcome> {
     sup.start_services(&layout.run_id, &layout.dir).await?;
     // A summary left by an earlier run in the same --data-dir must not be taken for this one.
     let _ = std::fs::remove_file(layout.summary());
     let started = Instant::now();
     sup.start_producer()?;
-    let monitor = Monitor::new(&args, layout.summary(), &layout.dir, started);
-    let outcome = monitor.run(&mut sup).await?;
+    Monitor::new(args, layout.summary(), &layout.dir, started)
+        .run(sup)
+        .await
+}
 
+/// Stops the workers, audits the streams (over mutual TLS with the reader's certificate, when
+/// the run uses TLS) and stops the brokers.
+async fn audit_and_stop(sup: &mut Supervisor) -> Result<AuditReport> {
     sup.stop_workers(STOP_GRACE).await;
-    let audit = audit::run_audit_cluster(&sup.cluster.client_addrs(), STOP_GRACE, None)
+    let tls = sup.cluster.client_tls().cloned();
+    let audit = audit::run_audit_cluster(&sup.cluster.client_addrs(), STOP_GRACE, tls)
         .await
         .context("running the audit")?;
     sup.stop_brokers(STOP_GRACE).await;
+    Ok(audit)
+}
+
+/// The run's report: its settings, what the supervisor measured, the audit.
+fn build_report(
+    args: &LocalArgs,
+    layout: &Layout,
+    sup: &Supervisor,
+    outcome: Outcome,
+    audit: AuditReport,
+    model_card: Option<ModelCard>,
+) -> RunReport {
     let cpu_limit_note = sup.cpu_limit_note().map(str::to_string);
-    let report = RunReport {
+    RunReport {
+        // Requested; for a file, what the producer's rows came to.
         count: if args.input.is_some() {
             outcome.resolved
         } else {
@@ -419,6 +514,7 @@ pub async fn run_local(mut args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         },
         brokers: args.brokers,
         workers: args.workers,
+        tls: !args.insecure,
         worker_cpus: (cpu_limit_note.is_none() && args.worker_cpus > 0.0)
             .then_some(args.worker_cpus),
         cpu_limit_note,
@@ -435,16 +531,7 @@ pub async fn run_local(mut args: LocalArgs, exe: PathBuf) -> Result<RunReport> {
         elapsed: outcome.elapsed,
         total_cpu: children_cpu(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-    });
-    drop(sup); // removes the cgroups, now that every process has exited
-    if let Some(p) = &args.report_json {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    if report.audit.passed() && layout.temp && !args.keep_data {
-        let _ = std::fs::remove_dir_all(&layout.dir);
-    }
-    Ok(report)
+    })
 }
 
 /// What the supervision loop ends with.
@@ -755,11 +842,26 @@ mod tests {
         assert!(c.enabled && c.broker_only && !c.workers_only);
         assert_eq!((c.brokers, c.workers), (3, 4));
         assert_eq!(c.interval, Duration::from_secs(3));
-        let p = a.producer_command("127.0.0.1:1", Path::new("/d/s.json"));
+        let p = a.producer_command("127.0.0.1:1", Path::new("/d/s.json"), None);
         assert!(p.contains(&"--summary-json=/d/s.json".to_string()));
         assert!(p.contains(&"--input=x.csv".to_string()));
         assert_eq!(p.last().unwrap(), "--batch-size=10");
-        let w = a.worker_command("127.0.0.1:1", 2);
+        let w = a.worker_command("127.0.0.1:1", 2, None);
         assert!(w.contains(&"--name=worker-2".to_string()));
+        assert!(!w.iter().any(|f| f.starts_with("--tls")));
+        let tls = TlsOptions {
+            ca: "/t/ca.pem".into(),
+            cert: "/t/worker-2.pem".into(),
+            key: "/t/worker-2-key.pem".into(),
+        };
+        let w = a.worker_command("127.0.0.1:1", 2, Some(&tls));
+        assert!(w.contains(&"--tls-cert-file=/t/worker-2.pem".to_string()));
+        let p = a.producer_command("127.0.0.1:1", Path::new("/d/s.json"), Some(&tls));
+        assert!(p.contains(&"--tls-ca-file=/t/ca.pem".to_string()));
+        assert_eq!(
+            p.last().unwrap(),
+            "--batch-size=10",
+            "extra arguments come last"
+        );
     }
 }

@@ -134,17 +134,25 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             txpipe::bench::failover_bench(args, exe).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Ledger(args) => Ok(if txpipe::ledger::run(args).await? {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }),
+        Cmd::Ledger(args) => {
+            let plaintext = args.tls.options().is_ok_and(|t| t.is_none());
+            let passed = txpipe::ledger::run(args)
+                .await
+                .map_err(|e| tls_hint(e, plaintext))?;
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Cmd::Audit { brokers, json, tls } => {
             let addrs = txpipe_client::connect::parse_addrs(&brokers)?;
             let tls = tls.options().map_err(anyhow::Error::msg)?;
+            let plaintext = tls.is_none();
             let report =
                 txpipe::audit::run_audit_cluster(&addrs, std::time::Duration::from_secs(30), tls)
-                    .await?;
+                    .await
+                    .map_err(|e| tls_hint(e, plaintext))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -156,6 +164,19 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// `e` with a hint when a `plaintext` command failed the way a plaintext client fails
+/// against a TLS broker (its HTTP/2 preface is not a TLS handshake): local mode's brokers
+/// speak mutual TLS unless `--insecure`.
+fn tls_hint(e: anyhow::Error, plaintext: bool) -> anyhow::Error {
+    if plaintext && format!("{e:#}").contains("h2 protocol error") {
+        anyhow::anyhow!(
+            "{e:#}\nhint: the brokers may require mutual TLS (a local run does unless --insecure): pass --tls-ca-file, --tls-cert-file and --tls-key-file (for a local run: <run dir>/tls/ca.pem, reader.pem and reader-key.pem)"
+        )
+    } else {
+        e
     }
 }
 
@@ -171,5 +192,23 @@ async fn shutdown_signal() -> &'static str {
             let _ = tokio::signal::ctrl_c().await;
             "SIGINT"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plaintext_command_refused_by_a_tls_broker_gets_a_hint() {
+        let refused = || anyhow::anyhow!("answered Internal: h2 protocol error: http2 error");
+        assert!(
+            tls_hint(refused(), true)
+                .to_string()
+                .contains("--tls-ca-file")
+        );
+        assert!(!tls_hint(refused(), false).to_string().contains("hint"));
+        let other = anyhow::anyhow!("stream not found");
+        assert!(!tls_hint(other, true).to_string().contains("hint"));
     }
 }

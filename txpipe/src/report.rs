@@ -1,5 +1,5 @@
-//! The report of a local run: what it measured ([`RunReport`]), built from the supervisor's
-//! figures and the audit ([`RunReport::build`]), and its human-readable form ([`render`]).
+//! The report of a local run: what it measured ([`RunReport`], with the rates derived by
+//! [`RunReport::with_measured`]), and its human-readable form ([`render`]).
 //!
 //! Throughput is transactions resolved (acked or dead-lettered) over the time from the
 //! producer's start to the last one resolved; CPU is every child process's (getrusage
@@ -76,6 +76,8 @@ pub struct RunReport {
     pub brokers: u32,
     /// Worker processes.
     pub workers: u32,
+    /// Every connection was mutual TLS (false: `--insecure`, plaintext).
+    pub tls: bool,
     /// CPU quota per worker, or `None` when it could not be applied.
     pub worker_cpus: Option<f64>,
     /// Why the quota was not applied, when it was not.
@@ -186,6 +188,15 @@ pub fn render(r: &RunReport) -> String {
     let _ = writeln!(s, "workers: {quota}");
     let _ = writeln!(
         s,
+        "security: {}",
+        if r.tls {
+            "mutual TLS (a throw-away CA and a certificate per process)"
+        } else {
+            "plaintext, unauthenticated (--insecure)"
+        }
+    );
+    let _ = writeln!(
+        s,
         "throughput: {:.0} transactions/s over {:.2} s",
         r.tx_per_s, r.elapsed_s
     );
@@ -289,6 +300,7 @@ mod tests {
             count: 1,
             brokers: 1,
             workers: 1,
+            tls: true,
             worker_cpus: None,
             cpu_limit_note: None,
             elapsed_s: 1.0,
@@ -342,6 +354,9 @@ mod tests {
         assert_eq!(r.efficiency, 0.25);
         assert!(render(&r).contains("throughput: 500 transactions/s over 2.00 s"));
         assert!(render(&r).contains("no CPU quota (no cgroup)"));
+        assert!(render(&r).contains("security: plaintext, unauthenticated (--insecure)"));
+        let tls = RunReport { tls: true, ..r };
+        assert!(render(&tls).contains("security: mutual TLS"));
         let idle = RunReport::default().with_measured(Measured::default());
         assert_eq!((idle.tx_per_s, idle.efficiency), (0.0, 0.0));
     }

@@ -66,6 +66,11 @@ impl Proc {
         }
     }
 
+    /// Appends `args` to the command line (before the first start).
+    pub(crate) fn push_args(&mut self, args: impl IntoIterator<Item = String>) {
+        self.args.extend(args);
+    }
+
     /// Starts the process; returns its pid.
     pub(crate) fn start(&mut self) -> Result<u32> {
         let exe = self.exe.clone();

@@ -2,8 +2,11 @@
 //! commands): create accounts twice, a transfer file with a bad and a cross-shard line, a
 //! balance, a bulk listing and the dump.
 
+mod common;
+
 use std::process::Command;
-use std::time::Duration;
+
+use common::InProcessBroker;
 
 fn txpipe(addr: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_txpipe"))
@@ -25,17 +28,8 @@ async fn seed_004_commands_run_against_three_shards() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = txpipe_broker::Config::new(dir.path().join("broker"));
     cfg.ledger_shards = 3;
-    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-    let listeners = txpipe_broker::Listeners {
-        grpc: bind().await.unwrap(),
-        peer: bind().await.unwrap(),
-        admin: bind().await.unwrap(),
-    };
-    let addr = listeners.grpc.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let broker = tokio::spawn(txpipe_broker::run(cfg, listeners, async move {
-        let _ = stopped.await;
-    }));
+    let broker = InProcessBroker::start(cfg).await;
+    let addr = broker.addr.clone();
     let run = |args: Vec<String>| {
         let addr = addr.clone();
         tokio::task::spawn_blocking(move || {
@@ -106,10 +100,5 @@ async fn seed_004_commands_run_against_three_shards() {
     );
     assert!(out.contains("accounts 1001"), "{out}");
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), broker)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    broker.stop().await;
 }

@@ -23,6 +23,7 @@
 //! fault: a changed pair is a leader change. Changes in streams the victim only followed are
 //! counted apart: with pre-vote and the leader lease a follower's fault must cause none.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -216,6 +217,9 @@ async fn next_ack(
 }
 
 /// Runs the failover benchmark and prints each fault and the percentiles.
+///
+/// Errors: invalid arguments; the brokers do not start; a partition fault without network
+/// namespaces; the producer stops; no leader, or no recovery, within 30 s of a fault.
 pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<FailoverReport> {
     if !matches!(args.replicas, 3 | 5) {
         bail!("--replicas must be 3 or 5, got {}", args.replicas);
@@ -223,34 +227,301 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
     if args.faults == 0 || args.batch == 0 {
         bail!("--faults and --batch must be at least 1");
     }
-    let fault = args.fault;
-    let n = args.replicas as usize;
-    let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let exe = crate::supervisor::service_binary(&bin_dir, "broker")?;
-    let dir = tempfile::Builder::new()
-        .prefix("txpipe-failover-")
-        .tempdir()?;
-    let net = if fault.needs_netns() {
-        if let Some(why) = net::unsupported() {
-            bail!("--fault {} needs network namespaces: {why}", fault.name());
-        }
-        Some(Net::create(n).context("creating the network namespaces")?)
-    } else {
-        None
-    };
-    let mut cluster = match &net {
-        Some(net) => {
-            BrokerCluster::in_namespaces(&exe, net, n, NETNS_PORTS, dir.path(), &args.broker_args)?
-        }
-        None => BrokerCluster::new(&exe, n, dir.path(), &args.broker_args)?,
-    };
-    cluster.start_all()?;
-    cluster
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .with_context(|| format!("starting txpipe brokers (logs in {})", dir.path().display()))?;
+    let mut bench = Bench::start(&args, &exe).await?;
+    print_header(&args, bench.net.is_some());
+    let mut samples = Vec::new();
+    for k in 0..args.faults {
+        let s = bench.fault(&args, k).await?;
+        print_sample(args.fault, k, &s);
+        samples.push(s);
+    }
+    let dir = bench.stop().await;
+    let report = summarize(&args, samples);
+    print_summary(&report);
+    if args.keep_data {
+        let kept = dir.keep();
+        println!("data and logs kept in {}", kept.display());
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(report)
+}
 
-    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<(Instant, Instant)>();
+/// Acknowledged batches of the load: (sent, acknowledged).
+type Acks = tokio::sync::mpsc::UnboundedReceiver<(Instant, Instant)>;
+
+/// A running benchmark: the load, the replicas, their namespaces and data. The fields are
+/// dropped in this order when a fault fails the run: the processes are killed before their
+/// namespaces and data directory are removed.
+struct Bench {
+    acks: Acks,
+    task: tokio::task::JoinHandle<Result<()>>,
+    cluster: BrokerCluster,
+    net: Option<Net>,
+    dir: tempfile::TempDir,
+}
+
+/// What the fault's measurement loop saw (times from the fault).
+struct Measured {
+    elected: Option<Duration>,
+    first_ack: Option<Duration>,
+    max_gap: Duration,
+}
+
+impl Bench {
+    /// Starts the replicas (in network namespaces for a partition fault) and the load.
+    async fn start(args: &FailoverBenchArgs, exe: &Path) -> Result<Self> {
+        let n = args.replicas as usize;
+        let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let exe = crate::supervisor::service_binary(&bin_dir, "broker")?;
+        let dir = tempfile::Builder::new()
+            .prefix("txpipe-failover-")
+            .tempdir()?;
+        let net = if args.fault.needs_netns() {
+            if let Some(why) = net::unsupported() {
+                bail!(
+                    "--fault {} needs network namespaces: {why}",
+                    args.fault.name()
+                );
+            }
+            Some(Net::create(n).context("creating the network namespaces")?)
+        } else {
+            None
+        };
+        let mut cluster = match &net {
+            Some(net) => BrokerCluster::in_namespaces(
+                &exe,
+                net,
+                n,
+                NETNS_PORTS,
+                dir.path(),
+                &args.broker_args,
+            )?,
+            None => BrokerCluster::new(&exe, n, dir.path(), &args.broker_args)?,
+        };
+        cluster.start_all()?;
+        cluster
+            .wait_ready(Duration::from_secs(60))
+            .await
+            .with_context(|| {
+                format!("starting txpipe brokers (logs in {})", dir.path().display())
+            })?;
+        let (acks, task) = start_load(&cluster, args);
+        Ok(Self {
+            acks,
+            task,
+            cluster,
+            net,
+            dir,
+        })
+    }
+
+    /// Fault `k` (0-based): waits for a steady state, hits a replica, measures, brings it back
+    /// and compares the leaders before and after.
+    async fn fault(&mut self, args: &FailoverBenchArgs, k: u32) -> Result<FailoverSample> {
+        let (fault, n) = (args.fault, self.cluster.nodes.len());
+        self.steady().await?;
+        let (before, tx_leader, old_term) = self.leaders().await?;
+        let victim = if fault.hits_leader() {
+            tx_leader
+        } else {
+            pick_follower(&before, n, Some(tx_leader), u64::from(k))
+        };
+        let victim_led: Vec<String> = before
+            .iter()
+            .filter(|(_, (l, _))| *l == victim)
+            .map(|(s, _)| s.clone())
+            .collect();
+        self.inject(fault, victim).await?;
+        let hit = Instant::now();
+        let min_len = if fault == FailoverFault::Kill {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(args.fault_ms)
+        };
+        let m = self.measure(hit, min_len, victim, old_term).await?;
+        self.recover(fault, victim, k).await?;
+        let recovered = hit.elapsed();
+        tokio::time::sleep(SETTLE).await;
+        let views = self.cluster.views().await;
+        let after = leaders(&views);
+        let changed: Vec<&String> = before
+            .iter()
+            .filter(|(s, was)| after.get(*s) != Some(was))
+            .map(|(s, _)| s)
+            .collect();
+        let follower_changes = changed.iter().filter(|s| !victim_led.contains(s)).count();
+        let new_leader = match leader_in(&views, streams::TRANSACTIONS) {
+            Some((l, _)) => self.cluster.nodes[l].proc.role.clone(),
+            None => "?".into(),
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Ok(FailoverSample {
+            victim: self.cluster.nodes[victim].proc.role.clone(),
+            victim_led,
+            failover_ms: m.first_ack.map(ms),
+            elected_ms: m.elected.map(ms),
+            new_leader,
+            max_ack_gap_ms: ms(m.max_gap),
+            recovered_ms: ms(recovered),
+            leader_changes: changed.len() as u64,
+            follower_stream_changes: follower_changes as u64,
+        })
+    }
+
+    /// Steady state first: a few acknowledged batches since the last recovery.
+    async fn steady(&mut self) -> Result<()> {
+        while self.acks.try_recv().is_ok() {}
+        for _ in 0..5 {
+            next_ack(&mut self.acks, &mut self.task, FAULT_DEADLINE)
+                .await?
+                .context("no produce acknowledged within 30 s before a fault")?;
+        }
+        Ok(())
+    }
+
+    /// Every stream's (leader, term), the leader of `transactions` and its term, once it has
+    /// one (within 30 s).
+    async fn leaders(&self) -> Result<(BTreeMap<String, (usize, u64)>, usize, u64)> {
+        let began = Instant::now();
+        loop {
+            let views = self.cluster.views().await;
+            if let Some((l, term)) = leader_in(&views, streams::TRANSACTIONS) {
+                return Ok((leaders(&views), l, term));
+            }
+            if began.elapsed() > FAULT_DEADLINE {
+                bail!("no leader of transactions for 30 s");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Hits replica `victim` with `fault`.
+    async fn inject(&mut self, fault: FailoverFault, victim: usize) -> Result<()> {
+        let others: Vec<usize> = (0..self.cluster.nodes.len())
+            .filter(|&i| i != victim)
+            .collect();
+        match fault {
+            FailoverFault::Kill => self.cluster.nodes[victim].proc.kill9().await,
+            FailoverFault::LeaderPause | FailoverFault::FollowerPause => {
+                signal(&self.cluster, victim, nix::sys::signal::Signal::SIGSTOP)?
+            }
+            FailoverFault::LeaderPartition | FailoverFault::FollowerPartition => self
+                .net
+                .as_ref()
+                .context("no network namespaces")?
+                .cut(victim, &others, Direction::Both)?,
+        }
+        Ok(())
+    }
+
+    /// Until the first batch sent after the fault (at `hit`) is acknowledged and the fault has
+    /// lasted `min_len` (at most 30 s): records acknowledgement gaps, and polls for a leader
+    /// of `transactions` in a term above `old_term` (asking every replica but the victim).
+    async fn measure(
+        &mut self,
+        hit: Instant,
+        min_len: Duration,
+        victim: usize,
+        old_term: u64,
+    ) -> Result<Measured> {
+        let mut m = Measured {
+            elected: None,
+            first_ack: None,
+            max_gap: Duration::ZERO,
+        };
+        let mut last_ack = hit;
+        let mut next_poll = Instant::now();
+        while (m.first_ack.is_none() || hit.elapsed() < min_len) && hit.elapsed() < FAULT_DEADLINE {
+            let wait = next_poll
+                .saturating_duration_since(Instant::now())
+                .min(FAULT_DEADLINE.saturating_sub(hit.elapsed()));
+            if let Some((sent, acked)) = next_ack(&mut self.acks, &mut self.task, wait).await? {
+                m.max_gap = m.max_gap.max(acked.saturating_duration_since(last_ack));
+                last_ack = acked;
+                if sent >= hit && m.first_ack.is_none() {
+                    m.first_ack = Some(acked - hit);
+                }
+            }
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + POLL;
+                if m.elected.is_none()
+                    && let Some((_, term)) = leader_in(
+                        &self.cluster.views_except(Some(victim)).await,
+                        streams::TRANSACTIONS,
+                    )
+                    && term > old_term
+                {
+                    m.elected = Some(hit.elapsed());
+                }
+            }
+        }
+        m.max_gap = m.max_gap.max(hit.elapsed().saturating_sub(last_ack - hit));
+        Ok(m)
+    }
+
+    /// Ends fault `k` on `victim` (restart, SIGCONT or heal) and waits until every stream is
+    /// led and the victim has caught up (at most 30 s).
+    async fn recover(&mut self, fault: FailoverFault, victim: usize, k: u32) -> Result<()> {
+        match fault {
+            FailoverFault::Kill => {
+                self.cluster.nodes[victim].proc.start()?;
+                self.cluster
+                    .wait_node(victim, Duration::from_secs(60))
+                    .await
+                    .with_context(|| format!("fault {}: replica did not rejoin", k + 1))?;
+            }
+            FailoverFault::LeaderPause | FailoverFault::FollowerPause => {
+                signal(&self.cluster, victim, nix::sys::signal::Signal::SIGCONT)?
+            }
+            FailoverFault::LeaderPartition | FailoverFault::FollowerPartition => {
+                self.net.as_ref().context("no network namespaces")?.heal()?
+            }
+        }
+        let healed = Instant::now();
+        loop {
+            let views = self.cluster.views().await;
+            if every_stream_led(&views) && caught_up(&self.cluster, victim).await {
+                return Ok(());
+            }
+            if healed.elapsed() > FAULT_DEADLINE {
+                bail!(
+                    "fault {}: not every stream has a leader with {} caught up 30 s after it was back",
+                    k + 1,
+                    self.cluster.nodes[victim].proc.role
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Stops the load and the replicas and removes the namespaces; the data directory is the
+    /// caller's to keep or drop.
+    async fn stop(self) -> tempfile::TempDir {
+        let Self {
+            acks,
+            task,
+            mut cluster,
+            net,
+            dir,
+        } = self;
+        drop(acks);
+        task.abort();
+        cluster.stop_all(Duration::from_secs(5)).await;
+        drop(net);
+        dir
+    }
+}
+
+/// The load: one producer sending batches of `--batch` records of 200 bytes to
+/// `transactions`, one in flight, reporting each acknowledgement; it stops when the receiver
+/// is dropped.
+fn start_load(
+    cluster: &BrokerCluster,
+    args: &FailoverBenchArgs,
+) -> (Acks, tokio::task::JoinHandle<Result<()>>) {
+    let (ack_tx, acks) = tokio::sync::mpsc::unbounded_channel::<(Instant, Instant)>();
     let mut cfg = ProducerConfig::new(
         cluster
             .client_addrs()
@@ -264,7 +535,7 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
     cfg.ack_timeout = Duration::from_millis(args.ack_timeout_ms);
     cfg.leader_probe_after = Duration::from_millis(args.leader_probe_after_ms);
     let batch = args.batch;
-    let mut task: tokio::task::JoinHandle<Result<()>> = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let producer = Producer::connect(cfg).await?;
         let payload = bytes::Bytes::from(vec![0x5Au8; 200]);
         for n in 0u64.. {
@@ -285,18 +556,22 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
         producer.close().await?;
         Ok(())
     });
+    (acks, task)
+}
 
+/// The benchmark's first line: its settings.
+fn print_header(args: &FailoverBenchArgs, in_namespaces: bool) {
     println!(
         "failover benchmark: {} replicas{}, {} x {}{}, batches of {} x 200 B, one in flight, producer ack timeout {} ms, leader probe after {} ms",
         args.replicas,
-        if net.is_some() {
+        if in_namespaces {
             " in network namespaces"
         } else {
             ""
         },
         args.faults,
-        fault.name(),
-        if fault == FailoverFault::Kill {
+        args.fault.name(),
+        if args.fault == FailoverFault::Kill {
             String::new()
         } else {
             format!(" of at least {} ms", args.fault_ms)
@@ -305,168 +580,35 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
         args.ack_timeout_ms,
         args.leader_probe_after_ms
     );
-    let mut samples = Vec::new();
-    for k in 0..args.faults {
-        // Steady state first: a few acknowledged batches since the last recovery.
-        while acks.try_recv().is_ok() {}
-        for _ in 0..5 {
-            next_ack(&mut acks, &mut task, FAULT_DEADLINE)
-                .await?
-                .context("no produce acknowledged within 30 s before a fault")?;
-        }
-        let began = Instant::now();
-        let (before, tx_leader, old_term) = loop {
-            let views = cluster.views().await;
-            if let Some((l, term)) = leader_in(&views, streams::TRANSACTIONS) {
-                break (leaders(&views), l, term);
-            }
-            if began.elapsed() > FAULT_DEADLINE {
-                bail!("no leader of transactions for 30 s");
-            }
-            tokio::time::sleep(POLL).await;
-        };
-        let victim = if fault.hits_leader() {
-            tx_leader
+}
+
+/// One line per fault.
+fn print_sample(fault: FailoverFault, k: u32, s: &FailoverSample) {
+    println!(
+        "  {} {:>2}: {} (led {}) -> {}: new leader after {}; first acknowledged produce after {}; longest ack gap {:.0} ms; {} leader change(s), {} in streams it followed; recovered after {:.0} ms",
+        fault.name(),
+        k + 1,
+        s.victim,
+        if s.victim_led.is_empty() {
+            "nothing".to_string()
         } else {
-            pick_follower(&before, n, Some(tx_leader), u64::from(k))
-        };
-        let victim_led: Vec<String> = before
-            .iter()
-            .filter(|(_, (l, _))| *l == victim)
-            .map(|(s, _)| s.clone())
-            .collect();
-        let others: Vec<usize> = (0..n).filter(|&i| i != victim).collect();
-        match fault {
-            FailoverFault::Kill => cluster.nodes[victim].proc.kill9().await,
-            FailoverFault::LeaderPause | FailoverFault::FollowerPause => {
-                signal(&cluster, victim, nix::sys::signal::Signal::SIGSTOP)?
-            }
-            FailoverFault::LeaderPartition | FailoverFault::FollowerPartition => net
-                .as_ref()
-                .context("no network namespaces")?
-                .cut(victim, &others, Direction::Both)?,
-        }
-        let hit = Instant::now();
-        let min_len = if fault == FailoverFault::Kill {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(args.fault_ms)
-        };
-        // Until the first batch sent after the fault is acknowledged and the fault has lasted
-        // its length: record acknowledgement gaps, and poll for the new leader.
-        let mut elected: Option<Duration> = None;
-        let mut first_ack: Option<Duration> = None;
-        let mut last_ack = hit;
-        let mut max_gap = Duration::ZERO;
-        let mut next_poll = Instant::now();
-        while (first_ack.is_none() || hit.elapsed() < min_len) && hit.elapsed() < FAULT_DEADLINE {
-            let wait = next_poll
-                .saturating_duration_since(Instant::now())
-                .min(FAULT_DEADLINE.saturating_sub(hit.elapsed()));
-            if let Some((sent, acked)) = next_ack(&mut acks, &mut task, wait).await? {
-                max_gap = max_gap.max(acked.saturating_duration_since(last_ack));
-                last_ack = acked;
-                if sent >= hit && first_ack.is_none() {
-                    first_ack = Some(acked - hit);
-                }
-            }
-            if Instant::now() >= next_poll {
-                next_poll = Instant::now() + POLL;
-                if elected.is_none()
-                    && let Some((_, term)) = leader_in(
-                        &cluster.views_except(Some(victim)).await,
-                        streams::TRANSACTIONS,
-                    )
-                    && term > old_term
-                {
-                    elected = Some(hit.elapsed());
-                }
-            }
-        }
-        max_gap = max_gap.max(hit.elapsed().saturating_sub(last_ack - hit));
-        match fault {
-            FailoverFault::Kill => {
-                cluster.nodes[victim].proc.start()?;
-                cluster
-                    .wait_node(victim, Duration::from_secs(60))
-                    .await
-                    .with_context(|| format!("fault {}: replica did not rejoin", k + 1))?;
-            }
-            FailoverFault::LeaderPause | FailoverFault::FollowerPause => {
-                signal(&cluster, victim, nix::sys::signal::Signal::SIGCONT)?
-            }
-            FailoverFault::LeaderPartition | FailoverFault::FollowerPartition => {
-                net.as_ref().context("no network namespaces")?.heal()?
-            }
-        }
-        let healed = Instant::now();
-        loop {
-            let views = cluster.views().await;
-            if every_stream_led(&views) && caught_up(&cluster, victim).await {
-                break;
-            }
-            if healed.elapsed() > FAULT_DEADLINE {
-                bail!(
-                    "fault {}: not every stream has a leader with {} caught up 30 s after it was back",
-                    k + 1,
-                    cluster.nodes[victim].proc.role
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        let recovered = hit.elapsed();
-        tokio::time::sleep(SETTLE).await;
-        let views = cluster.views().await;
-        let after = leaders(&views);
-        let changed: Vec<&String> = before
-            .iter()
-            .filter(|(s, was)| after.get(*s) != Some(was))
-            .map(|(s, _)| s)
-            .collect();
-        let follower_changes = changed.iter().filter(|s| !victim_led.contains(s)).count();
-        let new_leader = match leader_in(&views, streams::TRANSACTIONS) {
-            Some((l, _)) => cluster.nodes[l].proc.role.clone(),
-            None => "?".into(),
-        };
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let s = FailoverSample {
-            victim: cluster.nodes[victim].proc.role.clone(),
-            victim_led,
-            failover_ms: first_ack.map(ms),
-            elected_ms: elected.map(ms),
-            new_leader,
-            max_ack_gap_ms: ms(max_gap),
-            recovered_ms: ms(recovered),
-            leader_changes: changed.len() as u64,
-            follower_stream_changes: follower_changes as u64,
-        };
-        println!(
-            "  {} {:>2}: {} (led {}) -> {}: new leader after {}; first acknowledged produce after {}; longest ack gap {:.0} ms; {} leader change(s), {} in streams it followed; recovered after {:.0} ms",
-            fault.name(),
-            k + 1,
-            s.victim,
-            if s.victim_led.is_empty() {
-                "nothing".to_string()
-            } else {
-                s.victim_led.join(", ")
-            },
-            s.new_leader,
-            s.elected_ms
-                .map_or_else(|| "-".to_string(), |m| format!("{m:.0} ms")),
-            s.failover_ms
-                .map_or_else(|| "none in 30 s".to_string(), |m| format!("{m:.1} ms")),
-            s.max_ack_gap_ms,
-            s.leader_changes,
-            s.follower_stream_changes,
-            s.recovered_ms
-        );
-        samples.push(s);
-    }
-    drop(acks);
-    task.abort();
-    cluster.stop_all(Duration::from_secs(5)).await;
-    drop(net);
-    let report = summarize(&args, samples);
+            s.victim_led.join(", ")
+        },
+        s.new_leader,
+        s.elected_ms
+            .map_or_else(|| "-".to_string(), |m| format!("{m:.0} ms")),
+        s.failover_ms
+            .map_or_else(|| "none in 30 s".to_string(), |m| format!("{m:.1} ms")),
+        s.max_ack_gap_ms,
+        s.leader_changes,
+        s.follower_stream_changes,
+        s.recovered_ms
+    );
+}
+
+/// The percentiles and totals.
+fn print_summary(report: &FailoverReport) {
+    let fault = report.fault;
     println!(
         "{} -> new leader reported:        p50 {:.0} ms  p99 {:.0} ms  ({} of {} faults saw an election)",
         fault.name(),
@@ -495,14 +637,6 @@ pub async fn failover_bench(args: FailoverBenchArgs, exe: PathBuf) -> Result<Fai
         report.leader_changes,
         report.follower_stream_changes
     );
-    if args.keep_data {
-        let kept = dir.keep();
-        println!("data and logs kept in {}", kept.display());
-    }
-    if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
-    }
-    Ok(report)
 }
 
 /// Whether replica `victim` has applied, for every stream, at least the commit index its
