@@ -637,7 +637,21 @@ async fn dead_letter(
                 }
             })
             .collect();
-        if let Err(e) = append_anywhere(&dlq, letters, tls).await {
+        // Test-only error injection (feature `failpoints`): the append fails as if the
+        // dead-letter stream's leader were unreachable.
+        #[cfg(feature = "failpoints")]
+        let injected = fail::eval("delivery::dead_letter_append", |_| ()).is_some();
+        #[cfg(not(feature = "failpoints"))]
+        let injected = false;
+        let appended = if injected {
+            Err(crate::Error::Unavailable(
+                "failpoint delivery::dead_letter_append".into(),
+            ))
+        } else {
+            append_anywhere(&dlq, letters, tls).await
+        };
+        if let Err(e) = appended {
+            source.metrics.dead_letter_failures.inc();
             tracing::error!(stream = %source.spec.name, dead_letter_stream = %dlq.spec.name, error = %e, "dead-letter append failed; retrying with backoff");
             return false;
         }
@@ -657,6 +671,7 @@ async fn dead_letter(
         })
         .collect();
     if let Err(e) = source.propose(cmds).await {
+        source.metrics.dead_letter_failures.inc();
         tracing::error!(stream = %source.spec.name, error = %e, "dead-lettered command failed; retrying with backoff");
         return false;
     }

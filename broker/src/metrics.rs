@@ -23,6 +23,7 @@ pub struct Metrics {
     redelivered: IntCounterVec,
     acked: IntCounterVec,
     dead_lettered: IntCounterVec,
+    dead_letter_failures: IntCounterVec,
     pending: IntGaugeVec,
     in_flight: IntGaugeVec,
     consumers: IntGaugeVec,
@@ -84,6 +85,9 @@ pub struct StreamMetrics {
     pub acked: IntCounter,
     /// Records dead-lettered.
     pub dead_lettered: IntCounter,
+    /// Dead-letter moves that failed (the append to the dead-letter stream or the resolving
+    /// command) and are retried with backoff (50 ms doubling to 5 s) while this node leads.
+    pub dead_letter_failures: IntCounter,
     /// Unresolved work-queue records.
     pub pending: IntGauge,
     /// Delivered, not yet acked.
@@ -281,6 +285,11 @@ impl Metrics {
                 "Records moved to the dead-letter stream",
                 &["stream"],
             ),
+            dead_letter_failures: cv(
+                "txpipe_broker_dead_letter_failures_total",
+                "Dead-letter moves that failed and are retried with backoff",
+                &["stream"],
+            ),
             pending: gv(
                 "txpipe_broker_pending_records",
                 "Work-queue records neither acked nor dead-lettered",
@@ -397,6 +406,7 @@ impl Metrics {
             redelivered_disconnect: self.redelivered.with_label_values(&[stream, "disconnect"]),
             acked: self.acked.with_label_values(l),
             dead_lettered: self.dead_lettered.with_label_values(l),
+            dead_letter_failures: self.dead_letter_failures.with_label_values(l),
             pending: self.pending.with_label_values(l),
             in_flight: self.in_flight.with_label_values(l),
             consumers: self.consumers.with_label_values(l),
