@@ -29,6 +29,10 @@ pub enum Error {
     /// The object lacks a field the operator needs (name, namespace, uid).
     #[error("missing object field: {0}")]
     MissingField(&'static str),
+    /// The operator's own settings are unusable (e.g. a TLS file that cannot be read); the
+    /// message names the flag or file.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl Error {
@@ -40,6 +44,7 @@ impl Error {
             Error::BrokerAdmin { .. } => "broker_admin",
             Error::Serde(_) => "serde",
             Error::MissingField(_) => "missing_field",
+            Error::Config(_) => "config",
         }
     }
 }

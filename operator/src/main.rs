@@ -121,7 +121,14 @@ struct RunArgs {
     /// Log format: text for terminals, json for the cluster.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Identity towards TLS brokers' admin ports.
+    #[command(flatten)]
+    broker_tls: txpipe_operator::broker_admin::BrokerTlsArgs,
 }
+
+/// The brokers' admin client of this process, set once by `run` from `--broker-tls-*` (a
+/// static rather than one more parameter through the leader-election wiring).
+static BROKER_ADMIN: std::sync::OnceLock<HttpBrokerAdmin> = std::sync::OnceLock::new();
 
 #[derive(Args, Debug)]
 struct RenderArgs {
@@ -189,6 +196,7 @@ fn print_render(args: &RenderArgs) -> anyhow::Result<()> {
 /// `run`: startup checks, HTTP server, leader election, controller, graceful shutdown.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
+    let _ = BROKER_ADMIN.set(HttpBrokerAdmin::with_tls(args.broker_tls.options()?)?);
     let namespace = args.namespace.clone().filter(|n| !n.is_empty());
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -348,7 +356,7 @@ async fn run_controller(
         .filter(|n| !n.is_empty());
     let ctx = Arc::new(controller::Context::new(
         client,
-        Arc::new(HttpBrokerAdmin::new()),
+        Arc::new(BROKER_ADMIN.get().cloned().unwrap_or_default()),
         metrics,
         instance,
     ));
