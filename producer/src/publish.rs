@@ -134,7 +134,7 @@ impl Config {
             on_bad_row: OnBadRow::Stop,
             features: FeatureColumns::default(),
             labels: true,
-            pan_key: Arc::new(PanKey::dev()),
+            pan_key: Arc::new(PanKey::insecure_test_key()),
             progress: ProgressMode::Never,
             summary_json: None,
             reconnect_deadline: Duration::from_secs(60),

@@ -461,7 +461,7 @@ impl Killable {
 }
 
 fn records(valid: usize, malformed_at: &[usize]) -> Vec<Record> {
-    let key = PanKey::dev();
+    let key = PanKey::insecure_test_key();
     let txs = txpipe_worker::bench::synthetic_transactions(valid, &key);
     let mut out: Vec<Record> = txs
         .into_iter()
@@ -492,6 +492,9 @@ fn config(broker: &str, window: u32) -> Config {
     c.crypto_rounds = 2;
     c.drain_grace_ms = 10_000;
     c.reconnect_deadline_ms = 10_000;
+    // The key the test's transactions are sealed with.
+    c.pan.pan_key_hex = Some(PanKey::insecure_test_key_hex());
+    c.pan.pan_key_id = Some("dev-1".into());
     c
 }
 
