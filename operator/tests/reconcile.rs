@@ -28,7 +28,13 @@ const SM_CRD: &str =
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/txp/events";
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-fn pipeline(generation: i64, spec: Value) -> TransactionPipeline {
+/// A pipeline with `spec` (and a `panKeySecret` unless `spec` sets one, as the operator
+/// requires).
+fn pipeline(generation: i64, mut spec: Value) -> TransactionPipeline {
+    if let Some(m) = spec.as_object_mut() {
+        m.entry("panKeySecret")
+            .or_insert_with(|| json!({"name": "pan"}));
+    }
     serde_json::from_value(json!({
         "apiVersion": "txpipe.io/v1alpha1",
         "kind": "TransactionPipeline",

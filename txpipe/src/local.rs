@@ -373,13 +373,15 @@ impl Layout {
             &args.broker_args,
         )?;
         let brokers = cluster.client_list();
+        let keys = crate::secrets::pan_keyring(&self.dir)?;
         let workers = (0..args.workers)
             .map(|i| {
-                let a = args.worker_command(&brokers, i);
+                let a = crate::secrets::with_pan_key(args.worker_command(&brokers, i), &keys);
                 Proc::new(&format!("worker-{i}"), self.worker.clone(), a, &self.dir)
             })
             .collect();
-        let a = args.producer_command(&brokers, &self.summary());
+        let a =
+            crate::secrets::with_pan_key(args.producer_command(&brokers, &self.summary()), &keys);
         let producer = Proc::new("producer", self.producer.clone(), a, &self.dir);
         Ok(Supervisor::new(
             cluster,
