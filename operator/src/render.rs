@@ -1753,7 +1753,7 @@ mod tests {
 
     #[test]
     fn manifests_yaml_renders_each_document_and_names_bad_ones() {
-        let good = "apiVersion: txpipe.io/v1alpha1\nkind: TransactionPipeline\nmetadata:\n  name: a\nspec:\n  producer:\n    count: 5\n";
+        let good = "apiVersion: txpipe.io/v1alpha1\nkind: TransactionPipeline\nmetadata:\n  name: a\nspec:\n  panKeySecret:\n    name: pan\n  producer:\n    count: 5\n";
         let out = render_manifests_yaml(
             &format!("{good}---\n---\n{}", good.replace("name: a", "name: b")),
             &RenderContext::default(),
