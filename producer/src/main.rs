@@ -210,7 +210,7 @@ fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
         currency: args.features_currency.trim().to_ascii_uppercase(),
         id_prefix: args.id_prefix.clone(),
     };
-    let mut config = Config::new(brokers);
+    let mut config = Config::new(brokers, Arc::new(pan_key));
     config.source = source;
     config.features = features;
     config.count = args.count;
@@ -219,7 +219,6 @@ fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
     config.max_in_flight = args.max_in_flight;
     config.on_bad_row = args.on_bad_row;
     config.labels = args.labels;
-    config.pan_key = Arc::new(pan_key);
     config.progress = args.progress;
     config.summary_json = args.summary_json;
     config.reconnect_deadline = Duration::from_millis(args.reconnect_deadline_ms);

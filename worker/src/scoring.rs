@@ -257,13 +257,11 @@ impl Scorer {
         // read) cannot be scored by it: dead-letter it with the reason rather than score it
         // as an unreadable card. (A tampered value with a known key id is scored as
         // unreadable, as before.)
-        if !tx.pan_encrypted.is_empty() {
-            match self.pan_keys.key_for(&tx.pan_encrypted) {
-                Err(e @ (PanError::UnknownKey { .. } | PanError::UnsupportedVersion(_))) => {
-                    return Err(e.to_string());
-                }
-                _ => {}
-            }
+        if !tx.pan_encrypted.is_empty()
+            && let Err(e @ (PanError::UnknownKey { .. } | PanError::UnsupportedVersion(_))) =
+                self.pan_keys.key_for(&tx.pan_encrypted)
+        {
+            return Err(e.to_string());
         }
         if let Some(i) = tx.features.iter().position(|f| !f.is_finite()) {
             return Err(format!(

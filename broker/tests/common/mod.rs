@@ -518,10 +518,10 @@ where
     .await?;
     let mut buf = Vec::new();
     // A TLS server may close without close_notify after the response: keep what was read.
-    if let Err(e) = s.read_to_end(&mut buf).await {
-        if buf.is_empty() {
-            return Err(e);
-        }
+    if let Err(e) = s.read_to_end(&mut buf).await
+        && buf.is_empty()
+    {
+        return Err(e);
     }
     let text = String::from_utf8_lossy(&buf).to_string();
     let code = text
