@@ -26,7 +26,7 @@ lint:
 unit:
 	$(CARGO) test --workspace
 	$(CARGO) test -p txpipe-worker --features train
-	$(CARGO) test -p txpipe-broker --features failpoints --test crash_points
+	$(CARGO) test -p txpipe-broker --features failpoints --test crash_points --test admin_auth
 
 ## Python tools of the Kubernetes checks (kubernetes-validate, jsonschema, PyYAML), pinned.
 pydeps:

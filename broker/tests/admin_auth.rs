@@ -170,3 +170,31 @@ async fn a_client_certificate_of_another_ca_is_refused_by_the_admin_port() {
     assert_eq!(voters(b.admin, &ca.cert).await, before);
     b.stop().await;
 }
+
+/// Crash points can be armed at run time only by the operator (builds with `failpoints`).
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_points_of_a_tls_broker_need_the_operator_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(&dir.path().join("pki"), "cluster");
+    let (b, _) = tls_node(dir.path(), &ca).await;
+    let point = txpipe_broker::failpoints::POINTS[0];
+    let path = format!("/failpoints/{point}");
+    let put = |client: Option<Leaf>, body: &'static str| {
+        let (admin, ca_file, path) = (b.admin, ca.cert.clone(), path.clone());
+        async move {
+            https(admin, &ca_file, client.as_ref(), "PUT", &path, body)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(put(None, "off").await.0, 401);
+    let (code, body) = put(Some(ca.leaf("worker")), "off").await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("may not call PUT /failpoints/{name}"),
+        "{body}"
+    );
+    assert_eq!(put(Some(ca.leaf("operator")), "off").await.0, 200);
+    b.stop().await;
+}
