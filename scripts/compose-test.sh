@@ -46,6 +46,10 @@ NAME=$([[ $CHAOS == 1 ]] && echo compose-chaos || echo compose-test)
 export TXPIPE_IMAGE=${TXPIPE_IMAGE:-txpipe:local}
 export COMPOSE_PROJECT_NAME=txpipe-${NAME#compose-}-$$
 export PRODUCER_COUNT=$COUNT PRODUCER_RATE=$RATE
+# The PAN key of this run (required by producer and workers; docker-compose.yml refuses to
+# start without it): a fresh random one unless given.
+TXPIPE_PAN_KEY=${TXPIPE_PAN_KEY:-$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}
+export TXPIPE_PAN_KEY
 export COMPOSE_FILE=$PWD/docker-compose.yml
 
 if docker compose version >/dev/null 2>&1; then DC=(docker compose)

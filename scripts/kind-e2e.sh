@@ -136,6 +136,11 @@ sed "s#image: ghcr.io/txpipe-io/txpipe:[^[:space:]]*#image: ${IMAGE}#" \
   manifests/operator/deployment.yaml | k apply -f -
 k -n txpipe-system rollout status deploy/txpipe-operator --timeout="$WAIT_TIMEOUT"
 
+log "creating the PAN key Secret (required by the pipeline: no default key)"
+k create secret generic txpipe-pan-key \
+  --from-literal=pan-key="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" \
+  --dry-run=client -o yaml | k apply -f -
+
 log "applying manifests/examples/$PIPELINE.yaml with image $IMAGE"
 awk -v img="$IMAGE" '{ print } /^spec:[[:space:]]*$/ { print "  image: " img }' \
   "manifests/examples/$PIPELINE.yaml" | k apply -f -

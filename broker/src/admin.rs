@@ -7,17 +7,44 @@
 //! nodes voters of every stream group this node leads (each must have joined first, as a
 //! learner); answers per stream `changed`, `unchanged`, `not leader` or an error. Call it on
 //! every node until no stream answers `not leader` (the operator does).
+//!
+//! ## Who may call what
+//!
+//! With TLS configured (`--tls-cert-file/--tls-key-file/--tls-ca-file`) the port serves
+//! HTTPS with the same files as the gRPC ports (reloaded when they change, see
+//! [`crate::tls`]). A client certificate is requested but optional, and verified against the
+//! CA when given:
+//! - the read-only endpoints (`/metrics`, `/healthz`, `/readyz`, `/status.json`, `/`) answer
+//!   without a client certificate (Prometheus and kubelet probes);
+//! - the mutating ones (`POST /cluster/voters`, and `PUT /failpoints/{name}` in builds with
+//!   the `failpoints` feature) need a client certificate whose principal has the `operator`
+//!   role ([`crate::auth`], operation [`Operation::Admin`]): `401 Unauthorized` without a
+//!   certificate (or one without a principal), `403 Forbidden` naming the principal and the
+//!   request otherwise. The check runs before the body is read.
+//!
+//! **Without TLS the admin port is unauthenticated**: anyone who can reach it can change the
+//! voters of every Raft group. Keep it reachable only from the operator and monitoring (a
+//! NetworkPolicy), or turn TLS on.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
+use crate::auth::{Acl, Operation};
 use crate::broker::Broker;
 use crate::metrics::Metrics;
+use crate::tls::{Principal, ServerTls};
 
 /// State of the admin server: the broker appears once recovery is done.
 #[derive(Clone)]
@@ -28,20 +55,150 @@ pub struct AdminState {
     pub broker: Arc<OnceLock<Arc<Broker>>>,
     /// True while an empty replica waits for its peers to decide the cluster's bootstrap.
     pub waiting_for_peers: Arc<std::sync::atomic::AtomicBool>,
+    /// Access check of the mutating requests: enforced when the port serves TLS.
+    pub acl: Acl,
 }
 
-/// The admin router.
+/// The admin router. Mutating routes go through the [`Acl`] of `state` (see the module
+/// docs); they read the caller from the [`AdminPeer`] connect info that [`serve`] attaches.
 pub fn router(state: AdminState) -> Router {
+    let voters = post(set_voters).route_layer(axum::middleware::from_fn_with_state(
+        (state.acl, Operation::Admin("POST /cluster/voters")),
+        require,
+    ));
     let r = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status.json", get(status_json))
-        .route("/cluster/voters", post(set_voters))
+        .route("/cluster/voters", voters)
         .route("/", get(|| async { Html(PAGE) }));
     #[cfg(feature = "failpoints")]
-    let r = r.route("/failpoints/{name}", axum::routing::put(set_failpoint));
+    let r = r.route(
+        "/failpoints/{name}",
+        axum::routing::put(set_failpoint).route_layer(axum::middleware::from_fn_with_state(
+            (state.acl, Operation::Admin("PUT /failpoints/{name}")),
+            require,
+        )),
+    );
     r.with_state(state)
+}
+
+/// Who is on the other end of an admin connection: its address and, over TLS with a client
+/// certificate that names one, its [`Principal`].
+#[derive(Debug, Clone)]
+pub struct AdminPeer {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// The principal of the verified client certificate; `None` over plaintext or without a
+    /// certificate.
+    pub principal: Option<Principal>,
+}
+
+impl Connected<axum::serve::IncomingStream<'_, TcpListener>> for AdminPeer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Self {
+            addr: *stream.remote_addr(),
+            principal: None,
+        }
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for AdminPeer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let principal = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(Principal::from_certs);
+        Self {
+            addr: *stream.remote_addr(),
+            principal,
+        }
+    }
+}
+
+/// Middleware of a mutating route: lets the request through when `acl` allows `op` for the
+/// caller's principal; else `401` (no principal) or `403` (naming the principal and the
+/// request), as plain text.
+async fn require(State((acl, op)): State<(Acl, Operation)>, req: Request, next: Next) -> Response {
+    let principal = req
+        .extensions()
+        .get::<ConnectInfo<AdminPeer>>()
+        .and_then(|c| c.0.principal.clone());
+    match acl.authorize(principal.as_ref(), op, "") {
+        Ok(()) => next.run(req).await,
+        Err(s) => {
+            let code = match s.code() {
+                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::FORBIDDEN,
+            };
+            (code, format!("{}\n", s.message())).into_response()
+        }
+    }
+}
+
+/// The TLS connections of the admin port, handshaken concurrently by [`crate::tls::incoming`]
+/// (an [`axum::serve::Listener`]).
+pub struct TlsListener {
+    local: SocketAddr,
+    conns: ReceiverStream<std::io::Result<TlsStream<TcpStream>>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.conns.next().await {
+                Some(Ok(io)) => match io.get_ref().0.peer_addr() {
+                    Ok(addr) => return (io, addr),
+                    Err(e) => tracing::debug!(error = %e, "admin connection gone"),
+                },
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    // Out of file descriptors and the like: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                // The accept task ends only with the listener: nothing more will come.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves `app` (from [`router`]) on `listener` until `shutdown` resolves: HTTPS with `tls`
+/// (settings built with [`crate::tls::ClientCerts::Optional`]; failed handshakes counted in
+/// `failures`), else plain HTTP.
+///
+/// Errors: I/O errors of the server.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<(Arc<ServerTls>, prometheus::IntCounter)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<AdminPeer>();
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some((tls, failures)) => {
+            let local = listener.local_addr()?;
+            let conns = crate::tls::incoming(TcpListenerStream::new(listener), tls, failures);
+            axum::serve(TlsListener { local, conns }, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// `PUT /failpoints/<name>` with an action as the body (e.g. `return`, `off`): configures crash

@@ -17,7 +17,9 @@
 //! |                      | ledger calls of cross-shard recovery (GetShard, CreateTransfers, |
 //! |                      | ListOpenCrossTransfers, DecideCrossTransfer,                     |
 //! |                      | CompleteCrossTransfer)                                           |
-//! | `operator`           | everything                                                       |
+//! | `operator`           | everything, including the mutating admin HTTP requests           |
+//! |                      | (`POST /cluster/voters`, `PUT /failpoints/{name}`), which no     |
+//! |                      | other role may make (brokers never call each other's admin port) |
 //!
 //! Any other role is authenticated but may do nothing. A call without a principal is refused
 //! with UNAUTHENTICATED, a call the role does not allow with PERMISSION_DENIED naming the
@@ -48,6 +50,9 @@ pub enum Operation {
     Ledger(&'static str),
     /// A `txpipe.raft.v1.RaftPeer` call (its RPC name).
     Peer(&'static str),
+    /// A mutating request on the admin HTTP port (method and route, e.g.
+    /// `POST /cluster/voters`); operator only.
+    Admin(&'static str),
 }
 
 impl fmt::Display for Operation {
@@ -60,6 +65,7 @@ impl fmt::Display for Operation {
             Operation::ListStreams => f.write_str("ListStreams"),
             Operation::Ledger(rpc) => write!(f, "Ledger/{rpc}"),
             Operation::Peer(rpc) => write!(f, "RaftPeer/{rpc}"),
+            Operation::Admin(route) => f.write_str(route),
         }
     }
 }
@@ -255,6 +261,10 @@ mod tests {
             (Role::Broker, O::Produce, "decisions", false),
             (Role::Operator, O::Peer("Join"), "", true),
             (Role::Operator, O::Produce, "decisions", true),
+            (Role::Operator, O::Admin("POST /cluster/voters"), "", true),
+            (Role::Broker, O::Admin("POST /cluster/voters"), "", false),
+            (Role::Producer, O::Admin("POST /cluster/voters"), "", false),
+            (Role::Reader, O::Admin("PUT /failpoints/{name}"), "", false),
         ];
         for &(role, op, stream, want) in cases {
             assert_eq!(allowed(role, op, stream), want, "{role:?} {op} {stream:?}");

@@ -30,7 +30,9 @@ pub struct Config {
     /// gRPC listen address (Broker, grpc.health.v1, reflection).
     #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:9100")]
     pub listen: SocketAddr,
-    /// Admin HTTP listen address (/metrics, /healthz, /readyz, /, /status.json).
+    /// Admin HTTP listen address (/metrics, /healthz, /readyz, /, /status.json, POST
+    /// /cluster/voters). HTTPS when TLS is on (voter changes need an operator certificate);
+    /// without TLS it is unauthenticated.
     #[arg(long, env = "BROKER_ADMIN_LISTEN", default_value = "0.0.0.0:9180")]
     pub admin_listen: SocketAddr,
     /// Data directory; each stream keeps its log and snapshot in `<data-dir>/streams/<name>/`.
@@ -166,8 +168,9 @@ pub struct Config {
     pub ledger_partitioning: String,
     /// This broker's certificate chain (PEM, leaf first) for the client and peer gRPC ports.
     /// With --tls-key-file and --tls-ca-file: both ports speak TLS only and require a client
-    /// certificate signed by the CA (mutual TLS), and peers are dialled with this certificate.
-    /// None of the three: plaintext. The files are re-read when they change.
+    /// certificate signed by the CA (mutual TLS), and peers are dialled with this certificate;
+    /// the admin port serves HTTPS with it (client certificate optional). None of the three:
+    /// plaintext. The files are re-read when they change.
     #[arg(long, env = "BROKER_TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
     /// This broker's private key (PEM: PKCS#8, PKCS#1 or SEC1), see --tls-cert-file.

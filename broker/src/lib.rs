@@ -129,14 +129,22 @@ pub async fn run(
         metrics: metrics.clone(),
         broker: Arc::clone(&slot),
         waiting_for_peers: Arc::clone(&waiting),
+        acl: auth::Acl::new(server_tls.is_some()),
     });
+    // HTTPS with the same files when TLS is on; a client certificate is optional there.
+    let admin_tls = match &server_tls {
+        Some(t) => Some((
+            tls::ServerTls::load_with(t.files().clone(), tls::ClientCerts::Optional)?,
+            metrics.tls_handshake_failures.with_label_values(&["admin"]),
+        )),
+        None => None,
+    };
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(async move {
-        let r = axum::serve(admin_listener, admin_app)
-            .with_graceful_shutdown(async move {
-                crate::broker::stopped(&mut admin_stop).await;
-            })
-            .await;
+        let r = admin::serve(admin_listener, admin_app, admin_tls, async move {
+            crate::broker::stopped(&mut admin_stop).await;
+        })
+        .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "admin server failed");
         }

@@ -13,6 +13,8 @@
 //!   silent client cannot hold up the others; failed handshakes are counted
 //!   (`txpipe_broker_tls_handshake_failures_total{port}`) and dropped.
 //!   tonic's `TlsConnectInfo` carries the verified peer certificates to each request.
+//! - The admin HTTP port uses the same files with [`ClientCerts::Optional`]: a client
+//!   certificate is requested and verified when given, but not required (see [`crate::admin`]).
 //! - [`Principal`]: who is calling, from the URI SAN of the client certificate,
 //!   `spiffe://txpipe/<role>[/<instance>]`; [`Principal::of`] reads it from a request.
 
@@ -64,10 +66,24 @@ impl TlsFiles {
 /// Modification time and length of each file, in the order cert, key, CA.
 type Stamp = [Option<(SystemTime, u64)>; 3];
 
+/// Whether a listener requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Every client must present a certificate of the CA (gRPC client and peer ports; ALPN
+    /// `h2`).
+    Required,
+    /// A client may present a certificate, which is then verified against the CA like a
+    /// required one; without one the connection is accepted with no principal (the admin
+    /// port: monitoring reads without a certificate, [`crate::admin`] checks mutations; ALPN
+    /// `http/1.1`).
+    Optional,
+}
+
 /// Server TLS settings that follow their files (see the module docs).
 #[derive(Debug)]
 pub struct ServerTls {
     files: TlsFiles,
+    client_certs: ClientCerts,
     loaded: Mutex<(Stamp, Arc<rustls::ServerConfig>)>,
 }
 
@@ -77,10 +93,18 @@ impl ServerTls {
     /// Errors: [`Error::Config`] naming the file that is missing, unreadable, not PEM, or
     /// holds no certificate or key, or a key that does not match the certificate.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>> {
+        Self::load_with(files, ClientCerts::Required)
+    }
+
+    /// Loads the files for a listener whose client certificates are `client_certs`.
+    ///
+    /// Errors: as [`ServerTls::load`].
+    pub fn load_with(files: TlsFiles, client_certs: ClientCerts) -> Result<Arc<Self>> {
         let stamp = stamp(&files);
-        let config = build(&files).map_err(Error::Config)?;
+        let config = build(&files, client_certs).map_err(Error::Config)?;
         Ok(Arc::new(Self {
             files,
+            client_certs,
             loaded: Mutex::new((stamp, Arc::new(config))),
         }))
     }
@@ -98,7 +122,7 @@ impl ServerTls {
             // Recorded even when the build fails: a broken file is reported once, and read
             // again when it changes.
             loaded.0 = now;
-            match build(&self.files) {
+            match build(&self.files, self.client_certs) {
                 Ok(c) => {
                     tracing::info!(cert = %self.files.cert.display(), "TLS files changed: reloaded");
                     loaded.1 = Arc::new(c);
@@ -121,7 +145,10 @@ fn stamp(files: &TlsFiles) -> Stamp {
 }
 
 /// Builds the rustls server settings from the files. Errors name the file.
-fn build(files: &TlsFiles) -> std::result::Result<rustls::ServerConfig, String> {
+fn build(
+    files: &TlsFiles,
+    client_certs: ClientCerts,
+) -> std::result::Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&files.cert, "--tls-cert-file")?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
@@ -132,7 +159,12 @@ fn build(files: &TlsFiles) -> std::result::Result<rustls::ServerConfig, String> 
             .add(ca)
             .map_err(|e| format!("--tls-ca-file {}: {e}", files.ca.display()))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let verifier = match client_certs {
+        ClientCerts::Required => verifier,
+        ClientCerts::Optional => verifier.allow_unauthenticated(),
+    };
+    let verifier = verifier
         .build()
         .map_err(|e| format!("--tls-ca-file {}: {e}", files.ca.display()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -147,7 +179,10 @@ fn build(files: &TlsFiles) -> std::result::Result<rustls::ServerConfig, String> 
                 files.key.display()
             )
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = match client_certs {
+        ClientCerts::Required => vec![b"h2".to_vec()],
+        ClientCerts::Optional => vec![b"http/1.1".to_vec()],
+    };
     Ok(config)
 }
 

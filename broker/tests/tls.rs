@@ -67,7 +67,7 @@ async fn a_client_without_a_certificate_is_refused() {
     let (b, good) = serving(dir.path(), &ca).await;
     refused(&b, None).await;
     no_client_cert(&b, &good).await;
-    let failures = handshake_failures(b.admin).await;
+    let failures = handshake_failures(b.admin, &good.ca).await;
     assert!(failures >= 2.0, "{failures} handshake failures counted");
     b.stop().await;
 }
@@ -99,19 +99,13 @@ async fn an_expired_certificate_is_refused() {
     b.stop().await;
 }
 
-/// `txpipe_broker_tls_handshake_failures_total{port="client"}` from the admin port.
-async fn handshake_failures(admin: std::net::SocketAddr) -> f64 {
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(admin).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
+/// `txpipe_broker_tls_handshake_failures_total{port="client"}` from the admin port (HTTPS
+/// trusting `ca`, no client certificate: `/metrics` is open to monitoring).
+async fn handshake_failures(admin: std::net::SocketAddr, ca: &std::path::Path) -> f64 {
+    let (code, body) = common::pki::https(admin, ca, None, "GET", "/metrics", "")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
     body.lines()
         .find_map(|l| {
             l.strip_prefix("txpipe_broker_tls_handshake_failures_total{port=\"client\"} ")

@@ -10,10 +10,10 @@ use common::pki::Ca;
 use common::{TestBroker, cluster_configs, rec};
 use txpipe_client::produce::{Producer, ProducerConfig};
 
-/// End offset of `stream` as the node at `admin` reports it in `/status.json`; 0 while it
-/// does not answer.
-async fn end_offset(admin: std::net::SocketAddr, stream: &str) -> u64 {
-    let Some((_, body)) = common::try_http_get(admin, "/status.json").await else {
+/// End offset of `stream` as the node at `admin` reports it in `/status.json` (HTTPS trusting
+/// `ca`); 0 while it does not answer.
+async fn end_offset(admin: std::net::SocketAddr, ca: &std::path::Path, stream: &str) -> u64 {
+    let Some((_, body)) = common::pki::try_https_get(admin, ca, "/status.json").await else {
         return 0;
     };
     let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -57,7 +57,7 @@ async fn a_three_broker_tls_cluster_elects_and_replicates_over_mutual_tls() {
     // Every replica holds the ten records: the followers got them over the TLS peer port.
     let deadline = Instant::now() + Duration::from_secs(30);
     for n in &nodes {
-        while end_offset(n.admin, "transactions").await < 10 {
+        while end_offset(n.admin, &ca.cert, "transactions").await < 10 {
             assert!(
                 Instant::now() < deadline,
                 "node {} did not replicate",

@@ -4,11 +4,22 @@
 //!
 //! The controller talks to the brokers through the [`BrokerAdmin`] trait so that the
 //! reconcile tests can substitute a fake; [`HttpBrokerAdmin`] is the real implementation.
+//!
+//! Brokers with TLS serve their admin port over HTTPS and accept `POST /cluster/voters` only
+//! from a client certificate of the `operator` role (`spiffe://txpipe/operator`, see the
+//! broker's `admin` module and `docs/security.md`). [`HttpBrokerAdmin::with_tls`] gives the
+//! operator that certificate ([`BrokerTlsArgs`]: `--broker-tls-ca-file`,
+//! `--broker-tls-cert-file`, `--broker-tls-key-file`); without it the operator speaks plain
+//! HTTP, which only brokers without TLS answer.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use txpipe_client::tls::{TLS_RECHECK_INTERVAL, TlsOptions, TlsWatch};
 
 use crate::{Error, Result};
 
@@ -22,13 +33,13 @@ pub type VotersOutcome = BTreeMap<String, String>;
 
 /// The brokers' admin API, as the controller uses it.
 pub trait BrokerAdmin: Send + Sync {
-    /// `GET http://<addr>/status.json`; `addr` is `host:port` of the admin listener.
+    /// `GET http(s)://<addr>/status.json`; `addr` is `host:port` of the admin listener.
     ///
     /// Errors: [`Error::BrokerAdmin`] when the broker cannot be reached, answers non-2xx, or
     /// the body is not the expected JSON.
     fn status<'a>(&'a self, addr: &'a str) -> AdminFuture<'a, BrokerNodeStatus>;
 
-    /// `POST http://<addr>/cluster/voters` with body `{"voters": [...]}` (peer addresses
+    /// `POST http(s)://<addr>/cluster/voters` with body `{"voters": [...]}` (peer addresses
     /// `host:9200`). The called broker changes only the groups it leads (answering
     /// `"not leader"` for the others), so the controller sends it to every broker.
     ///
@@ -50,10 +61,43 @@ pub use txpipe_client::status::BrokerStatus as BrokerNodeStatus;
 /// One stream's Raft group as seen by one broker (`raft.<stream>` of `/status.json`).
 pub use txpipe_client::status::RaftStatus as StreamRaftStatus;
 
-/// [`BrokerAdmin`] over plain HTTP (reqwest, no TLS: the admin port is cluster-internal).
+/// The files the operator presents to TLS brokers' admin ports (flags of `txpipe-operator
+/// run`, each also an environment variable). All three or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct BrokerTlsArgs {
+    /// CA bundle (PEM) the brokers' certificates chain to. With --broker-tls-cert-file and
+    /// --broker-tls-key-file: call the brokers' admin ports over HTTPS with this identity
+    /// (needed when the brokers run with TLS). None of the three: plain HTTP.
+    #[arg(long, env = "OPERATOR_BROKER_TLS_CA_FILE")]
+    pub broker_tls_ca_file: Option<PathBuf>,
+    /// The operator's certificate (PEM), URI SAN `spiffe://txpipe/operator`.
+    #[arg(long, env = "OPERATOR_BROKER_TLS_CERT_FILE")]
+    pub broker_tls_cert_file: Option<PathBuf>,
+    /// The operator's private key (PEM).
+    #[arg(long, env = "OPERATOR_BROKER_TLS_KEY_FILE")]
+    pub broker_tls_key_file: Option<PathBuf>,
+}
+
+impl BrokerTlsArgs {
+    /// The options, `None` for plain HTTP.
+    ///
+    /// Errors: [`Error::Config`] naming the missing flags when only some are given.
+    pub fn options(&self) -> Result<Option<TlsOptions>> {
+        TlsOptions::from_parts(
+            self.broker_tls_ca_file.clone(),
+            self.broker_tls_cert_file.clone(),
+            self.broker_tls_key_file.clone(),
+        )
+        .map_err(|e| Error::Config(e.replace("--tls-", "--broker-tls-")))
+    }
+}
+
+/// [`BrokerAdmin`] over HTTP, or HTTPS with the operator's certificate (reqwest with rustls).
 #[derive(Clone, Debug)]
 pub struct HttpBrokerAdmin {
-    http: reqwest::Client,
+    http: Arc<RwLock<reqwest::Client>>,
+    /// The files and their watch: the client is rebuilt when they change (rotation).
+    tls: Option<(TlsOptions, Arc<TlsWatch>)>,
     status_timeout: Duration,
     voters_timeout: Duration,
 }
@@ -73,15 +117,87 @@ impl HttpBrokerAdmin {
     /// A client with explicit per-call timeouts.
     pub fn with_timeouts(status_timeout: Duration, voters_timeout: Duration) -> Self {
         Self {
-            // Connect timeout bounds DNS + TCP for pods that do not exist yet.
-            http: reqwest::Client::builder()
-                .connect_timeout(status_timeout)
-                .build()
-                .unwrap_or_default(),
+            http: Arc::new(RwLock::new(
+                build_client(status_timeout, None).unwrap_or_default(),
+            )),
+            tls: None,
             status_timeout,
             voters_timeout,
         }
     }
+
+    /// A client with the default timeouts that calls `https://` with `tls` (the CA the
+    /// brokers' certificates chain to, and the operator's certificate and key), or plain
+    /// `http://` with `None`. The files are read again when they change (checked at most
+    /// every [`TLS_RECHECK_INTERVAL`]), so a rotated certificate is used without a restart.
+    ///
+    /// Errors: [`Error::Config`] naming a file that cannot be read or parsed.
+    pub fn with_tls(tls: Option<TlsOptions>) -> Result<Self> {
+        let mut admin = Self::new();
+        if let Some(t) = tls {
+            *admin.http.write().expect("client lock") =
+                build_client(admin.status_timeout, Some(&t))?;
+            let watch = Arc::new(TlsWatch::new(&t, TLS_RECHECK_INTERVAL));
+            admin.tls = Some((t, watch));
+        }
+        Ok(admin)
+    }
+
+    /// `http` or `https`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The client, rebuilt first when the TLS files changed (a failed rebuild keeps the
+    /// previous client and logs a warning).
+    fn client(&self) -> reqwest::Client {
+        if let Some((t, watch)) = &self.tls
+            && watch.changed()
+        {
+            match build_client(self.status_timeout, Some(t)) {
+                Ok(c) => {
+                    tracing::info!(cert = %t.cert.display(), "broker TLS files changed: reloaded");
+                    *self.http.write().expect("client lock") = c;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "broker TLS files changed but cannot be loaded; keeping the previous ones")
+                }
+            }
+        }
+        self.http.read().expect("client lock").clone()
+    }
+}
+
+/// A reqwest client; with `tls`, it trusts only the CA file and presents the certificate.
+/// The connect timeout bounds DNS + TCP for pods that do not exist yet.
+fn build_client(connect_timeout: Duration, tls: Option<&TlsOptions>) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().connect_timeout(connect_timeout);
+    if let Some(t) = tls {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| Error::Config(format!("reading {}: {e}", p.display())))
+        };
+        let ca = reqwest::Certificate::from_pem_bundle(&read(&t.ca)?)
+            .map_err(|e| Error::Config(format!("--broker-tls-ca-file {}: {e}", t.ca.display())))?;
+        let mut pem = read(&t.cert)?;
+        pem.push(b'\n');
+        pem.extend(read(&t.key)?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            Error::Config(format!(
+                "--broker-tls-cert-file {} with --broker-tls-key-file {}: {e}",
+                t.cert.display(),
+                t.key.display()
+            ))
+        })?;
+        b = b
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .identity(id);
+        for c in ca {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
 }
 
 impl Default for HttpBrokerAdmin {
@@ -112,8 +228,8 @@ impl BrokerAdmin for HttpBrokerAdmin {
     fn status<'a>(&'a self, addr: &'a str) -> AdminFuture<'a, BrokerNodeStatus> {
         Box::pin(async move {
             let resp = self
-                .http
-                .get(format!("http://{addr}/status.json"))
+                .client()
+                .get(format!("{}://{addr}/status.json", self.scheme()))
                 .timeout(self.status_timeout)
                 .send()
                 .await
@@ -130,8 +246,8 @@ impl BrokerAdmin for HttpBrokerAdmin {
     ) -> AdminFuture<'a, VotersOutcome> {
         Box::pin(async move {
             let resp = self
-                .http
-                .post(format!("http://{addr}/cluster/voters"))
+                .client()
+                .post(format!("{}://{addr}/cluster/voters", self.scheme()))
                 .timeout(self.voters_timeout)
                 .json(&serde_json::json!({ "voters": voters }))
                 .send()

@@ -96,9 +96,10 @@ pub struct TransactionPipelineSpec {
     /// Prometheus integration.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
-    /// Secret holding the PAN data-encryption key (64 hex characters) shared by the producer
-    /// and the workers. Default: none, and the services use the well-known development key
-    /// and log a warning. Never put a real key in the pipeline spec itself.
+    /// Secret holding the PAN data-encryption key (64 hex characters, key id `k1`) shared by
+    /// the producer and the workers. Required: without it the operator renders nothing and
+    /// reports `PanKeySecretMissing` (there is no default key). Never put a real key in the
+    /// pipeline spec itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pan_key_secret: Option<SecretKeyRef>,
     /// Mutual TLS between every component (docs/security.md): certificates from a CA the

@@ -32,6 +32,10 @@ pub enum Error {
     /// Making a key or certificate of the managed CA failed.
     #[error("certificate issuance: {0}")]
     Tls(String),
+    /// The operator's own settings are unusable (e.g. a TLS file that cannot be read); the
+    /// message names the flag or file.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl Error {
@@ -44,6 +48,7 @@ impl Error {
             Error::Serde(_) => "serde",
             Error::MissingField(_) => "missing_field",
             Error::Tls(_) => "tls",
+            Error::Config(_) => "config",
         }
     }
 }

@@ -103,6 +103,9 @@ struct RunArgs {
     /// Log format: text for terminals, json for the cluster.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Identity towards TLS brokers' admin ports.
+    #[command(flatten)]
+    broker_tls: txpipe_operator::broker_admin::BrokerTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -208,7 +211,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .or_else(|_| std::env::var("HOSTNAME"))
             .ok()
             .filter(|n| !n.is_empty()),
-        admin: Arc::new(HttpBrokerAdmin::new()),
+        admin: Arc::new(HttpBrokerAdmin::with_tls(args.broker_tls.options()?)?),
     };
     let client = Client::try_default()
         .await

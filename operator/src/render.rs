@@ -496,6 +496,9 @@ fn env(name: &str, value: impl ToString) -> EnvVar {
     }
 }
 
+/// Message of the `PanKeySecretMissing` condition.
+pub const PAN_KEY_SECRET_MISSING: &str = "spec.panKeySecret is required: the producer and workers refuse to start without a PAN key (there is no default key). Create one, e.g. `kubectl create secret generic txpipe-pan-key --from-literal=pan-key=\"$(openssl rand -hex 32)\"`, and set spec.panKeySecret.name: txpipe-pan-key";
+
 fn pan_key_env(spec: &TransactionPipelineSpec) -> Option<EnvVar> {
     spec.pan_key_secret.as_ref().map(|s| EnvVar {
         name: "TXPIPE_PAN_KEY".into(),
@@ -1267,7 +1270,9 @@ fn render_producer(p: &TransactionPipeline) -> Option<Job> {
 /// Errors: [`Error::MissingField`] without `metadata.name`; [`Error::InvalidSpec`] with reason
 /// `InvalidQuantity` (a resources or storage quantity does not parse), `InvalidResources`
 /// (requests above limits), `VolumeShrinkRefused` (`spec.broker.storage.size` below
-/// [`RenderContext::existing_volume_size`]) or `InvalidReplicas`. Owner references are set when
+/// [`RenderContext::existing_volume_size`]), `InvalidReplicas` or `PanKeySecretMissing`
+/// (no `spec.panKeySecret`: the producer and workers have no default PAN key and would not
+/// start, so nothing is rendered and the pipeline's conditions say why). Owner references are set when
 /// the pipeline has a `metadata.uid` and omitted otherwise (rendering from a file).
 pub fn render(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Children> {
     let name = p.metadata.name.as_deref().unwrap_or_default();
@@ -1283,6 +1288,12 @@ pub fn render(p: &TransactionPipeline, ctx: &RenderContext) -> Result<Children> 
                 "metadata.name {name:?} has {} characters; at most {MAX_PIPELINE_NAME}: the broker StatefulSet {name}-broker must stay within Kubernetes' 52 characters for StatefulSet names",
                 name.len()
             ),
+        });
+    }
+    if p.spec.pan_key_secret.is_none() {
+        return Err(Error::InvalidSpec {
+            reason: "PanKeySecretMissing".into(),
+            message: PAN_KEY_SECRET_MISSING.into(),
         });
     }
     let (broker_headless, broker_client) = render_broker_services(p);
@@ -1374,11 +1385,28 @@ mod tests {
     fn pipeline(name: &str) -> TransactionPipeline {
         let mut p = TransactionPipeline::new(
             name,
-            serde_json::from_value(serde_json::json!({})).expect("defaults"),
+            serde_json::from_value(serde_json::json!({"panKeySecret": {"name": "pan"}}))
+                .expect("defaults"),
         );
         p.metadata.namespace = Some("payments".into());
         p.metadata.uid = Some("1234-uid".into());
         p
+    }
+
+    #[test]
+    fn a_pipeline_without_a_pan_key_secret_is_refused_naming_the_field() {
+        let mut p = pipeline("demo");
+        p.spec.pan_key_secret = None;
+        match render(&p, &RenderContext::default()) {
+            Err(Error::InvalidSpec { reason, message }) => {
+                assert_eq!(reason, "PanKeySecretMissing");
+                assert!(
+                    message.contains("spec.panKeySecret is required"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected PanKeySecretMissing, got {other:?}"),
+        }
     }
 
     #[test]
@@ -1940,7 +1968,7 @@ mod tests {
 
     #[test]
     fn manifests_yaml_renders_each_document_and_names_bad_ones() {
-        let good = "apiVersion: txpipe.io/v1alpha1\nkind: TransactionPipeline\nmetadata:\n  name: a\nspec:\n  producer:\n    count: 5\n";
+        let good = "apiVersion: txpipe.io/v1alpha1\nkind: TransactionPipeline\nmetadata:\n  name: a\nspec:\n  panKeySecret:\n    name: pan\n  producer:\n    count: 5\n";
         let out = render_manifests_yaml(
             &format!("{good}---\n---\n{}", good.replace("name: a", "name: b")),
             &RenderContext::default(),

@@ -31,7 +31,13 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// The tests' fixed wall clock, Unix seconds (2027-01-15).
 const T0: i64 = 1_800_000_000;
 
-fn pipeline(generation: i64, spec: Value) -> TransactionPipeline {
+/// A pipeline with `spec` (and a `panKeySecret` unless `spec` sets one, as the operator
+/// requires).
+fn pipeline(generation: i64, mut spec: Value) -> TransactionPipeline {
+    if let Some(m) = spec.as_object_mut() {
+        m.entry("panKeySecret")
+            .or_insert_with(|| json!({"name": "pan"}));
+    }
     serde_json::from_value(json!({
         "apiVersion": "txpipe.io/v1alpha1",
         "kind": "TransactionPipeline",

@@ -16,7 +16,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let path = PathBuf::from(args.next().expect("usage: features_rate FILE [runs]"));
     let runs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let key = Arc::new(PanKey::dev());
+    let key = Arc::new(PanKey::insecure_test_key());
     let cols = FeatureColumns::default();
     for run in 1..=runs {
         let t = Instant::now();

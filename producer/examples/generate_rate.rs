@@ -14,7 +14,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
-    let key = PanKey::dev();
+    let key = PanKey::insecure_test_key();
 
     let t = Instant::now();
     let mut by: BTreeMap<String, u64> = BTreeMap::new();

@@ -1,6 +1,6 @@
 //! `txpipe-producer`: generates (or reads) card transactions and publishes them to a txpipe
-//! broker. Every flag is also an environment variable (`PRODUCER_*`; the PAN key is
-//! `TXPIPE_PAN_KEY`). Exit status 0 on success, 1 on any error (bad flags, unreachable or
+//! broker. Every flag is also an environment variable (`PRODUCER_*`; the PAN keys are
+//! `TXPIPE_PAN_KEY_FILE` or `TXPIPE_PAN_KEY`, required: no default key). Exit status 0 on success, 1 on any error (bad flags, unreachable or
 //! rejecting broker, fenced by a newer instance of the same producer name, bad input row with
 //! `--on-bad-row stop`), 130 when interrupted. A restart with the same settings (or the same
 //! `--producer-name`) resumes after the last record the broker acknowledged.
@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
-use txpipe_client::pan::PanKey;
+use txpipe_client::pan::PanKeyArgs;
 use txpipe_producer::features::{
     DEFAULT_AMOUNT_COLUMN, DEFAULT_CURRENCY, DEFAULT_LABEL_COLUMN, DEFAULT_TIME_COLUMN,
     DEFAULT_TIME_ORIGIN, FeatureColumns,
@@ -112,12 +112,10 @@ struct Args {
     /// Write ground-truth Label records to the `labels` stream.
     #[arg(long, env = "PRODUCER_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
     labels: bool,
-    /// PAN encryption key, 64 hex characters. Default: the well-known development key.
-    #[arg(long, env = "TXPIPE_PAN_KEY", hide_env_values = true)]
-    pan_key_hex: Option<String>,
-    /// Id of the PAN key, carried in Transaction.key_id.
-    #[arg(long, env = "TXPIPE_PAN_KEY_ID", default_value = "k1")]
-    pan_key_id: String,
+    /// The PAN keys (required; the current key seals, its id is carried in
+    /// Transaction.key_id and in the sealed PAN).
+    #[command(flatten)]
+    pan: PanKeyArgs,
     /// Progress display: a bar on a terminal (auto), always, or log lines only (never).
     #[arg(long, env = "PRODUCER_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -168,16 +166,11 @@ fn given(matches: &ArgMatches, id: &str) -> bool {
 
 fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
     let brokers = txpipe_client::connect::parse_addrs(&args.brokers).context("--brokers")?;
-    let pan_key = match &args.pan_key_hex {
-        Some(hex) => PanKey::from_hex(args.pan_key_id.clone(), hex)
-            .context("--pan-key-hex / TXPIPE_PAN_KEY")?,
-        None => {
-            tracing::warn!(
-                "no TXPIPE_PAN_KEY given: sealing PANs with the well-known development key"
-            );
-            PanKey::dev()
-        }
-    };
+    let pan_key = args
+        .pan
+        .keyring()
+        .map_err(anyhow::Error::msg)?
+        .into_current();
     let source = match args.input {
         Some(path) => {
             let format = match args.input_format.or_else(|| InputFormat::from_path(&path)) {
@@ -220,7 +213,7 @@ fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
         currency: args.features_currency.trim().to_ascii_uppercase(),
         id_prefix: args.id_prefix.clone(),
     };
-    let mut config = Config::new(brokers);
+    let mut config = Config::new(brokers, Arc::new(pan_key));
     config.source = source;
     config.features = features;
     config.count = args.count;
@@ -229,7 +222,6 @@ fn config(args: Args, matches: &ArgMatches) -> anyhow::Result<Config> {
     config.max_in_flight = args.max_in_flight;
     config.on_bad_row = args.on_bad_row;
     config.labels = args.labels;
-    config.pan_key = Arc::new(pan_key);
     config.progress = args.progress;
     config.summary_json = args.summary_json;
     config.reconnect_deadline = Duration::from_millis(args.reconnect_deadline_ms);

@@ -123,9 +123,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with defaults: generator seed 42, 2 000 000 records, unlimited rate,
-    /// batches of 500, 16 in flight, labels on, the development key, 60 s reconnect deadline.
-    pub fn new(brokers: Vec<String>) -> Self {
+    /// A configuration with defaults (generator seed 42, 2 000 000 records, unlimited rate,
+    /// batches of 500, 16 in flight, labels on, 60 s reconnect deadline) that seals PANs with
+    /// `pan_key` (there is no default key).
+    pub fn new(brokers: Vec<String>, pan_key: Arc<PanKey>) -> Self {
         Self {
             brokers,
             source: Source::Generate(GeneratorConfig::default()),
@@ -136,7 +137,7 @@ impl Config {
             on_bad_row: OnBadRow::Stop,
             features: FeatureColumns::default(),
             labels: true,
-            pan_key: Arc::new(PanKey::dev()),
+            pan_key,
             progress: ProgressMode::Never,
             summary_json: None,
             reconnect_deadline: Duration::from_secs(60),

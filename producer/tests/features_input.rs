@@ -37,8 +37,12 @@ struct Read {
 }
 
 fn read(path: &Path, cols: &FeatureColumns) -> Result<Read, InputError> {
-    let mut source =
-        FileSource::open_with(path, InputFormat::Features, Arc::new(PanKey::dev()), cols)?;
+    let mut source = FileSource::open_with(
+        path,
+        InputFormat::Features,
+        Arc::new(PanKey::insecure_test_key()),
+        cols,
+    )?;
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for item in source.by_ref() {
         match item? {
@@ -304,7 +308,11 @@ fn an_excerpt_without_the_class_column_sends_no_labels_unless_it_was_asked_for()
 #[test]
 fn a_csv_extension_stays_the_card_format() {
     assert_eq!(InputFormat::from_path(&excerpt()), Some(InputFormat::Csv));
-    match FileSource::open(&excerpt(), InputFormat::Csv, Arc::new(PanKey::dev())) {
+    match FileSource::open(
+        &excerpt(),
+        InputFormat::Csv,
+        Arc::new(PanKey::insecure_test_key()),
+    ) {
         Err(InputError::MissingColumns { .. }) => {}
         other => panic!("the card format accepted the ULB header: {other:?}"),
     }
@@ -322,7 +330,7 @@ fn full_ulb_file_parse_rate() {
     let mut source = FileSource::open_with(
         &path,
         InputFormat::Features,
-        Arc::new(PanKey::dev()),
+        Arc::new(PanKey::insecure_test_key()),
         &FeatureColumns::default(),
     )
     .unwrap();

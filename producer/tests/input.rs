@@ -18,7 +18,7 @@ fn read(name: &str) -> (Vec<InputRecord>, Vec<BadRow>) {
     let format = InputFormat::from_path(&path).unwrap();
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for item in FileSource::open(&path, format, Arc::new(PanKey::dev())).unwrap() {
+    for item in FileSource::open(&path, format, Arc::new(PanKey::insecure_test_key())).unwrap() {
         match item.unwrap() {
             Ok(r) => good.push(r),
             Err(b) => bad.push(b),
@@ -32,7 +32,7 @@ fn good_csv_parses_every_column_and_seals_the_pan() {
     let (good, bad) = read("good.csv");
     assert!(bad.is_empty(), "{bad:?}");
     assert_eq!(good.len(), 5);
-    let key = PanKey::dev();
+    let key = PanKey::insecure_test_key();
     let t = &good[0].tx;
     assert_eq!(t.id, "f-0001");
     assert_eq!(t.event_time_us, 1_735_809_300_000_000);
@@ -131,11 +131,53 @@ fn a_csv_header_without_required_columns_is_refused_before_any_row() {
     let err = FileSource::open(
         &testdata("missing_column.csv"),
         InputFormat::Csv,
-        Arc::new(PanKey::dev()),
+        Arc::new(PanKey::insecure_test_key()),
     )
     .unwrap_err();
     match err {
         InputError::MissingColumns { missing, .. } => assert_eq!(missing, ["pan"]),
         other => panic!("unexpected {other}"),
+    }
+}
+
+/// Reads `path` (format from its extension) into good and bad rows.
+fn read_path(path: &std::path::Path) -> (Vec<InputRecord>, Vec<BadRow>) {
+    let format = InputFormat::from_path(path).unwrap();
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for item in FileSource::open(path, format, Arc::new(PanKey::insecure_test_key())).unwrap() {
+        match item.unwrap() {
+            Ok(r) => good.push(r),
+            Err(b) => bad.push(b),
+        }
+    }
+    (good, bad)
+}
+
+#[test]
+fn a_duplicate_transaction_id_is_a_bad_row_naming_both_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["good.csv", "good.jsonl"] {
+        let text = std::fs::read_to_string(testdata(name)).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        // CSV: the header is line 1, so the first row is line 2; JSON Lines: line 1.
+        let first = usize::from(name.ends_with(".csv"));
+        let mut dup = lines.clone();
+        dup.push(lines[first]);
+        let path = dir.path().join(name);
+        std::fs::write(&path, dup.join("\n") + "\n").unwrap();
+        let (good, bad) = read_path(&path);
+        assert_eq!(good.len(), lines.len() - first, "{name}");
+        assert_eq!(bad.len(), 1, "{name}: {bad:?}");
+        let id = &good[0].tx.id;
+        assert_eq!(bad[0].line, dup.len() as u64, "{name}");
+        assert_eq!(bad[0].column.as_deref(), Some("id"));
+        assert_eq!(
+            bad[0].reason,
+            format!(
+                "duplicate transaction id {id:?} (first on line {})",
+                first + 1
+            ),
+            "{name}"
+        );
     }
 }

@@ -211,7 +211,10 @@ async fn start(state: Arc<Mutex<State>>) -> (u16, tokio::task::JoinHandle<()>) {
 }
 
 fn config(port: u16, count: u64) -> Config {
-    let mut c = Config::new(vec![format!("http://127.0.0.1:{port}")]);
+    let mut c = Config::new(
+        vec![format!("http://127.0.0.1:{port}")],
+        std::sync::Arc::new(txpipe_client::pan::PanKey::insecure_test_key()),
+    );
     c.source = Source::Generate(GeneratorConfig {
         customers: 500,
         merchants: 200,

@@ -123,6 +123,11 @@ fn producer(addr: &str, count: u64, rate: u64, extra: &[&str]) -> Child {
         ])
         .args(extra)
         .env("RUST_LOG", "warn")
+        .env_remove("TXPIPE_PAN_KEY_FILE")
+        .env(
+            "TXPIPE_PAN_KEY",
+            txpipe_client::pan::PanKey::insecure_test_key_hex(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -30,12 +30,11 @@ use crate::supervisor::{Proc, free_port};
 /// Timeout of one admin HTTP request (`/readyz`, `/status.json`).
 const ADMIN_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Whether a broker with TLS on serves its admin port (`/readyz`, `/status.json`) over HTTPS.
-/// The one setting the probes' scheme follows: `false` while the broker's admin port stays
-/// plain HTTP even with TLS on; set it to `true` once the broker serves HTTPS there (its
-/// read-only endpoints open to any client that trusts the CA), and the probes of a TLS
-/// cluster use `https://` with the run's CA and reader certificate.
-pub(crate) const ADMIN_HTTPS: bool = false;
+/// Whether a broker with TLS on serves its admin port (`/readyz`, `/status.json`) over HTTPS:
+/// it does (broker/src/admin.rs; read-only endpoints open to any client that trusts the CA),
+/// so the probes of a TLS cluster use `https://` with the run's CA and reader certificate.
+/// `false` would probe plain HTTP (brokers of versions before the admin split).
+pub(crate) const ADMIN_HTTPS: bool = true;
 
 /// What one node says about itself.
 #[derive(Debug, Clone, Default)]

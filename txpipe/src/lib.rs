@@ -13,6 +13,7 @@
 //! - [`nemesis`]: brokers in network namespaces, seeded partitions, pauses and kills, and
 //!   an independent checker (`txpipe nemesis`).
 //! - [`ledger`]: `txpipe ledger`, the ledger's CLI (accounts, transfers, balances, dump).
+//! - [`secrets`]: the PAN keyring of a run (`<run dir>/pan-keys`, mode 0600).
 //! - [`procstat`]: CPU and peak memory of child processes from `/proc`.
 
 pub mod audit;
@@ -27,4 +28,5 @@ pub mod nemesis;
 pub mod procstat;
 pub mod progress;
 pub mod report;
+pub mod secrets;
 pub mod supervisor;

@@ -408,15 +408,22 @@ impl Layout {
             Some(certs)
         };
         let brokers = cluster.client_list();
+        let keys = crate::secrets::pan_keyring(&self.dir)?;
         let workers = (0..args.workers)
             .map(|i| {
                 let tls = certs.as_ref().map(|c| c.worker(i));
-                let a = args.worker_command(&brokers, i, tls.as_ref());
+                let a = crate::secrets::with_pan_key(
+                    args.worker_command(&brokers, i, tls.as_ref()),
+                    &keys,
+                );
                 Proc::new(&format!("worker-{i}"), self.worker.clone(), a, &self.dir)
             })
             .collect();
         let tls = certs.as_ref().map(RunCerts::producer);
-        let a = args.producer_command(&brokers, &self.summary(), tls.as_ref());
+        let a = crate::secrets::with_pan_key(
+            args.producer_command(&brokers, &self.summary(), tls.as_ref()),
+            &keys,
+        );
         let producer = Proc::new("producer", self.producer.clone(), a, &self.dir);
         Ok(Supervisor::new(
             cluster,

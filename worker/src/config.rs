@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use txpipe_client::pan::PanKey;
+use txpipe_client::pan::{PanKeyArgs, PanKeyring};
 
 use crate::model::Model;
 use crate::scoring::{Scorer, Thresholds};
@@ -57,10 +57,10 @@ pub struct Config {
     /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "WORKER_ADMIN_LISTEN", default_value = "0.0.0.0:9181")]
     pub admin_listen: SocketAddr,
-    /// PAN data-encryption key, 64 hex characters; default: the well-known dev key (with a
-    /// warning).
-    #[arg(long, env = "TXPIPE_PAN_KEY", hide_env_values = true)]
-    pub pan_key_hex: Option<String>,
+    /// The PAN keys (required, no default): every key of the keyring opens; the current one
+    /// seals the synthetic transactions of `bench-stages`.
+    #[command(flatten)]
+    pub pan: PanKeyArgs,
     /// Exit after this many decisions are acked (default: run until stopped).
     #[arg(long, env = "WORKER_MAX_TRANSACTIONS")]
     pub max_transactions: Option<u64>,
@@ -122,7 +122,7 @@ impl Config {
             review_threshold: None,
             decline_threshold: None,
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9181)),
-            pan_key_hex: None,
+            pan: PanKeyArgs::default(),
             max_transactions: None,
             log_format: LogFormat::Text,
             drain_grace_ms: 25_000,
@@ -170,8 +170,9 @@ impl Config {
                 "--max-transactions must be at least 1".into(),
             ));
         }
-        if let Some(h) = &self.pan_key_hex {
-            PanKey::from_hex("cfg", h).map_err(|e| Error::Config(format!("--pan-key-hex: {e}")))?;
+        // A key that is given must load; a missing one fails in [`Config::pan_keyring`].
+        if self.pan.pan_key_file.is_some() || self.pan.pan_key_hex.is_some() {
+            self.pan.keyring().map_err(Error::Config)?;
         }
         for (name, v) in [
             ("--review-threshold", self.review_threshold),
@@ -199,17 +200,12 @@ impl Config {
             .map_err(|e| Error::Config(format!("--brokers {:?}: {e}", self.brokers)))
     }
 
-    /// The PAN key: the configured one, or the dev key (`None` in the second slot means the
-    /// dev key is used and the caller should warn).
-    pub fn pan_key(&self) -> Result<(PanKey, bool)> {
-        match &self.pan_key_hex {
-            Some(h) => Ok((
-                PanKey::from_hex("configured", h)
-                    .map_err(|e| Error::Config(format!("--pan-key-hex: {e}")))?,
-                false,
-            )),
-            None => Ok((PanKey::dev(), true)),
-        }
+    /// The PAN keyring of `--pan-key-file` or `--pan-key-hex`.
+    ///
+    /// Errors: [`Error::Config`] without a key ([`txpipe_client::pan::NO_PAN_KEY`]: there is
+    /// no default key) or with one that cannot be read, naming the flag.
+    pub fn pan_keyring(&self) -> Result<PanKeyring> {
+        self.pan.keyring().map_err(Error::Config)
     }
 
     /// Loads the model `--model` names (see the flag). Errors: [`Error::Model`] for an
@@ -256,7 +252,7 @@ impl Config {
     /// The scorer of this configuration: `--model`, thresholds, `--crypto-rounds`. A vector
     /// model is paired with the embedded card model for the card stages it never runs.
     /// Errors: as [`Self::load_model`] and [`Self::thresholds`].
-    pub fn scorer(&self, pan_key: PanKey) -> Result<Scorer> {
+    pub fn scorer(&self, pan_key: PanKeyring) -> Result<Scorer> {
         let model = self.load_model()?;
         let thresholds = self.thresholds(&model)?;
         Ok(match model {
@@ -322,7 +318,9 @@ mod tests {
         let m = cmd.try_get_matches_from(Vec::<String>::new()).unwrap();
         let parsed = Config::from_arg_matches(&m).unwrap();
         // Only meaningful without WORKER_* variables in the test environment.
-        if std::env::vars().all(|(k, _)| !k.starts_with("WORKER_") && k != "TXPIPE_PAN_KEY") {
+        if std::env::vars()
+            .all(|(k, _)| !k.starts_with("WORKER_") && !k.starts_with("TXPIPE_PAN_KEY"))
+        {
             assert_eq!(parsed, Config::defaults());
         }
     }
@@ -352,12 +350,17 @@ mod tests {
                 .contains("--review-threshold")
         );
         let mut c = Config::defaults();
-        c.pan_key_hex = Some("abc".into());
+        c.pan.pan_key_hex = Some("abc".into());
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
                 .contains("--pan-key-hex")
+        );
+        let e = Config::defaults().pan_keyring().unwrap_err().to_string();
+        assert!(
+            e.contains("--pan-key-file") && e.contains("--pan-key-hex"),
+            "{e}"
         );
         let mut c = Config::defaults();
         c.brokers = " , ".into();

@@ -85,8 +85,8 @@ fn real_main() -> anyhow::Result<()> {
             use txpipe_worker::vector::VectorModel;
             init_tracing(config.log_format);
             config.validate()?;
-            let (key, _) = config.pan_key()?;
-            let (bench_key, _) = config.pan_key()?;
+            let key = config.pan_keyring()?;
+            let bench_key = config.pan_keyring()?.into_current();
             let scorer = config.scorer(key)?;
             let card_model_us = if scorer.vector_model().is_none() {
                 let report =

@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use txpipe_client::pan::PanKey;
+use txpipe_client::pan::{PanError, PanKeyring};
 use txpipe_client::pipeline::v1::{Channel, Decision, EntryMode, Outcome, Transaction};
 
 use crate::crypto::CryptoRounds;
@@ -183,7 +183,7 @@ pub struct DeliveryMeta {
 /// The scorer: keys, tables and model, shared read-only by every transaction.
 #[derive(Debug)]
 pub struct Scorer {
-    pan_key: PanKey,
+    pan_keys: PanKeyring,
     crypto: CryptoRounds,
     merchant: RiskTable,
     terminal: RiskTable,
@@ -196,9 +196,15 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    /// A scorer with `crypto_rounds` extra rounds, the model's tables and the given
-    /// thresholds.
-    pub fn new(pan_key: PanKey, crypto_rounds: u32, model: Model, thresholds: Thresholds) -> Self {
+    /// A scorer with the PAN keys `pan_keys` (a [`PanKeyring`] or one
+    /// [`txpipe_client::pan::PanKey`]),
+    /// `crypto_rounds` extra rounds, the model's tables and the given thresholds.
+    pub fn new(
+        pan_keys: impl Into<PanKeyring>,
+        crypto_rounds: u32,
+        model: Model,
+        thresholds: Thresholds,
+    ) -> Self {
         let t = &model.file().tables;
         let merchant = tables::table_from_map(&t.merchant_risk, t.merchant_risk_default);
         let terminal = tables::table_from_map(&t.terminal_risk, t.terminal_risk_default);
@@ -209,7 +215,7 @@ impl Scorer {
             }
         }
         Self {
-            pan_key,
+            pan_keys: pan_keys.into(),
             crypto: CryptoRounds::new(crypto_rounds),
             merchant,
             terminal,
@@ -247,6 +253,16 @@ impl Scorer {
     /// reason, used for a permanent nack (the broker dead-letters the transaction on this
     /// first attempt), so nothing is scored with the wrong model or garbage features.
     pub fn check(&self, tx: &Transaction) -> std::result::Result<(), String> {
+        // A PAN sealed with a key this worker does not hold (or in a format it does not
+        // read) cannot be scored by it: dead-letter it with the reason rather than score it
+        // as an unreadable card. (A tampered value with a known key id is scored as
+        // unreadable, as before.)
+        if !tx.pan_encrypted.is_empty()
+            && let Err(e @ (PanError::UnknownKey { .. } | PanError::UnsupportedVersion(_))) =
+                self.pan_keys.key_for(&tx.pan_encrypted)
+        {
+            return Err(e.to_string());
+        }
         if let Some(i) = tx.features.iter().position(|f| !f.is_finite()) {
             return Err(format!(
                 "feature {i} of the vector is {} (not a finite number)",
@@ -294,7 +310,7 @@ impl Scorer {
     /// Stage 1: open the sealed PAN and run the extra rounds (over a zero block when the PAN
     /// is unreadable, so the cost is the same).
     pub fn stage_crypto(&self, tx: &Transaction) -> Decrypted {
-        let pan = self.pan_key.open(&tx.id, &tx.pan_encrypted).ok();
+        let pan = self.pan_keys.open(&tx.id, &tx.pan_encrypted).ok();
         let checksum = self.crypto.run(&tx.id, pan.as_deref().unwrap_or(&[]));
         Decrypted { pan, checksum }
     }
@@ -455,6 +471,7 @@ impl Scorer {
 pub(crate) mod tests {
     use super::*;
     use crate::model::{FEATURES, ModelFile, TablesFile};
+    use txpipe_client::pan::PanKey;
 
     /// A transaction sealed with the dev key.
     pub(crate) fn sealed_tx(id: &str, pan: &str) -> Transaction {
@@ -462,7 +479,7 @@ pub(crate) mod tests {
             id: id.into(),
             event_time_us: 1_767_225_600_000_000,
             customer_id: "c-1".into(),
-            pan_encrypted: PanKey::dev().seal(id, pan.as_bytes()),
+            pan_encrypted: PanKey::insecure_test_key().seal(id, pan.as_bytes()),
             key_id: "dev-1".into(),
             expiry_month: 12,
             expiry_year: 2028,
@@ -511,7 +528,7 @@ pub(crate) mod tests {
 
     pub(crate) fn test_scorer() -> Scorer {
         Scorer::new(
-            PanKey::dev(),
+            PanKey::insecure_test_key(),
             3,
             test_model(),
             Thresholds::new(0.5, 0.9).unwrap(),
@@ -519,16 +536,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_worker_opens_pans_of_every_key_it_lists_and_dead_letters_unknown_key_ids() {
+        let (h1, h2) = ("11".repeat(32), "22".repeat(32));
+        // The producer rotated: k2 is current, k1 still listed.
+        let producer = PanKeyring::parse(&format!("k2 {h2}\nk1 {h1}\n"), "p")
+            .unwrap()
+            .into_current();
+        let old_producer = PanKey::from_hex("k1", &h1).unwrap();
+        let worker = Scorer::new(
+            PanKeyring::parse(&format!("k1 {h1}\nk2 {h2}\n"), "w").unwrap(),
+            0,
+            test_model(),
+            Thresholds::new(0.5, 0.9).unwrap(),
+        );
+        for (key, id) in [(&producer, "tx-k2"), (&old_producer, "tx-k1")] {
+            let mut tx = sealed_tx(id, "4111111111111111");
+            tx.pan_encrypted = key.seal(id, b"4111111111111111");
+            assert!(worker.check(&tx).is_ok());
+            assert_eq!(
+                worker.stage_crypto(&tx).pan.as_deref(),
+                Some(&b"4111111111111111"[..])
+            );
+        }
+        let stranger = PanKey::from_hex("k9", &"99".repeat(32)).unwrap();
+        let mut tx = sealed_tx("tx-k9", "4111111111111111");
+        tx.pan_encrypted = stranger.seal("tx-k9", b"4111111111111111");
+        let reason = worker.check(&tx).unwrap_err();
+        assert_eq!(
+            reason,
+            "sealed PAN uses key id \"k9\", which is not in this keyring (ids: k1, k2)"
+        );
+    }
+
+    #[test]
     fn each_scorer_takes_only_the_transactions_of_its_model() {
         let card = Scorer::new(
-            PanKey::dev(),
+            PanKey::insecure_test_key(),
             0,
             test_model(),
             Thresholds::new(0.5, 0.9).unwrap(),
         );
         let v = crate::vector::VectorModel::builtin("ulb-gbt").unwrap();
         let vector = Scorer::new(
-            PanKey::dev(),
+            PanKey::insecure_test_key(),
             0,
             test_model(),
             Thresholds::new(0.5, 0.9).unwrap(),
@@ -609,7 +659,7 @@ pub(crate) mod tests {
     fn a_pan_sealed_for_another_transaction_is_unreadable_and_declined() {
         let s = test_scorer();
         let mut tx = sealed_tx("tx-1", "4462911234567890");
-        tx.pan_encrypted = PanKey::dev().seal("tx-other", b"4462911234567890");
+        tx.pan_encrypted = PanKey::insecure_test_key().seal("tx-other", b"4462911234567890");
         let a = s.assess(&tx);
         assert!(a.hits.has(Rule::PanUnreadable));
         assert_eq!(a.outcome(s.thresholds()), Outcome::Decline);
@@ -640,7 +690,7 @@ pub(crate) mod tests {
             model.file().decline_threshold,
         )
         .unwrap();
-        let s = Scorer::new(PanKey::dev(), 1, model, th);
+        let s = Scorer::new(PanKey::insecure_test_key(), 1, model, th);
         let routine = s.assess(&sealed_tx("tx-1", "4462911234567890"));
         assert_eq!(
             routine.outcome(&th),

@@ -426,6 +426,16 @@ fn threshold_for_precision(scores: &[f32], labels: &[bool], precision: f64) -> f
     0.99
 }
 
+/// The key that opens the PANs of `examples`: `key`'s bytes under the key id the sealed PANs
+/// carry (training data is sealed with one key; `"train"` when no PAN names one).
+fn opener(key: &[u8; 32], examples: &[Example]) -> PanKey {
+    let id = examples
+        .iter()
+        .find_map(|e| txpipe_client::pan::split_sealed(&e.tx.pan_encrypted).ok())
+        .map_or_else(|| "train".to_string(), |(id, _)| id.to_string());
+    PanKey::from_bytes(id, key)
+}
+
 /// Trains a model on `examples` (see the module docs). `key` must be the key that sealed the
 /// PANs. Errors: [`Error::Train`] when a part has no fraud or the data is too small.
 pub fn train(mut examples: Vec<Example>, key: &[u8; 32], cfg: &TrainConfig) -> Result<Trained> {
@@ -463,7 +473,7 @@ pub fn train(mut examples: Vec<Example>, key: &[u8; 32], cfg: &TrainConfig) -> R
             report.frauds
         )));
     }
-    let pan_key = || PanKey::from_bytes("train", key);
+    let pan_key = || opener(key, &examples);
     let th = Thresholds::new(0.5, 0.9).expect("valid");
 
     // Fit on B with A's tables.
@@ -559,7 +569,7 @@ pub fn train(mut examples: Vec<Example>, key: &[u8; 32], cfg: &TrainConfig) -> R
 pub fn evaluate(model: &ModelFile, examples: &[Example], key: &[u8; 32]) -> Result<TrainReport> {
     let m = Model::from_file(model.clone())?;
     let th = Thresholds::new(model.review_threshold, model.decline_threshold)?;
-    let scorer = Scorer::new(PanKey::from_bytes("eval", key), 0, m.clone(), th);
+    let scorer = Scorer::new(opener(key, examples), 0, m.clone(), th);
     let f: Vec<Featurised> = examples.iter().map(|e| featurise(&scorer, e)).collect();
     let model_scores: Vec<f32> = f.iter().map(|x| m.predict(&x.x)).collect();
     let scores: Vec<f32> = f

@@ -280,12 +280,8 @@ where
 {
     config.validate()?;
     let addrs = config.broker_addrs()?;
-    let (pan_key, dev_key) = config.pan_key()?;
-    if dev_key {
-        warn!(
-            "no PAN key configured (--pan-key-hex / TXPIPE_PAN_KEY): using the well-known development key"
-        );
-    }
+    let pan_key = config.pan_keyring()?;
+    info!(pan_key_ids = %pan_key.ids(), "PAN keyring loaded");
     let name = config.worker_name();
     let scorer = Arc::new(config.scorer(pan_key)?);
     let thresholds = *scorer.thresholds();

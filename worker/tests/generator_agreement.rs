@@ -30,9 +30,9 @@ fn every_generator_currency_converts_at_the_generator_rate() {
 
 #[test]
 fn generated_transactions_decrypt_and_only_malformed_pans_fail_hard_rules() {
-    let key = PanKey::dev();
+    let key = PanKey::insecure_test_key();
     let scorer = Scorer::new(
-        PanKey::dev(),
+        PanKey::insecure_test_key(),
         0,
         Model::embedded(),
         Thresholds::new(0.5, 0.9).unwrap(),

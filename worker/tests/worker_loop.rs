@@ -461,7 +461,7 @@ impl Killable {
 }
 
 fn records(valid: usize, malformed_at: &[usize]) -> Vec<Record> {
-    let key = PanKey::dev();
+    let key = PanKey::insecure_test_key();
     let txs = txpipe_worker::bench::synthetic_transactions(valid, &key);
     let mut out: Vec<Record> = txs
         .into_iter()
@@ -492,6 +492,9 @@ fn config(broker: &str, window: u32) -> Config {
     c.crypto_rounds = 2;
     c.drain_grace_ms = 10_000;
     c.reconnect_deadline_ms = 10_000;
+    // The key the test's transactions are sealed with.
+    c.pan.pan_key_hex = Some(PanKey::insecure_test_key_hex());
+    c.pan.pan_key_id = Some("dev-1".into());
     c
 }
 
@@ -827,4 +830,54 @@ async fn after_a_failover_in_flight_transactions_are_finished_and_acked_on_the_n
     let from_b = delivered_by("b");
     assert!(from_a.is_disjoint(&from_b));
     assert_eq!(from_a.len() + from_b.len(), N as usize);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pan_sealed_with_a_key_the_worker_does_not_hold_is_nacked_with_the_key_id() {
+    let mut recs = records(50, &[]);
+    let stranger = PanKey::from_hex("k9", &"99".repeat(32)).unwrap();
+    let foreign = txpipe_worker::bench::synthetic_transactions(1, &stranger).remove(0);
+    recs.insert(
+        10,
+        Record {
+            key: "foreign".into(),
+            value: foreign.into(),
+            timestamp_us: txpipe_client::now_us(),
+        },
+    );
+    let fake = FakeBroker::new(recs);
+    let addr = start_fake(fake.clone()).await;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(txpipe_worker::run(config(&addr, 64), admin, async move {
+        let _ = stop_rx.await;
+    }));
+    wait_for("50 acks and a nack", || {
+        let ev = fake.events();
+        ev.iter()
+            .filter(|e| matches!(e, Event::Acked { .. }))
+            .count()
+            == 50
+            && ev.iter().any(|e| matches!(e, Event::Nacked { .. }))
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("worker drains and exits")
+        .unwrap()
+        .unwrap();
+    assert_eq!((stats.acked, stats.nacked), (50, 1));
+    let events = fake.events();
+    let reason = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Nacked { offset: 10, reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("the foreign transaction is nacked");
+    assert!(
+        reason.contains("key id \"k9\"") && reason.contains("dev-1"),
+        "{reason}"
+    );
 }

@@ -485,12 +485,29 @@ async fn raw_request(
     path: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    let s = tokio::net::TcpStream::connect(addr).await?;
+    exchange(s, method, path, body).await
+}
+
+/// One HTTP/1.1 request with `Connection: close` over `s` (plain TCP or TLS): (status code,
+/// body); code 0 when the status line does not parse.
+pub async fn exchange<S>(
+    mut s: S,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
     let length = if body.is_empty() {
         String::new()
     } else {
-        format!("Content-Length: {}\r\n", body.len())
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
     };
     s.write_all(
         format!(
@@ -500,7 +517,12 @@ async fn raw_request(
     )
     .await?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
+    // A TLS server may close without close_notify after the response: keep what was read.
+    if let Err(e) = s.read_to_end(&mut buf).await
+        && buf.is_empty()
+    {
+        return Err(e);
+    }
     let text = String::from_utf8_lossy(&buf).to_string();
     let code = text
         .split_whitespace()

@@ -162,3 +162,60 @@ pub async fn client(addr: std::net::SocketAddr, tls: &TlsOptions) -> BrokerClien
         }
     }
 }
+
+/// One HTTPS/1.1 request to the admin port at `addr` (`Connection: close`), trusting the CA
+/// bundle `ca` and presenting `client`'s certificate when given: (status code, body).
+///
+/// Errors: connect or handshake failures.
+pub async fn https(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    client: Option<&Leaf>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(l) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&l.cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_file(&l.key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    super::exchange(tls, method, path, body).await
+}
+
+/// [`https`] `GET` that returns `None` instead of an error, bounded by 2 s.
+pub async fn try_https_get(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    path: &str,
+) -> Option<(u16, String)> {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        https(addr, ca, None, "GET", path, ""),
+    )
+    .await
+    .ok()?
+    .ok()
+}

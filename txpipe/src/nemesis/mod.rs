@@ -357,9 +357,11 @@ impl Run {
             })
             .collect();
         let list = clients.join(",");
+        let keys = crate::secrets::pan_keyring(dir)?;
         let workers = (0..args.workers)
             .map(|i| {
                 let a = vec![
+                    format!("--pan-key-file={}", keys.display()),
                     format!("--brokers={list}"),
                     format!("--name=worker-{i}"),
                     format!("--admin-listen=127.0.0.1:{}", free_port()?),
@@ -368,6 +370,7 @@ impl Run {
             })
             .collect::<Result<Vec<_>>>()?;
         let p = vec![
+            format!("--pan-key-file={}", keys.display()),
             format!("--brokers={list}"),
             format!("--count={}", args.count()),
             format!("--seed={}", args.seed),
