@@ -101,6 +101,7 @@ SOAK_COUNT ?= 10000000
 bench-pipeline: release
 	mkdir -p bench-out
 	$(TXPIPE) run --report-json bench-out/pipeline.json
+	$(TXPIPE) run --insecure --report-json bench-out/pipeline-insecure.json
 	$(TXPIPE) run --chaos --chaos-kill-interval-ms 5000 --chaos-events 8 --report-json bench-out/pipeline-chaos.json
 
 bench-stages: release

@@ -360,6 +360,9 @@ def main() -> int:
             args.txpipe, "run", f"--count={args.count}", f"--rate={args.rate}",
             f"--brokers={args.brokers}", f"--workers={args.workers}", "--progress=never",
             f"--data-dir={tmp / 'run'}", "--stall-timeout-s=60",
+            # Plaintext: Prometheus here scrapes the brokers' admin ports over plain HTTP (with
+            # TLS they serve HTTPS and want the run's CA); the metric names are the same.
+            "--insecure",
         ]
         log("starting " + " ".join(cmd[1:]))
         run = subprocess.Popen(cmd, stdout=run_out, stderr=subprocess.STDOUT, cwd=ROOT,

@@ -475,8 +475,14 @@ struct Counters {
     window: Window,
 }
 
-/// Key dedupe of one stream's state: the window counters, the index and the write
-/// transaction of the entries being applied. See the module docs.
+/// Read views of an index's `keys` and `order` tables (see [`KeyDedupe`]).
+type IndexView = (
+    ReadOnlyTable<(u128, u64), ()>,
+    ReadOnlyTable<u64, (u128, u64, u64)>,
+);
+
+/// Key dedupe of one stream's state: the window counters, the memtable and the index. See
+/// the module docs.
 pub struct KeyDedupe {
     c: Counters,
     /// Rows inserted since the last flush, in seq order: `(hash, leader time ms, offset)`;
@@ -491,10 +497,7 @@ pub struct KeyDedupe {
     // Declared before `index`: fields drop in order, and dropping the last handle of a redb
     // database waits for its transactions to end.
     /// Read views of the index (`keys`, `order`) as of the last flush.
-    view: Option<(
-        ReadOnlyTable<(u128, u64), ()>,
-        ReadOnlyTable<u64, (u128, u64, u64)>,
-    )>,
+    view: Option<IndexView>,
     index: Option<Arc<DedupeIndex>>,
     failed: Option<String>,
     /// Migrated from an old snapshot, inserted at [`Self::attach`].
@@ -663,16 +666,7 @@ impl KeyDedupe {
 
     /// Read views of the index's `keys` and `order` tables, opened at the first use after a
     /// flush (they see every flushed row).
-    #[allow(clippy::type_complexity)]
-    fn view(
-        &mut self,
-    ) -> std::result::Result<
-        &(
-            ReadOnlyTable<(u128, u64), ()>,
-            ReadOnlyTable<u64, (u128, u64, u64)>,
-        ),
-        redb::Error,
-    > {
+    fn view(&mut self) -> std::result::Result<&IndexView, redb::Error> {
         if self.view.is_none() {
             let ix = self.index.get_or_insert_with(DedupeIndex::in_memory);
             let txn = ix.db.begin_read()?;
