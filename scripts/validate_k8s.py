@@ -403,10 +403,14 @@ def check_managed_tls(binary: Path, example: Path) -> None:
                 stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
-            while "leader changed" not in log_path.read_text():
+            # Serving once a stream has a leader (either log line, whichever comes first).
+            while not any(m in log_path.read_text()
+                          for m in ("leader changed", "leader: delivery started")):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    record("tls", subject, False, "broker did not start: "
-                           + log_path.read_text()[-300:])
+                    why = (f"exited with status {proc.returncode}" if proc.poll() is not None
+                           else "no leader within 60 s")
+                    record("tls", subject, False, f"broker did not start ({why}): "
+                           + log_path.read_text()[-600:])
                     return
                 time.sleep(0.2)
 
